@@ -1,0 +1,181 @@
+"""Settings: ``bb.toml`` (or ``$BB_CONFIG``) overlaid by environment variables.
+
+Every process reads the same settings the same way, so a deployment is
+configured once. Environment variables win over the file; the file wins over
+the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from blackboard.errors import ConfigError
+from blackboard.events import Limits
+from blackboard.store import StoreSettings
+
+
+class NatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where NATS is and how the streams are laid out."""
+
+    url: str | None = None
+    prefix: str = "bb"
+    replicas: int = 1
+    blob_threshold: int = 256 * 1024
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    nkey_seed: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+class LaneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One model lane: which provider and model serve it, and how many at once."""
+
+    provider: str = "scripted"
+    model: str = "scripted"
+    base_url: str | None = None
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+    concurrency: int = 8
+    max_ack_pending: int = 1000
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class ApprovalSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which tasks wait for a human before they run."""
+
+    task_types: list[str] = msgspec.field(default_factory=list)
+    lanes: list[str] = msgspec.field(default_factory=list)
+
+
+class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Leases, retries and the scheduler lock."""
+
+    lease_s: float = 30.0
+    max_attempts: int = 3
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    lock_ttl_s: float = 10.0
+
+
+def _default_lanes() -> dict[str, LaneSettings]:
+    return {
+        "frontier": LaneSettings(
+            provider="anthropic", model="claude-sonnet-4-5", concurrency=4
+        ),
+        "local": LaneSettings(
+            provider="openai-compatible",
+            model="qwen2.5-7b-instruct",
+            base_url="http://localhost:8000/v1",
+            concurrency=16,
+        ),
+    }
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """All settings of a Blackboard process."""
+
+    nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
+    data_dir: str = ".bb"
+    limits: Limits = Limits(
+        max_depth=6, max_tasks=1000, max_tokens=5_000_000, max_cost_usd=50.0
+    )
+    lanes: dict[str, LaneSettings] = msgspec.field(default_factory=_default_lanes)
+    approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
+    engine: EngineSettings = msgspec.field(default_factory=EngineSettings)
+    prices: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
+    scripted: bool = False
+    script: str | None = None
+    redact: list[str] = msgspec.field(default_factory=list)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Translate the documented environment variables into a settings dict."""
+    out: dict[str, Any] = {}
+    nats: dict[str, Any] = {}
+    if env.get("BB_NATS_URL"):
+        nats["url"] = env["BB_NATS_URL"]
+    if env.get("BB_PREFIX"):
+        nats["prefix"] = env["BB_PREFIX"]
+    for key in ("user", "password", "token", "creds"):
+        if env.get(f"BB_NATS_{key.upper()}"):
+            nats[key] = env[f"BB_NATS_{key.upper()}"]
+    if nats:
+        out["nats"] = nats
+    if env.get("BB_DATA_DIR"):
+        out["data_dir"] = env["BB_DATA_DIR"]
+    if env.get("BB_SCRIPTED", "").lower() in ("1", "true", "yes"):
+        out["scripted"] = True
+    if env.get("BB_SCRIPT"):
+        out["script"] = env["BB_SCRIPT"]
+    engine: dict[str, Any] = {}
+    if env.get("BB_LEASE_SECONDS"):
+        engine["lease_s"] = float(env["BB_LEASE_SECONDS"])
+    if env.get("BB_LOCK_TTL_SECONDS"):
+        engine["lock_ttl_s"] = float(env["BB_LOCK_TTL_SECONDS"])
+    if engine:
+        out["engine"] = engine
+    lanes: dict[str, dict[str, Any]] = {}
+    if env.get("BB_FRONTIER_MODEL"):
+        lanes.setdefault("frontier", {})["model"] = env["BB_FRONTIER_MODEL"]
+    if env.get("BB_LOCAL_MODEL"):
+        lanes.setdefault("local", {})["model"] = env["BB_LOCAL_MODEL"]
+    if env.get("BB_LOCAL_BASE_URL"):
+        lanes.setdefault("local", {})["base_url"] = env["BB_LOCAL_BASE_URL"]
+    if lanes:
+        out["lanes"] = lanes
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load(
+    path: Path | str | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Load settings from a TOML file and the environment.
+
+    The file is ``path``, else ``$BB_CONFIG``, else ``./bb.toml`` if present.
+    A malformed file or an unknown key raises ConfigError naming it.
+    """
+    env = os.environ if env is None else env
+    base: dict[str, Any] = msgspec.to_builtins(Settings())
+    file = Path(path) if path else Path(env.get("BB_CONFIG", "bb.toml"))
+    if path is not None or env.get("BB_CONFIG") or file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file {file} not found") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {file} is not valid TOML: {e}") from e
+        base = _merge(base, data)
+    base = _merge(base, _env_overrides(env))
+    try:
+        return msgspec.convert(base, Settings)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"invalid settings: {e}") from e
+
+
+def store_settings(settings: Settings) -> StoreSettings:
+    """The store's layout settings from the process settings."""
+    return StoreSettings(
+        prefix=settings.nats.prefix,
+        replicas=settings.nats.replicas,
+        blob_threshold=settings.nats.blob_threshold,
+    )

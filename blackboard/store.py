@@ -1,0 +1,565 @@
+"""The event store: the ``EventStore`` protocol and its JetStream adapter.
+
+This is the only core module that talks to NATS. It creates the streams, appends
+events (deduplicated by ``Nats-Msg-Id``; optionally guarded by the task-wide
+expected-sequence header; optionally as one atomic batch), reads them back in
+stream order, and moves bodies above a threshold into the object store.
+
+Readers never crash on a message they cannot decode: they hand a
+``MalformedEvent`` to ``on_bad`` (by default a logged warning) and go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from blackboard import codec, subjects
+from blackboard.codec import Envelope
+from blackboard.errors import (
+    BatchRejected,
+    ConcurrencyConflict,
+    MalformedEvent,
+    NotConnected,
+    StoreError,
+    StreamConfigDrift,
+)
+from blackboard.events import SCHEMA_VERSION, Event, kind
+from blackboard.subjects import Subjects
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+    from nats.js.object_store import ObjectStore
+
+log = logging.getLogger("blackboard.store")
+
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_BATCH_DUPLICATE_MSG_ID = 10201
+MAX_BATCH = 1000
+"""The server's limit on messages in one atomic batch (ADR-50)."""
+
+_WRONG_LAST = re.compile(r"wrong last sequence: (\d+)")
+
+OnBad = Callable[[MalformedEvent], None]
+
+
+def _warn_bad(err: MalformedEvent) -> None:
+    log.warning("skipped %s", err)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """How the streams are laid out; the defaults suit one server."""
+
+    prefix: str = "bb"
+    replicas: int = 1
+    blob_threshold: int = 256 * 1024
+    duplicate_window_s: float = 120.0
+    work_max_age_s: float = 0.0
+
+
+class EventStore(Protocol):
+    """Append and read events; the seam the core and the tests share."""
+
+    async def append(self, event: Event, *, expect: int | None = None) -> int:
+        """Append one event; with ``expect``, only if the task is at that seq."""
+        ...
+
+    async def append_many(self, events: Sequence[Event]) -> list[int]:
+        """Append independent events, pipelined; order is not guaranteed."""
+        ...
+
+    async def append_batch(
+        self, items: Sequence[tuple[Event, int | None]]
+    ) -> list[int]:
+        """Append events atomically: all land, in order, or none does."""
+        ...
+
+    def read(
+        self, filter_subject: str | None = None, from_seq: int = 1
+    ) -> AsyncIterator[Envelope]:
+        """Yield the events stored so far, in stream order, then stop."""
+        ...
+
+
+def stream_names(prefix: str) -> tuple[str, str, str]:
+    """Names of the events stream, the work stream and the blob bucket.
+
+    The default prefix keeps the documented names; another prefix gets its own
+    streams so deployments sharing a NATS account never collide.
+    """
+    if prefix == "bb":
+        return subjects.EVENTS_STREAM, subjects.WORK_STREAM, subjects.BLOB_BUCKET
+    tag = prefix.upper().replace(".", "_").replace("-", "_")
+    return (
+        f"{subjects.EVENTS_STREAM}_{tag}",
+        f"{subjects.WORK_STREAM}_{tag}",
+        f"{subjects.BLOB_BUCKET}_{tag.lower()}",
+    )
+
+
+class JetStreamEventStore:
+    """EventStore on JetStream, with the work stream and the blob bucket."""
+
+    def __init__(self, nc: NatsClient, settings: StoreSettings | None = None) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.settings = settings or StoreSettings()
+        self.subjects = Subjects(self.settings.prefix)
+        self.events_stream, self.work_stream, self.blob_bucket = stream_names(
+            self.settings.prefix
+        )
+        self._blobs: ObjectStore | None = None
+
+    # --- setup ------------------------------------------------------------
+
+    def events_config(self) -> StreamConfig:
+        """The configuration BB_EVENTS must have."""
+        return StreamConfig(
+            name=self.events_stream,
+            subjects=[self.subjects.events_all],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=self.settings.replicas,
+            duplicate_window=self.settings.duplicate_window_s,
+            allow_atomic=True,
+            allow_direct=True,
+            discard=DiscardPolicy.OLD,
+        )
+
+    def work_config(self) -> StreamConfig:
+        """The configuration BB_WORK must have."""
+        return StreamConfig(
+            name=self.work_stream,
+            subjects=[self.subjects.work_all],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=self.settings.replicas,
+            duplicate_window=self.settings.duplicate_window_s,
+            max_age=self.settings.work_max_age_s,
+        )
+
+    async def ensure(self) -> None:
+        """Create the streams and the blob bucket if missing; report drift.
+
+        Safe to call from every process at start: whoever comes first creates,
+        the others find what they need. A stream that exists with a different
+        configuration raises StreamConfigDrift instead of being silently used.
+        """
+        for cfg in (self.events_config(), self.work_config()):
+            await self._ensure_stream(cfg)
+        await self._ensure_blobs()
+
+    async def _ensure_stream(self, want: StreamConfig) -> None:
+        assert want.name is not None
+        try:
+            info = await self.js.stream_info(want.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self.js.add_stream(want)
+            except nats.js.errors.BadRequestError as e:
+                # Another process created it between our look and our create.
+                if e.err_code != 10058:  # stream name already in use
+                    raise StoreError(f"cannot create {want.name}: {e}") from e
+            else:
+                return
+            info = await self.js.stream_info(want.name)
+        drift = _drift(want, info.config)
+        if drift:
+            raise StreamConfigDrift(
+                f"stream {want.name} exists with a different configuration "
+                f"({'; '.join(drift)}); fix or delete it, or use another BB_PREFIX"
+            )
+
+    async def _ensure_blobs(self) -> None:
+        try:
+            self._blobs = await self.js.object_store(self.blob_bucket)
+        except nats.js.errors.BucketNotFoundError:
+            self._blobs = await self.js.create_object_store(
+                self.blob_bucket,
+                config=nats.js.api.ObjectStoreConfig(
+                    bucket=self.blob_bucket,
+                    replicas=self.settings.replicas,
+                    storage=StorageType.FILE,
+                ),
+            )
+
+    async def _blob_store(self) -> ObjectStore:
+        if self._blobs is None:
+            await self._ensure_blobs()
+        assert self._blobs is not None
+        return self._blobs
+
+    # --- writing ----------------------------------------------------------
+
+    async def _prepare(
+        self, event: Event, traceparent: str | None = None
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """Subject, body and headers of one event; large bodies go to blobs."""
+        k = kind(event)
+        subject = self.subjects.event(event.goal_id, event.task_id, k)
+        body = codec.encode(event)
+        headers = {
+            subjects.H_MSG_ID: event.event_id,
+            subjects.H_SCHEMA: str(SCHEMA_VERSION),
+        }
+        if traceparent:
+            headers[subjects.H_TRACEPARENT] = traceparent
+        if len(body) > self.settings.blob_threshold:
+            digest = codec.sha256(body)
+            blobs = await self._blob_store()
+            # The digest is the key, so a retried put of the same body is harmless.
+            await blobs.put(digest, body)
+            headers[subjects.H_BLOB] = digest
+            body = codec.encode(
+                codec.BlobStub(
+                    type=k,
+                    event_id=event.event_id,
+                    goal_id=event.goal_id,
+                    task_id=event.task_id,
+                    blob_sha256=digest,
+                    blob_size=len(body),
+                )
+            )
+        return subject, body, headers
+
+    def _guard(self, headers: dict[str, str], event: Event, expect: int) -> str:
+        scope = self.subjects.task_events(event.goal_id, event.task_id)
+        headers[subjects.H_EXPECTED_SUBJECT_SEQ] = str(expect)
+        headers[subjects.H_EXPECTED_SUBJECT_SEQ_SUBJECT] = scope
+        return scope
+
+    async def append(
+        self, event: Event, *, expect: int | None = None, traceparent: str | None = None
+    ) -> int:
+        """Append one event and return its stream sequence.
+
+        With ``expect``, the write lands only if the last event on the task's
+        subjects has that sequence (0: the task has none). A lost race raises
+        ConcurrencyConflict. Because the server checks the guard before dedupe,
+        a retry of a write that had in fact landed also fails the guard; we
+        recognise it by the last message's Nats-Msg-Id and return success.
+        """
+        subject, body, headers = await self._prepare(event, traceparent)
+        scope = self._guard(headers, event, expect) if expect is not None else None
+        try:
+            ack = await self.js.publish(subject, body, headers=headers)
+        except nats.js.errors.BadRequestError as e:
+            if scope is None or e.err_code != ERR_WRONG_LAST_SEQUENCE:
+                raise StoreError(f"append to {subject} failed: {e}") from e
+            landed = await self._landed(scope, event.event_id)
+            if landed is not None:
+                return landed
+            m = _WRONG_LAST.search(e.description or "")
+            raise ConcurrencyConflict(
+                scope, expect or 0, int(m.group(1)) if m else None
+            ) from e
+        except nats.errors.NoRespondersError as e:
+            raise StoreError(f"no stream takes {subject}: run `bb up` first") from e
+        return ack.seq
+
+    async def _landed(self, scope: str, event_id: str) -> int | None:
+        """Sequence of the last event on ``scope`` if its id is ``event_id``."""
+        last = await self.last_on(scope)
+        if last is not None and last[1] == event_id:
+            return last[0]
+        return None
+
+    async def last_on(self, scope: str) -> tuple[int, str] | None:
+        """Sequence and event id of the last message on a subject filter."""
+        try:
+            msg = await self.js.get_last_msg(self.events_stream, scope)
+        except nats.js.errors.NotFoundError:
+            return None
+        msg_id = (msg.headers or {}).get(subjects.H_MSG_ID, "")
+        assert msg.seq is not None
+        return msg.seq, msg_id
+
+    async def last_seq(self, goal_id: str, task_id: str | None) -> int:
+        """The guard value of a task now: its last event's sequence, or 0."""
+        last = await self.last_on(self.subjects.task_events(goal_id, task_id))
+        return last[0] if last else 0
+
+    async def append_many(self, events: Sequence[Event]) -> list[int]:
+        """Append independent events with many publishes in flight at once.
+
+        Each publish is still awaited for its ack (nats.py's publish_async never
+        resolves a rejected message), but they overlap, so the cost is close to
+        one round trip per window rather than per event.
+        """
+        seqs: list[int] = []
+        window = 512
+        for start in range(0, len(events), window):
+            chunk = events[start : start + window]
+            seqs.extend(await asyncio.gather(*(self.append(e) for e in chunk)))
+        return seqs
+
+    async def append_batch(
+        self, items: Sequence[tuple[Event, int | None]], traceparent: str | None = None
+    ) -> list[int]:
+        """Append events as one atomic batch; return their sequences.
+
+        Each item may carry a guard (expected last sequence of its task). The
+        server checks every guard at commit: all events land, contiguous and in
+        order, or none does. A re-sent batch that had landed is recognised by
+        the message ids and reported as success.
+        """
+        if not items:
+            return []
+        if len(items) > MAX_BATCH:
+            raise ValueError(f"an atomic batch holds at most {MAX_BATCH} events")
+        batch_id = items[0][0].event_id[-20:] + f"{len(items):04d}"
+        prepared = []
+        for i, (event, expect) in enumerate(items, 1):
+            subject, body, headers = await self._prepare(event, traceparent)
+            if expect is not None:
+                self._guard(headers, event, expect)
+            headers[subjects.H_BATCH_ID] = batch_id
+            headers[subjects.H_BATCH_SEQ] = str(i)
+            prepared.append((subject, body, headers))
+        prepared[-1][2][subjects.H_BATCH_COMMIT] = "1"
+        for subject, body, headers in prepared[:-1]:
+            await self.nc.publish(subject, body, headers=headers)
+        subject, body, headers = prepared[-1]
+        try:
+            reply = await self.nc.request(subject, body, headers=headers, timeout=10)
+        except nats.errors.NoRespondersError as e:
+            raise StoreError(f"no stream takes {subject}: run `bb up` first") from e
+        resp = json.loads(reply.data)
+        err = resp.get("error")
+        if err is None:
+            last = int(resp["seq"])
+            return list(range(last - len(items) + 1, last + 1))
+        code = int(err.get("err_code", 0))
+        if code in (ERR_WRONG_LAST_SEQUENCE, ERR_BATCH_DUPLICATE_MSG_ID):
+            # Did an earlier send of this same batch land? Batches are atomic
+            # and contiguous, so one event found means all of them are there.
+            event, _ = items[-1]
+            exact = self.subjects.event(event.goal_id, event.task_id, kind(event))
+            landed = await self._landed(exact, event.event_id)
+            if landed is not None:
+                return list(range(landed - len(items) + 1, landed + 1))
+        if code == ERR_WRONG_LAST_SEQUENCE:
+            guarded = [(e, x) for e, x in items if x is not None]
+            e0, x0 = guarded[0] if guarded else items[0]
+            scope = self.subjects.task_events(e0.goal_id, e0.task_id)
+            m = _WRONG_LAST.search(err.get("description", ""))
+            raise ConcurrencyConflict(scope, x0 or 0, int(m.group(1)) if m else None)
+        raise BatchRejected(code, str(err.get("description", "")))
+
+    # --- reading ----------------------------------------------------------
+
+    async def decode(self, msg: Msg, on_bad: OnBad = _warn_bad) -> Envelope | None:
+        """Decode a stream message into an Envelope; None (reported) if bad."""
+        seq = msg.metadata.sequence.stream
+        return await self.decode_raw(msg.subject, msg.data, msg.headers, seq, on_bad)
+
+    async def decode_raw(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        seq: int | None,
+        on_bad: OnBad = _warn_bad,
+    ) -> Envelope | None:
+        """Decode a body with its headers, fetching a blob if the body is a stub."""
+        try:
+            if headers and subjects.H_BLOB in headers:
+                stub = codec.decode_stub(data, subject, seq)
+                blobs = await self._blob_store()
+                try:
+                    obj = await blobs.get(stub.blob_sha256)
+                except nats.js.errors.ObjectNotFoundError as e:
+                    raise MalformedEvent(subject, seq, "blob is missing") from e
+                data = obj.data or b""
+                if codec.sha256(data) != stub.blob_sha256:
+                    raise MalformedEvent(subject, seq, "blob digest mismatch")
+            event = codec.decode_event(data, subject, seq)
+            _goal, _task, k = self.subjects.parse_event(subject)
+            if k != kind(event):
+                raise MalformedEvent(
+                    subject, seq, f"body is {kind(event)}, subject {k}"
+                )
+        except MalformedEvent as e:
+            on_bad(e)
+            return None
+        except ValueError as e:
+            on_bad(MalformedEvent(subject, seq, str(e)))
+            return None
+        return Envelope(seq or 0, subject, event)
+
+    async def _reader(
+        self,
+        filter_subject: str | None,
+        from_seq: int,
+        deliver_new: bool = False,
+    ) -> tuple[JetStreamContext.PullSubscription, int]:
+        cfg = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        if deliver_new:
+            cfg.deliver_policy = DeliverPolicy.NEW
+        else:
+            cfg.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            cfg.opt_start_seq = max(1, from_seq)
+        subject = filter_subject or self.subjects.events_all
+        sub = await self.js.pull_subscribe(
+            subject, stream=self.events_stream, config=cfg
+        )
+        info = await sub.consumer_info()
+        return sub, info.num_pending or 0
+
+    async def read(
+        self,
+        filter_subject: str | None = None,
+        from_seq: int = 1,
+        on_bad: OnBad = _warn_bad,
+        batch: int = 1000,
+    ) -> AsyncIterator[Envelope]:
+        """Yield every event stored so far on ``filter_subject``, in order."""
+        sub, pending = await self._reader(filter_subject, from_seq)
+        try:
+            while pending > 0:
+                try:
+                    msgs = await sub.fetch(min(batch, pending), timeout=5)
+                except nats.errors.TimeoutError:
+                    break
+                for msg in msgs:
+                    pending = msg.metadata.num_pending
+                    env = await self.decode(msg, on_bad)
+                    if env is not None:
+                        yield env
+        finally:
+            await _quietly(sub.unsubscribe())
+
+    def read_goal(
+        self, goal_id: str, on_bad: OnBad = _warn_bad
+    ) -> AsyncIterator[Envelope]:
+        """Yield one goal's events in stream order."""
+        return self.read(self.subjects.goal_events(goal_id), on_bad=on_bad)
+
+    async def follow(
+        self,
+        filter_subject: str | None = None,
+        from_seq: int | None = None,
+        on_bad: OnBad = _warn_bad,
+        batch: int = 500,
+    ) -> AsyncIterator[Envelope]:
+        """Yield events as they arrive, forever; from ``from_seq`` or from now."""
+        sub, _ = await self._reader(filter_subject, from_seq or 1, from_seq is None)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in msgs:
+                    env = await self.decode(msg, on_bad)
+                    if env is not None:
+                        yield env
+        finally:
+            await _quietly(sub.unsubscribe())
+
+    async def events_last_seq(self) -> int:
+        """The last sequence of the events stream."""
+        info = await self.js.stream_info(self.events_stream)
+        return info.state.last_seq
+
+    async def get(self, seq: int, on_bad: OnBad = _warn_bad) -> Envelope | None:
+        """One event by its stream sequence."""
+        raw = await self.js.get_msg(self.events_stream, seq)
+        assert raw.subject is not None
+        return await self.decode_raw(
+            raw.subject, raw.data or b"", raw.headers, seq, on_bad
+        )
+
+    async def last_event(
+        self, goal_id: str, task_id: str | None, kind_: str | None = None
+    ) -> Envelope | None:
+        """The last event of a task (optionally of one kind), or None."""
+        scope = (
+            self.subjects.event(goal_id, task_id, kind_)
+            if kind_
+            else self.subjects.task_events(goal_id, task_id)
+        )
+        try:
+            raw = await self.js.get_last_msg(self.events_stream, scope)
+        except nats.js.errors.NotFoundError:
+            return None
+        assert raw.subject is not None
+        return await self.decode_raw(raw.subject, raw.data or b"", raw.headers, raw.seq)
+
+
+async def _quietly(aw: Awaitable[object]) -> None:
+    with contextlib.suppress(nats.errors.Error, asyncio.CancelledError, OSError):
+        await aw
+
+
+def _drift(want: StreamConfig, have: StreamConfig) -> list[str]:
+    """Differences that matter between the config we need and the one found."""
+    out = []
+    for name in ("subjects", "retention", "storage", "num_replicas", "allow_atomic"):
+        w, h = getattr(want, name), getattr(have, name)
+        if name == "allow_atomic":
+            w, h = bool(w), bool(h)
+        if w != h:
+            out.append(f"{name}: want {w!r}, found {h!r}")
+    return out
+
+
+async def connect(
+    url: str,
+    *,
+    name: str = "bb",
+    timeout: float = 3.0,
+    **options: Any,
+) -> NatsClient:
+    """Connect to NATS, or raise NotConnected with what to do about it.
+
+    Once connected, reconnection never gives up (a restarted server is picked
+    up again). nats-py would also retry the first connection forever with that
+    setting, so the first connection gets a deadline and a CLI can fail in
+    one line.
+    """
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                url,
+                name=name,
+                connect_timeout=min(timeout, 2.0),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                **options,
+            ),
+            timeout,
+        )
+    except (nats.errors.Error, OSError, TimeoutError) as e:
+        raise NotConnected(
+            f"cannot reach NATS at {url}: start one with `bb up`, "
+            "or set BB_NATS_URL to a running server"
+        ) from e

@@ -1,0 +1,1 @@
+"""Replaying a goal's reasoning trace from the log."""

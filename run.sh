@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine with Python 3.11+:
+#   ./run.sh demo        set up .venv if needed, then run `bb demo`
+#   ./run.sh test        set up .venv if needed, then lint, type-check and test
+#   ./run.sh <bb args>   any other `bb` command
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then python=$candidate; break; fi
+  done
+fi
+if [ -z "$python" ] || ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "run.sh: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
+  exit 2
+fi
+
+# (Re)install when the venv is missing or pyproject.toml changed since.
+stamp=.venv/.bb-installed
+if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "run.sh: setting up .venv (first run takes a minute)..." >&2
+  "$python" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  touch "$stamp"
+fi
+
+cmd=${1:-demo}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  test)
+    .venv/bin/ruff check .
+    .venv/bin/mypy
+    exec .venv/bin/pytest "$@"
+    ;;
+  *)
+    exec .venv/bin/bb "$cmd" "$@"
+    ;;
+esac

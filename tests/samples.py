@@ -1,0 +1,79 @@
+"""One valid instance of every event type, for round-trip and mapping tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from blackboard import events as ev
+from tests.factories import at
+
+_REQUIRED: dict[type[ev.Event], dict[str, Any]] = {
+    ev.GoalSubmitted: {
+        "text": "add audit logging",
+        "tasks": [{"task_id": "T1", "type": "execute", "lane": "local"}],
+    },
+    ev.GoalCompleted: {"summary": "done"},
+    ev.GoalFailed: {"reason": "task T1 failed"},
+    ev.GoalCancelled: {"reason": "no longer needed", "by": "ana"},
+    ev.GoalHalted: {"guardrail": "max_tasks", "limit": 10, "observed": 11},
+    ev.GoalResumed: {"limits": {"max_tasks": 20}},
+    ev.TaskCreated: {
+        "task_type": "execute",
+        "lane": "local",
+        "payload": {"k": [1, 2]},
+        "depends_on": ["T0"],
+        "parent_id": "T0",
+        "depth": 1,
+    },
+    ev.TaskReady: {"dispatch": 2},
+    ev.TaskClaimed: {"worker": "w1", "attempt": 1},
+    ev.TaskCompleted: {"result": {"files": ["a.py"]}},
+    ev.TaskFailed: {"error": "boom", "retryable": True},
+    ev.TaskNeedsFollowup: {"waiting_on": ["C1", "C2"]},
+    ev.TaskCancelled: {"reason": "dependency failed"},
+    ev.TaskHeld: {"guardrail": "max_depth", "reason": "depth 7 > 6"},
+    ev.ApprovalRequested: {"reason": "writes to prod", "policy": "task_type:migration"},
+    ev.ApprovalGranted: {"by": "ana", "note": "ok"},
+    ev.ApprovalDenied: {"by": "ana", "note": "no"},
+    ev.ModelCalled: {
+        "provider": "anthropic",
+        "model": "claude-sonnet-4-5",
+        "lane": "frontier",
+        "request": {"messages": []},
+        "response": {"content": []},
+        "tokens_in": 10,
+        "tokens_out": 5,
+        "cost_usd": 0.000105,
+        "price": {"input_per_mtok": 3.0},
+    },
+    ev.SideEffectStarted: {"name": "open_pr", "idempotency_key": "T1:open_pr"},
+    ev.SideEffectCompleted: {
+        "name": "open_pr",
+        "idempotency_key": "T1:open_pr",
+        "result": {"pr": 7},
+    },
+    ev.SideEffectFailed: {
+        "name": "open_pr",
+        "idempotency_key": "T1:open_pr",
+        "error": "403",
+    },
+}
+
+
+def sample(cls: type[ev.Event], goal_id: str = "G1", i: int = 0) -> ev.AnyEvent:
+    task_id = None if cls.__name__.startswith("Goal") else "T1"
+    raw = {
+        "event_id": f"{cls.__name__}-{i}",
+        "goal_id": goal_id,
+        "task_id": task_id,
+        "at": at(i).isoformat(),
+        "actor": "test",
+        **_REQUIRED[cls],
+    }
+    return msgspec.convert(raw, cls)  # type: ignore[return-value]
+
+
+def all_samples(goal_id: str = "G1") -> list[ev.AnyEvent]:
+    return [sample(cls, goal_id, i) for i, cls in enumerate(ev.EVENT_TYPES)]
