@@ -1,0 +1,1 @@
+"""Agents: the model lanes layer and the workers that drive it."""

@@ -1,0 +1,308 @@
+"""The model client layer: requests, responses, the client seam and its errors.
+
+Every model provider sits behind :class:`ModelClient`, a one-method Protocol
+(``complete``). The adapters (:mod:`agents.anthropic_client`,
+:mod:`agents.openai_client`) and the deterministic twin
+(:mod:`agents.scripted`) implement it; :mod:`agents.resilient` wraps a chain of
+them with retries, fallback, rate limits and cost accounting.
+
+Provider failures are turned into a retry posture at the boundary, so callers
+never see an SDK exception::
+
+    ModelError
+     ├── RetryableModelError   408, 409, 429, 5xx, connection errors, timeouts
+     │                         (carries ``status`` and ``retry_after``)
+     └── TerminalModelError    every other status: the request is wrong and
+                               sending it again will not help
+
+Pure: no SDK imports, no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from blackboard.events import Price
+
+__all__ = [
+    "CallRecord",
+    "Message",
+    "ModelClient",
+    "ModelError",
+    "ModelRequest",
+    "ModelResponse",
+    "RetryableModelError",
+    "SupportsAclose",
+    "TerminalModelError",
+    "approx_tokens",
+    "error_for_status",
+    "input_text",
+    "is_retryable_status",
+    "parse_retry_after",
+    "provider_error_message",
+    "request_hash",
+]
+
+
+# --- data -----------------------------------------------------------------
+
+
+class Message(msgspec.Struct, frozen=True):
+    """One conversational turn."""
+
+    role: str
+    """``"user"`` or ``"assistant"``; the system prompt is ``ModelRequest.system``."""
+    content: str
+    """The turn's text."""
+
+
+class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A provider-neutral request for one completion."""
+
+    model: str
+    """The provider's model name; a fallback chain replaces it per attempt."""
+    system: str = ""
+    """The system prompt; empty means none."""
+    messages: tuple[Message, ...]
+    """The conversation, oldest first."""
+    max_tokens: int = 1024
+    """The most output tokens the model may produce."""
+    temperature: float = 0.0
+    """Sampling temperature (the Anthropic adapter sends it only on request)."""
+    prompt_version: str = ""
+    """The version of the prompt template that built this request."""
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    """Routing facts such as ``task_type`` and ``lane``; never sent to providers."""
+
+
+class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """A provider-neutral completion."""
+
+    provider: str
+    """The provider that answered (``anthropic``, ``openai``, ``local``...)."""
+    model: str
+    """The model name the provider reports."""
+    text: str
+    """The text blocks of the answer, joined."""
+    stop_reason: str | None
+    """Why generation stopped, in the provider's own words."""
+    tokens_in: int
+    """Billed uncached input tokens (cached ones are in ``tokens_cached``)."""
+    tokens_out: int
+    """Output tokens."""
+    tokens_cached: int = 0
+    """Input tokens read from the provider's prompt cache."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """Tool calls the model asked for, in the provider's own shape."""
+    raw: dict[str, Any]
+    """The provider's full response body, JSON-able."""
+    scripted: bool = False
+    """True when the answer came from :class:`agents.scripted.ScriptedModel`."""
+
+
+class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One provider call, successful or not, as the worker records it.
+
+    The fields mirror :class:`blackboard.events.ModelCalled`, less the ones only
+    the worker knows (ids, lane, attempt).
+    """
+
+    provider: str
+    model: str
+    request: dict[str, Any]
+    """``msgspec.to_builtins`` of the request that was sent."""
+    response: dict[str, Any]
+    """The provider's raw body, or ``{}`` when the call failed."""
+    text: str = ""
+    stop_reason: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    cost_usd: float = 0.0
+    price: Price = Price()
+    latency_ms: float = 0.0
+    call_index: int = 0
+    """Position of this call within one ``complete()``: 0, 1, 2..."""
+    request_hash: str = ""
+    prompt_version: str = ""
+    error: str | None = None
+    """``None`` on success, else the error's message."""
+    scripted: bool = False
+
+
+# --- the seam -------------------------------------------------------------
+
+
+class ModelClient(Protocol):
+    """Anything that can complete a :class:`ModelRequest`."""
+
+    provider: str
+    """The provider name recorded with every call."""
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Complete one request.
+
+        Args:
+            request: The provider-neutral request.
+
+        Returns:
+            The provider-neutral response.
+
+        Raises:
+            RetryableModelError: The provider may answer if asked again later.
+            TerminalModelError: The request will never succeed as it is.
+        """
+        ...
+
+
+@runtime_checkable
+class SupportsAclose(Protocol):
+    """A client holding connections that must be closed."""
+
+    async def aclose(self) -> None:
+        """Release the client's connections."""
+        ...
+
+
+# --- errors ---------------------------------------------------------------
+
+
+class ModelError(Exception):
+    """Base of every error raised by a model client."""
+
+    message: str
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RetryableModelError(ModelError):
+    """The provider is busy or unreachable: the same request may succeed later."""
+
+    status: int | None
+    retry_after: float | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TerminalModelError(ModelError):
+    """The request is wrong (or forbidden): sending it again will not help."""
+
+    status: int | None
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def is_retryable_status(status: int) -> bool:
+    """Return whether an HTTP status is worth retrying (408, 409, 429, 5xx)."""
+    return status in (408, 409, 429) or 500 <= status <= 599
+
+
+def error_for_status(
+    status: int, message: str, *, retry_after: float | None = None
+) -> ModelError:
+    """Map an HTTP status to the error a caller should see.
+
+    Args:
+        status: The HTTP status code.
+        message: The provider's explanation.
+        retry_after: Seconds the provider asked us to wait, if it said.
+
+    Returns:
+        A :class:`RetryableModelError` or a :class:`TerminalModelError`.
+    """
+    if is_retryable_status(status):
+        return RetryableModelError(message, status=status, retry_after=retry_after)
+    return TerminalModelError(message, status=status)
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Read how long the provider asked us to wait.
+
+    ``retry-after-ms`` (milliseconds) wins over ``retry-after`` (seconds). An
+    HTTP-date ``retry-after`` is ignored: reading it needs a clock.
+
+    Args:
+        headers: Response headers; lookups are tried in lower case.
+
+    Returns:
+        Seconds to wait, or ``None`` when the headers do not say.
+    """
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            continue
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    return None
+
+
+def provider_error_message(body: object, fallback: str) -> str:
+    """Extract the human message from a provider's error body.
+
+    Understands ``{"error": {"message": ...}}`` (Anthropic, OpenAI, vLLM),
+    ``{"message": ...}`` (an already-unwrapped error) and ``{"error": "..."}``
+    (Ollama).
+
+    Args:
+        body: The decoded error body, or raw text, or ``None``.
+        fallback: What to return when the body carries no message.
+
+    Returns:
+        The provider's message.
+    """
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str) and error:
+            return error
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    if isinstance(body, str) and body.strip():
+        return body.strip()
+    return fallback
+
+
+# --- pure helpers ---------------------------------------------------------
+
+_ENCODER = msgspec.json.Encoder(order="deterministic")
+
+
+def request_hash(request: ModelRequest) -> str:
+    """Return the sha256 hex digest of the request's canonical JSON encoding."""
+    return hashlib.sha256(_ENCODER.encode(request)).hexdigest()
+
+
+def input_text(request: ModelRequest) -> str:
+    """Return the system prompt and every message content, joined by newlines."""
+    parts = [request.system] if request.system else []
+    parts.extend(m.content for m in request.messages)
+    return "\n".join(parts)
+
+
+def approx_tokens(text: str) -> int:
+    """Estimate a token count the usual way: four characters a token, at least 1."""
+    return max(1, math.ceil(len(text) / 4))

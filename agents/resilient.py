@@ -1,0 +1,244 @@
+"""Retries, fallback, rate limits and cost accounting around model clients.
+
+:class:`ResilientModel` is itself a :class:`~agents.models.ModelClient`. It
+walks a fallback chain of ``(client, model_name)``: each model gets
+``1 + max_retries_per_model`` tries while it fails retryably, then the next
+model takes over. A terminal error stops at once: a 400 is our bug, and another
+provider will not fix it. When the whole chain is exhausted, the last
+:class:`~agents.models.RetryableModelError` is raised, so the worker can nak the
+message and let the broker redeliver it later.
+
+Every provider call, successful or not, is reported to ``on_call`` as a
+:class:`~agents.models.CallRecord` and awaited before anything else happens
+(no sleep, no retry, no return): the worker records a ``ModelCalled`` event the
+moment a call returns, so a crash never loses a paid-for answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from agents.cost import PriceTable, cost_usd
+from agents.models import (
+    CallRecord,
+    ModelClient,
+    ModelRequest,
+    ModelResponse,
+    RetryableModelError,
+    SupportsAclose,
+    approx_tokens,
+    input_text,
+    request_hash,
+)
+
+if TYPE_CHECKING:
+    from agents.ratelimit import RateLimiter
+    from blackboard.events import Price
+
+__all__ = ["OnCall", "ResilientModel"]
+
+OnCall = Callable[[CallRecord], Awaitable[None]]
+"""Awaited after every provider call, before anything else happens."""
+
+
+async def _ignore(record: CallRecord) -> None:
+    """Drop the record: the default ``on_call``."""
+
+
+class ResilientModel(ModelClient):
+    """A fallback chain of models with retries, backoff and rate limits.
+
+    Args:
+        chain: ``(client, model_name)`` pairs, tried in order; the request's
+            ``model`` is replaced by each name in turn.
+        prices: Prices the answering model's tokens.
+        limiters: A rate limiter per provider name (``client.provider``),
+            acquired before every call to a client of that provider.
+        on_call: Awaited with the record of every provider call.
+        max_retries_per_model: Retries of a model after its first try.
+        backoff_base_s: The first backoff; it doubles on every retry.
+        backoff_cap_s: The longest backoff. A ``retry-after`` longer than this
+            skips the model's remaining retries and falls back at once.
+        sleep: Awaitable sleep; injected by tests.
+        monotonic: Monotonic seconds, to time calls; injected by tests.
+        provider: The name this wrapper reports as its own provider.
+
+    Raises:
+        ValueError: The chain is empty or ``max_retries_per_model`` negative.
+    """
+
+    def __init__(
+        self,
+        chain: Sequence[tuple[ModelClient, str]],
+        prices: PriceTable,
+        *,
+        limiters: Mapping[str, RateLimiter] | None = None,
+        on_call: OnCall | None = None,
+        max_retries_per_model: int = 2,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        provider: str = "resilient",
+    ) -> None:
+        if not chain:
+            msg = "a fallback chain needs at least one model"
+            raise ValueError(msg)
+        if max_retries_per_model < 0:
+            msg = f"max_retries_per_model must be >= 0, not {max_retries_per_model}"
+            raise ValueError(msg)
+        self.provider = provider
+        self.chain = tuple(chain)
+        self.prices = prices
+        self._limiters = dict(limiters or {})
+        self._on_call = on_call or _ignore
+        self._max_retries = max_retries_per_model
+        self._base = backoff_base_s
+        self._cap = backoff_cap_s
+        self._sleep = sleep
+        self._monotonic = monotonic
+
+    async def aclose(self) -> None:
+        """Close every distinct client of the chain that holds connections."""
+        seen: set[int] = set()
+        for client, _ in self.chain:
+            if id(client) not in seen and isinstance(client, SupportsAclose):
+                seen.add(id(client))
+                await client.aclose()
+
+    def backoff(self, retry: int, retry_after: float | None) -> float:
+        """Return the seconds to wait before retry number ``retry`` (0-based)."""
+        if retry_after is not None:
+            return retry_after
+        return float(min(self._cap, self._base * 2**retry))
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        """Complete the request with the first model of the chain that answers.
+
+        Args:
+            request: The request; its ``model`` is replaced along the chain.
+
+        Returns:
+            The first successful response.
+
+        Raises:
+            TerminalModelError: A model refused the request; no fallback.
+            RetryableModelError: Every model of the chain failed retryably;
+                this is the last such error.
+        """
+        call_index = 0
+        last_error: RetryableModelError | None = None
+        for client, model in self.chain:
+            sent = msgspec.structs.replace(request, model=model)
+            context = _CallContext(
+                provider=client.provider,
+                model=model,
+                request=msgspec.to_builtins(sent),
+                request_hash=request_hash(sent),
+                prompt_version=sent.prompt_version,
+            )
+            limiter = self._limiters.get(client.provider)
+            estimate = approx_tokens(input_text(sent)) + sent.max_tokens
+            for retry in range(self._max_retries + 1):
+                if limiter is not None:
+                    await limiter.acquire(estimate)
+                started = self._monotonic()
+                try:
+                    response = await client.complete(sent)
+                except RetryableModelError as e:
+                    latency_ms = (self._monotonic() - started) * 1000
+                    await self._on_call(context.failed(e, latency_ms, call_index))
+                    call_index += 1
+                    last_error = e
+                    if retry == self._max_retries:
+                        break
+                    if e.retry_after is not None and e.retry_after > self._cap:
+                        # The provider asks for a longer pause than we would
+                        # ever back off: another model is the faster way out.
+                        break
+                    await self._sleep(self.backoff(retry, e.retry_after))
+                    continue
+                except Exception as e:
+                    latency_ms = (self._monotonic() - started) * 1000
+                    await self._on_call(context.failed(e, latency_ms, call_index))
+                    raise
+                latency_ms = (self._monotonic() - started) * 1000
+                price = self._price(model, response)
+                await self._on_call(
+                    context.succeeded(response, price, latency_ms, call_index)
+                )
+                if limiter is not None:
+                    used = response.tokens_in + response.tokens_cached
+                    limiter.adjust(used + response.tokens_out - estimate)
+                return response
+        # The chain is never empty and only retryable errors leave the loop.
+        assert last_error is not None
+        raise last_error
+
+    def _price(self, model: str, response: ModelResponse) -> Price:
+        """Price by the configured name, else by the one the provider reported."""
+        if self.prices.known(model) or not self.prices.known(response.model):
+            return self.prices.price_for(model)
+        return self.prices.price_for(response.model)
+
+
+class _CallContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What every record of one model in the chain shares."""
+
+    provider: str
+    model: str
+    request: dict[str, Any]
+    request_hash: str
+    prompt_version: str
+
+    def failed(
+        self, error: Exception, latency_ms: float, call_index: int
+    ) -> CallRecord:
+        """Return the record of a call that raised ``error``."""
+        return CallRecord(
+            provider=self.provider,
+            model=self.model,
+            request=self.request,
+            response={},
+            latency_ms=round(latency_ms, 3),
+            call_index=call_index,
+            request_hash=self.request_hash,
+            prompt_version=self.prompt_version,
+            error=str(error) or type(error).__name__,
+        )
+
+    def succeeded(
+        self,
+        response: ModelResponse,
+        price: Price,
+        latency_ms: float,
+        call_index: int,
+    ) -> CallRecord:
+        """Return the record of a call that answered with ``response``."""
+        return CallRecord(
+            provider=response.provider,
+            model=self.model,
+            request=self.request,
+            response=response.raw,
+            text=response.text,
+            stop_reason=response.stop_reason,
+            tool_calls=response.tool_calls,
+            tokens_in=response.tokens_in,
+            tokens_out=response.tokens_out,
+            tokens_cached=response.tokens_cached,
+            cost_usd=cost_usd(
+                price, response.tokens_in, response.tokens_out, response.tokens_cached
+            ),
+            price=price,
+            latency_ms=round(latency_ms, 3),
+            call_index=call_index,
+            request_hash=self.request_hash,
+            prompt_version=self.prompt_version,
+            error=None,
+            scripted=response.scripted,
+        )

@@ -1,0 +1,272 @@
+"""ScriptedModel: the deterministic, offline ModelClient."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+from agents.cost import PriceTable
+from agents.models import (
+    CallRecord,
+    Message,
+    ModelRequest,
+    RetryableModelError,
+    TerminalModelError,
+    request_hash,
+)
+from agents.resilient import ResilientModel
+from agents.scripted import Script, ScriptedModel, render_reply
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def req(
+    text: str,
+    *,
+    task_type: str | None = None,
+    model: str = "m",
+    system: str = "",
+) -> ModelRequest:
+    metadata = {"task_type": task_type} if task_type else {}
+    return ModelRequest(
+        model=model,
+        system=system,
+        messages=(Message("user", text),),
+        metadata=metadata,
+    )
+
+
+async def test_first_matching_rule_wins_in_order() -> None:
+    model = ScriptedModel(
+        {
+            "rules": [
+                {"task_type": "plan", "reply": "plan-reply"},
+                {"contains": "weather", "reply": "weather-reply"},
+                {"model": "big", "reply": "big-reply"},
+                {"reply": "fallback"},
+                {"reply": "never"},
+            ]
+        }
+    )
+
+    assert (await model.complete(req("weather?", task_type="plan"))).text == (
+        "plan-reply"
+    )
+    assert (await model.complete(req("weather?", task_type="research"))).text == (
+        "weather-reply"
+    )
+    assert (await model.complete(req("hello", model="big"))).text == "big-reply"
+    assert (await model.complete(req("hello"))).text == "fallback"
+
+
+async def test_all_matchers_of_a_rule_must_match() -> None:
+    model = ScriptedModel(
+        [
+            {"task_type": "plan", "contains": "urgent", "reply": "urgent plan"},
+            {"task_type": "plan", "reply": "plain plan"},
+        ]
+    )
+
+    assert (await model.complete(req("urgent!", task_type="plan"))).text == (
+        "urgent plan"
+    )
+    assert (await model.complete(req("later", task_type="plan"))).text == ("plain plan")
+
+
+async def test_contains_searches_system_and_every_message_with_dotall() -> None:
+    model = ScriptedModel([{"contains": "alpha.*omega", "reply": "found"}])
+    request = ModelRequest(
+        model="m",
+        system="alpha starts here",
+        messages=(Message("user", "middle"), Message("assistant", "omega")),
+    )
+
+    response = await model.complete(request)
+
+    assert response.text == "found"
+
+
+async def test_reply_substitutes_groups_and_leaves_json_braces_alone() -> None:
+    model = ScriptedModel(
+        [
+            {
+                "contains": r"goal: (?P<goal>\w+) by (\w+)",
+                "reply": (
+                    '{"tasks": [{"title": "research {goal}", "owner": "{2}",'
+                    ' "whole": "{0}", "unknown": "{missing}", "oob": "{9}"}]}'
+                ),
+            }
+        ]
+    )
+
+    response = await model.complete(req("goal: rockets by friday"))
+
+    assert json.loads(response.text) == {
+        "tasks": [
+            {
+                "title": "research rockets",
+                "owner": "friday",
+                "whole": "goal: rockets by friday",
+                "unknown": "{missing}",
+                "oob": "{9}",
+            }
+        ]
+    }
+
+
+def test_render_reply_without_a_match_changes_nothing() -> None:
+    assert render_reply('{"a": "{1}"}', None) == '{"a": "{1}"}'
+
+
+async def test_tokens_are_deterministic_and_realistic() -> None:
+    model = ScriptedModel([{"reply": "x" * 41}])
+    request = req("y" * 30, system="s" * 9)
+
+    first = await model.complete(request)
+    second = await model.complete(request)
+
+    # Input: system + "\n" + message = 9 + 1 + 30 = 40 chars -> 10 tokens.
+    assert first.tokens_in == 10
+    assert first.tokens_out == math.ceil(41 / 4) == 11
+    assert first.tokens_cached == 0
+    assert first == second
+    assert first.scripted
+    assert first.provider == "scripted"
+    assert first.model == "m"
+    assert first.raw == {"scripted": True, "rule": 0, "text": "x" * 41}
+
+
+async def test_empty_reply_still_counts_one_token() -> None:
+    response = await ScriptedModel([{"reply": ""}]).complete(req(""))
+
+    assert (response.tokens_in, response.tokens_out) == (1, 1)
+
+
+async def test_no_rule_is_terminal_and_quotes_the_last_user_message() -> None:
+    model = ScriptedModel([{"task_type": "plan", "reply": "p"}])
+    long_text = "please do the thing " + "z" * 300
+
+    with pytest.raises(TerminalModelError) as caught:
+        await model.complete(req(long_text, task_type="review"))
+
+    message = str(caught.value)
+    assert message.startswith("scripted model has no rule for this request")
+    assert "'review'" in message
+    assert long_text[:200] in message
+    assert long_text[:201] not in message
+
+
+async def test_fail_times_then_answers_with_retry_after() -> None:
+    model = ScriptedModel(
+        [
+            {
+                "reply": "finally",
+                "fail_status": 429,
+                "fail_times": 2,
+                "retry_after": 1.5,
+            }
+        ]
+    )
+
+    for _ in range(2):
+        with pytest.raises(RetryableModelError) as caught:
+            await model.complete(req("hi"))
+        assert caught.value.status == 429
+        assert caught.value.retry_after == 1.5
+
+    assert (await model.complete(req("hi"))).text == "finally"
+    assert (await model.complete(req("hi"))).text == "finally"
+
+
+async def test_fail_counter_is_per_instance() -> None:
+    script = Script.from_dict([{"reply": "ok", "fail_status": 503, "fail_times": 1}])
+    one, two = ScriptedModel(script), ScriptedModel(script)
+
+    with pytest.raises(RetryableModelError):
+        await one.complete(req("hi"))
+    with pytest.raises(RetryableModelError):
+        await two.complete(req("hi"))
+    assert (await one.complete(req("hi"))).text == "ok"
+
+
+async def test_fail_status_400_is_terminal() -> None:
+    model = ScriptedModel([{"reply": "ok", "fail_status": 400, "fail_times": 1}])
+
+    with pytest.raises(TerminalModelError) as caught:
+        await model.complete(req("hi"))
+
+    assert caught.value.status == 400
+    assert (await model.complete(req("hi"))).text == "ok"
+
+
+async def test_failures_only_count_matching_calls() -> None:
+    model = ScriptedModel(
+        [
+            {"task_type": "plan", "reply": "p", "fail_status": 500, "fail_times": 1},
+            {"reply": "other"},
+        ]
+    )
+
+    assert (await model.complete(req("hi", task_type="x"))).text == "other"
+    with pytest.raises(RetryableModelError):
+        await model.complete(req("hi", task_type="plan"))
+    assert (await model.complete(req("hi", task_type="plan"))).text == "p"
+
+
+async def test_script_loads_from_json_file(tmp_path: Path) -> None:
+    path = tmp_path / "script.json"
+    path.write_text(json.dumps({"rules": [{"contains": "(\\d+)", "reply": "n={1}"}]}))
+
+    model = ScriptedModel.from_file(path)
+
+    assert (await model.complete(req("call 42"))).text == "n=42"
+    assert Script.load(path) == model.script
+
+
+def test_script_rejects_unknown_fields() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        Script.from_dict([{"reply": "x", "contians": "typo"}])
+
+
+async def test_scripted_model_drives_resilient_retries() -> None:
+    sleeps: list[float] = []
+    records: list[CallRecord] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def on_call(record: CallRecord) -> None:
+        records.append(record)
+
+    scripted = ScriptedModel(
+        [{"reply": "done", "fail_status": 503, "fail_times": 1, "retry_after": 3}]
+    )
+    model = ResilientModel(
+        [(scripted, "scripted-1")], PriceTable(), on_call=on_call, sleep=sleep
+    )
+
+    response = await model.complete(req("go"))
+
+    assert response.text == "done"
+    assert sleeps == [3.0]
+    assert [r.error is None for r in records] == [False, True]
+    assert records[-1].scripted
+    assert records[-1].cost_usd == 0.0
+
+
+def test_request_hash_is_stable_and_sensitive() -> None:
+    a = req("hello", task_type="plan")
+    b = ModelRequest(
+        model="m",
+        messages=(Message("user", "hello"),),
+        metadata={"task_type": "plan"},
+    )
+
+    assert request_hash(a) == request_hash(b)
+    assert len(request_hash(a)) == 64
+    assert request_hash(a) != request_hash(req("hello!", task_type="plan"))
