@@ -37,6 +37,8 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     task_type: str
     dispatch: int
     ready_seq: int
+    max_attempts: int = 3
+    approved: bool = False
 
 
 class BlobStub(msgspec.Struct, frozen=True, kw_only=True):

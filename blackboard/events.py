@@ -147,10 +147,18 @@ class TaskReady(Event, frozen=True, kw_only=True):
 
 
 class TaskClaimed(Event, frozen=True, kw_only=True):
-    """A worker took the task; ``attempt`` counts claims."""
+    """A worker took the task; ``attempt`` counts claims.
+
+    ``work_seq`` is the stream sequence of the work message the claim came
+    from: after a lease expires, only a later delivery of that same message
+    may take the task over, never a duplicate of it nor an older copy.
+    """
 
     worker: str
     attempt: int
+    work_seq: int = 0
+    delivery: int = 0
+    """Which delivery of that work message made the claim (1 = the first)."""
 
 
 class TaskCompleted(Event, frozen=True, kw_only=True):

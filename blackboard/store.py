@@ -16,9 +16,9 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import nats
 import nats.errors
@@ -66,6 +66,14 @@ OnBad = Callable[[MalformedEvent], None]
 
 def _warn_bad(err: MalformedEvent) -> None:
     log.warning("skipped %s", err)
+
+
+class Last(NamedTuple):
+    """The last message on a subject filter."""
+
+    seq: int
+    event_id: str
+    subject: str
 
 
 @dataclass(frozen=True)
@@ -282,24 +290,24 @@ class JetStreamEventStore:
     async def _landed(self, scope: str, event_id: str) -> int | None:
         """Sequence of the last event on ``scope`` if its id is ``event_id``."""
         last = await self.last_on(scope)
-        if last is not None and last[1] == event_id:
-            return last[0]
+        if last is not None and last.event_id == event_id:
+            return last.seq
         return None
 
-    async def last_on(self, scope: str) -> tuple[int, str] | None:
-        """Sequence and event id of the last message on a subject filter."""
+    async def last_on(self, scope: str) -> Last | None:
+        """Sequence, event id and subject of the last message on a filter."""
         try:
             msg = await self.js.get_last_msg(self.events_stream, scope)
         except nats.js.errors.NotFoundError:
             return None
         msg_id = (msg.headers or {}).get(subjects.H_MSG_ID, "")
         assert msg.seq is not None
-        return msg.seq, msg_id
+        return Last(msg.seq, msg_id, msg.subject or "")
 
     async def last_seq(self, goal_id: str, task_id: str | None) -> int:
         """The guard value of a task now: its last event's sequence, or 0."""
         last = await self.last_on(self.subjects.task_events(goal_id, task_id))
-        return last[0] if last else 0
+        return last.seq if last else 0
 
     async def append_many(self, events: Sequence[Event]) -> list[int]:
         """Append independent events with many publishes in flight at once.
@@ -329,7 +337,8 @@ class JetStreamEventStore:
             return []
         if len(items) > MAX_BATCH:
             raise ValueError(f"an atomic batch holds at most {MAX_BATCH} events")
-        batch_id = items[0][0].event_id[-20:] + f"{len(items):04d}"
+        # Same events, same batch id: a re-sent batch is recognisable as one.
+        batch_id = codec.sha256("\n".join(e.event_id for e, _ in items).encode())[:32]
         prepared = []
         for i, (event, expect) in enumerate(items, 1):
             subject, body, headers = await self._prepare(event, traceparent)
@@ -439,7 +448,7 @@ class JetStreamEventStore:
         from_seq: int = 1,
         on_bad: OnBad = _warn_bad,
         batch: int = 1000,
-    ) -> AsyncIterator[Envelope]:
+    ) -> AsyncGenerator[Envelope, None]:
         """Yield every event stored so far on ``filter_subject``, in order."""
         sub, pending = await self._reader(filter_subject, from_seq)
         try:
@@ -468,21 +477,66 @@ class JetStreamEventStore:
         from_seq: int | None = None,
         on_bad: OnBad = _warn_bad,
         batch: int = 500,
-    ) -> AsyncIterator[Envelope]:
+    ) -> AsyncGenerator[Envelope, None]:
         """Yield events as they arrive, forever; from ``from_seq`` or from now."""
-        sub, _ = await self._reader(filter_subject, from_seq or 1, from_seq is None)
+        async with contextlib.aclosing(
+            self.follow_batches(filter_subject, from_seq, on_bad, batch)
+        ) as batches:
+            async for envs in batches:
+                for env in envs:
+                    yield env
+
+    async def follow_batches(
+        self,
+        filter_subject: str | None = None,
+        from_seq: int | None = None,
+        on_bad: OnBad = _warn_bad,
+        batch: int = 500,
+        idle_s: float = 0.25,
+    ) -> AsyncGenerator[list[Envelope], None]:
+        """Yield batches of events as they arrive, forever (empty when idle).
+
+        The reader is an in-memory ephemeral consumer; if it disappears (the
+        server restarted) it is recreated from the sequence after the last one
+        seen, so nothing is skipped and nothing is yielded twice. Close the
+        generator (``contextlib.aclosing``) to release the reader at once.
+        """
+        next_seq = from_seq
+        sub: JetStreamContext.PullSubscription | None = None
         try:
             while True:
+                if sub is None:
+                    try:
+                        sub, _ = await self._reader(
+                            filter_subject, next_seq or 1, next_seq is None
+                        )
+                    except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+                        log.warning("reader could not start (%s); retrying", e)
+                        await asyncio.sleep(0.5)
+                        yield []
+                        continue
                 try:
-                    msgs = await sub.fetch(batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                    msgs = await sub.fetch(batch, timeout=idle_s)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    yield []
                     continue
+                except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+                    log.warning("reader lost (%s); recreating it", e)
+                    await _quietly(sub.unsubscribe())
+                    sub = None
+                    await asyncio.sleep(0.25)
+                    yield []
+                    continue
+                envs: list[Envelope] = []
                 for msg in msgs:
+                    next_seq = msg.metadata.sequence.stream + 1
                     env = await self.decode(msg, on_bad)
                     if env is not None:
-                        yield env
+                        envs.append(env)
+                yield envs
         finally:
-            await _quietly(sub.unsubscribe())
+            if sub is not None:
+                await _quietly(sub.unsubscribe())
 
     async def events_last_seq(self) -> int:
         """The last sequence of the events stream."""
@@ -496,6 +550,11 @@ class JetStreamEventStore:
         return await self.decode_raw(
             raw.subject, raw.data or b"", raw.headers, seq, on_bad
         )
+
+    async def goal_of_task(self, task_id: str) -> str | None:
+        """The goal a task belongs to, found from its TaskCreated; None if none."""
+        last = await self.last_on(self.subjects.task_anywhere(task_id, "task_created"))
+        return None if last is None else self.subjects.parse_event(last.subject)[0]
 
     async def last_event(
         self, goal_id: str, task_id: str | None, kind_: str | None = None

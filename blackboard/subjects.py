@@ -79,6 +79,10 @@ class Subjects:
         """Every event of one kind, of one goal or of all."""
         return f"{self.prefix}.evt.{goal_id or '*'}.*.{kind}"
 
+    def task_anywhere(self, task_id: str, kind: str) -> str:
+        """Events of one kind of a task whose goal is not known."""
+        return f"{self.prefix}.evt.*.{task_id}.{kind}"
+
     def work(self, lane: str) -> str:
         """The work subject of one lane."""
         return f"{self.prefix}.work.{lane}"
