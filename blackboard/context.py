@@ -1,0 +1,281 @@
+"""The task context a handler receives: its task, its goal, and its powers.
+
+Every write a handler makes through the context (a model call, a side effect)
+is appended to the log at once, guarded on the task's last sequence: if the
+worker's lease has expired and another worker took the task over, the write
+is refused with ConcurrencyConflict and this attempt stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from blackboard import dag, ids
+from blackboard.events import (
+    Event,
+    GoalSubmitted,
+    SideEffectCompleted,
+    SideEffectFailed,
+    SideEffectStarted,
+    TaskCompleted,
+    TaskCreated,
+    TaskSpec,
+)
+from blackboard.handlers import Followup, NeedsApproval
+from blackboard.state import TaskState, fold_task
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from blackboard.codec import WorkItem
+    from blackboard.store import JetStreamEventStore
+
+
+class TaskContext:
+    """What a handler knows and may do. One per attempt."""
+
+    def __init__(
+        self,
+        store: JetStreamEventStore,
+        item: WorkItem,
+        *,
+        worker: str,
+        attempt: int,
+        seq: int,
+        approved: bool = False,
+    ) -> None:
+        self.store = store
+        self.goal_id = item.goal_id
+        self.task_id = item.task_id
+        self.task_type = item.task_type
+        self.lane = item.lane
+        self.worker = worker
+        self.attempt = attempt
+        self.seq = seq
+        """The task's last sequence: the guard of the next write."""
+        self.approved = approved
+        self.writing = False
+        """True while a write is in flight (its sequence is not known yet)."""
+        self.spawned: list[TaskSpec] = []
+        self._lock = asyncio.Lock()
+        self._task: TaskCreated | None = None
+        self._goal: GoalSubmitted | None = None
+        self._history: TaskState | None = None
+
+    # --- what the handler knows ---------------------------------------------
+
+    async def task(self) -> TaskCreated:
+        """The TaskCreated event of this task (type, payload, deps, depth)."""
+        if self._task is None:
+            env = await self.store.last_event(
+                self.goal_id, self.task_id, "task_created"
+            )
+            assert env is not None
+            assert isinstance(env.event, TaskCreated)
+            self._task = env.event
+        return self._task
+
+    async def payload(self) -> dict[str, Any]:
+        """The task's payload."""
+        return (await self.task()).payload
+
+    async def goal(self) -> GoalSubmitted:
+        """The goal this task serves."""
+        if self._goal is None:
+            env = await self.store.last_event(self.goal_id, None, "goal_submitted")
+            assert env is not None
+            assert isinstance(env.event, GoalSubmitted)
+            self._goal = env.event
+        return self._goal
+
+    async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
+        """Results of other tasks of the goal that completed (missing: absent)."""
+        envs = await asyncio.gather(
+            *(
+                self.store.last_event(self.goal_id, t, "task_completed")
+                for t in task_ids
+            )
+        )
+        return {
+            t: env.event.result
+            for t, env in zip(task_ids, envs, strict=True)
+            if env is not None and isinstance(env.event, TaskCompleted)
+        }
+
+    async def dependency_results(self) -> dict[str, Any]:
+        """Results of the tasks this one depends on, by task id."""
+        return await self.results_of((await self.task()).depends_on)
+
+    async def history(self) -> TaskState:
+        """This task's own events, folded (its calls, effects and attempts)."""
+        if self._history is None:
+            envs = [
+                env
+                async for env in self.store.read(
+                    self.store.subjects.task_events(self.goal_id, self.task_id)
+                )
+            ]
+            state = fold_task(self.goal_id, envs)
+            assert state is not None
+            self._history = state
+        return self._history
+
+    async def children_results(self) -> dict[str, Any]:
+        """Results of the tasks this one spawned, by task id."""
+        return await self.results_of((await self.history()).children)
+
+    # --- what the handler may do ----------------------------------------------
+
+    def new_task(
+        self,
+        task_type: str,
+        lane: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        depends_on: Sequence[str] = (),
+        requires_approval: bool = False,
+        priority: int = 0,
+    ) -> TaskSpec:
+        """A spec for a new task of this goal, with a fresh id."""
+        return TaskSpec(
+            task_id=ids.new_id(),
+            type=task_type,
+            lane=lane,
+            payload=payload or {},
+            depends_on=tuple(depends_on),
+            requires_approval=requires_approval,
+            priority=priority,
+        )
+
+    def spawn(self, spec: TaskSpec) -> str:
+        """Create a task when this one completes, without waiting for it."""
+        self.spawned.append(spec)
+        return spec.task_id
+
+    def wait_for(self, *children: TaskSpec, reason: str = "") -> Followup:
+        """Return this from the handler: spawn children, run again after them."""
+        return Followup(children, reason)
+
+    def request_approval(self, reason: str) -> None:
+        """Stop here until a human approves; the handler runs again after."""
+        if not self.approved:
+            raise NeedsApproval(reason)
+
+    async def append(self, make: Callable[[str], Event]) -> int:
+        """Append an event on this task, guarded; ``make`` gets the event id.
+
+        Writes of one attempt are serialised so each is guarded on the one
+        before it.
+        """
+        async with self._lock:
+            event = make(ids.new_id())
+            self.writing = True
+            try:
+                self.seq = await self.store.append(event, expect=self.seq)
+            finally:
+                self.writing = False
+            return self.seq
+
+    async def effect(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[Any]],
+        *,
+        idempotent: bool = False,
+        request: Any = None,
+    ) -> Any:
+        """Perform a side effect once, and record it.
+
+        A completed effect recorded by an earlier attempt is not performed
+        again: its recorded result is returned. One recorded as started but
+        never finished (the worker died in between) is performed again only if
+        ``idempotent``; otherwise a human is asked to check and approve.
+        """
+        key = f"{self.task_id}:{name}"
+        history = await self.history()
+        seen = history.effects.get(key)
+        if seen == "completed":
+            return history.effect_results.get(key)
+        if seen == "started" and not idempotent and not self.approved:
+            raise NeedsApproval(
+                f"side effect {name!r} may have been performed by a worker that "
+                "died before recording its result; check it, then approve to redo",
+                policy="side_effect",
+            )
+        base = {"goal_id": self.goal_id, "task_id": self.task_id, "actor": self.worker}
+        await self.append(
+            lambda i: SideEffectStarted(
+                event_id=i,
+                at=ids.utcnow(),
+                name=name,
+                idempotency_key=key,
+                request=request,
+                idempotent=idempotent,
+                **base,
+            )
+        )
+        try:
+            result = await fn()
+        except Exception as e:
+            err = f"{type(e).__name__}: {e}"
+            await self.append(
+                lambda i: SideEffectFailed(
+                    event_id=i,
+                    at=ids.utcnow(),
+                    name=name,
+                    idempotency_key=key,
+                    error=err,
+                    **base,
+                )
+            )
+            raise
+        await self.append(
+            lambda i: SideEffectCompleted(
+                event_id=i,
+                at=ids.utcnow(),
+                name=name,
+                idempotency_key=key,
+                result=result,
+                **base,
+            )
+        )
+        history.effects[key] = "completed"
+        history.effect_results[key] = result
+        return result
+
+    async def children_events(self, specs: Sequence[TaskSpec]) -> list[TaskCreated]:
+        """TaskCreated events for specs spawned by this task, validated."""
+        if not specs:
+            return []
+        me = await self.task()
+        ordered = dag.order(specs, existing=self._known_ids(me, specs))
+        now = ids.utcnow()
+        return [
+            TaskCreated(
+                event_id=f"created:{self.goal_id}:{s.task_id}",
+                goal_id=self.goal_id,
+                task_id=s.task_id,
+                at=now,
+                actor=self.worker,
+                task_type=s.type,
+                lane=s.lane,
+                payload=s.payload,
+                depends_on=s.depends_on,
+                parent_id=self.task_id,
+                depth=me.depth + 1,
+                priority=s.priority,
+                dedupe_key=s.dedupe_key,
+                requires_approval=s.requires_approval,
+                max_attempts=s.max_attempts or me.max_attempts,
+            )
+            for s in ordered
+        ]
+
+    def _known_ids(self, me: TaskCreated, specs: Sequence[TaskSpec]) -> set[str]:
+        # Children may depend on tasks outside the batch; the scheduler refuses
+        # any that does not exist, with a recorded reason.
+        new = {s.task_id for s in specs}
+        return {d for s in specs for d in s.depends_on if d not in new} | {
+            me.task_id or ""
+        }

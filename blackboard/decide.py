@@ -1,0 +1,459 @@
+"""The scheduler's decisions: state in, events to write out. Pure.
+
+``decide`` looks at the goals and tasks that changed and returns actions. Every
+event it makes has a deterministic id derived from the state it was decided on
+(``ready:<goal>:<task>:<dispatch>``, ...), and every task write is guarded on
+the task's last sequence, so a restarted or deposed scheduler can decide again
+without anything happening twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from blackboard import dag
+from blackboard.errors import InvalidDag
+from blackboard.events import (
+    ApprovalRequested,
+    Event,
+    GoalCompleted,
+    GoalFailed,
+    GoalHalted,
+    TaskCancelled,
+    TaskCreated,
+    TaskFailed,
+    TaskHeld,
+    TaskReady,
+    TaskSpec,
+)
+from blackboard.state import TERMINAL, BoardState, GoalState, TaskState
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from datetime import datetime
+
+ROOT_TASK = "plan"
+"""Id of the task created for a goal submitted without a DAG."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The scheduler's configuration that decisions depend on."""
+
+    approval_task_types: frozenset[str] = frozenset()
+    approval_lanes: frozenset[str] = frozenset()
+    max_attempts: int = 3
+    root_lane: str = "frontier"
+    lanes: frozenset[str] = frozenset()
+    """Configured lanes; a task on another lane fails at admission. Empty: any."""
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """Write one event, guarded on ``expect`` when it is not None."""
+
+    event: Event
+    expect: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendBatch:
+    """Write events atomically, in order (a goal's initial tasks)."""
+
+    items: tuple[tuple[Event, int | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Write TaskReady (guarded), then put a work item on the task's lane."""
+
+    ready: TaskReady
+    expect: int
+    lane: str
+    task_type: str
+
+
+Action = Append | AppendBatch | Dispatch
+
+
+@dataclass(slots=True)
+class Decider:
+    """Decides for one scheduler; holds only its identity and policy."""
+
+    actor: str
+    policy: Policy = field(default_factory=Policy)
+
+    def decide(
+        self,
+        state: BoardState,
+        goal_ids: Iterable[str],
+        task_keys: Iterable[tuple[str, str]],
+        now: datetime,
+        busy: set[str],
+    ) -> list[Action]:
+        """Actions for the goals and tasks that changed.
+
+        Args:
+            state: the folded log.
+            goal_ids: goals to look at as a whole (new, cancelled, resumed...).
+            task_keys: (goal, task) pairs whose events arrived.
+            now: the time written into new events.
+            busy: keys (goal id, or ``goal:task``) with a write still in flight;
+                they are skipped until their event is back in the log.
+        """
+        actions: list[Action] = []
+        tasks_by_goal: dict[str, set[str]] = {}
+        for goal_id in goal_ids:
+            tasks_by_goal.setdefault(goal_id, set())
+            goal = state.goals.get(goal_id)
+            if goal is not None:
+                tasks_by_goal[goal_id].update(goal.tasks)
+        for goal_id, task_id in task_keys:
+            tasks_by_goal.setdefault(goal_id, set()).add(task_id)
+        for goal_id, task_ids in tasks_by_goal.items():
+            goal = state.goals.get(goal_id)
+            if goal is not None:
+                actions.extend(self._goal(goal, task_ids, now, busy))
+        return actions
+
+    # --- per goal -----------------------------------------------------------
+
+    def _goal(
+        self, goal: GoalState, task_ids: set[str], now: datetime, busy: set[str]
+    ) -> list[Action]:
+        if goal.status in ("done", "failed"):
+            return []
+        if goal.status == "cancelled":
+            return [
+                Append(
+                    self._ev(
+                        TaskCancelled,
+                        goal,
+                        t,
+                        now,
+                        f"cancel:{goal.goal_id}:{t.task_id}",
+                        reason=f"goal cancelled: {goal.reason}".strip(": "),
+                    ),
+                    t.last_seq,
+                )
+                for t in goal.tasks.values()
+                if t.status not in TERMINAL and _key(t) not in busy
+            ]
+        created = self._materialise(goal, now, busy)
+        if created is not None:
+            return created
+        # A finished task can unblock its dependents and its waiting parent.
+        considered = set(task_ids)
+        for tid in task_ids:
+            task = goal.tasks.get(tid)
+            if task is not None and task.status in TERMINAL:
+                considered.update(task.dependents)
+                if task.parent_id:
+                    considered.add(task.parent_id)
+        actions: list[Action] = []
+        halting = goal.goal_id in busy
+        for tid in sorted(considered, key=lambda t: _order(goal, t)):
+            task = goal.tasks.get(tid)
+            if task is None or _key(task) in busy:
+                continue
+            for action in self._task(goal, task, now, halting):
+                if isinstance(action, Append) and isinstance(action.event, GoalHalted):
+                    halting = True
+                actions.append(action)
+        if goal.goal_id not in busy and not halting:
+            end = self._end(goal, now)
+            if end is not None:
+                actions.append(end)
+        return actions
+
+    def _materialise(
+        self, goal: GoalState, now: datetime, busy: set[str]
+    ) -> list[Action] | None:
+        """Create the goal's initial tasks if they are not all in the log yet."""
+        specs = goal.submitted.tasks
+        if goal.goal_id in busy:
+            return []
+        if not specs:
+            if goal.tasks:
+                return None
+            specs = (
+                TaskSpec(
+                    task_id=ROOT_TASK,
+                    type="plan",
+                    lane=self.policy.root_lane,
+                    payload={"goal": goal.text},
+                ),
+            )
+        missing = [s for s in specs if s.task_id not in goal.tasks]
+        if not missing:
+            return None
+        try:
+            ordered = dag.order(missing, existing=goal.tasks.keys())
+        except InvalidDag as e:
+            return [
+                Append(
+                    self._goal_ev(GoalFailed, goal, now, reason=f"invalid DAG: {e}"),
+                    goal.last_seq,
+                )
+            ]
+        items: list[tuple[Event, int | None]] = [
+            (self._created(goal, spec, now), 0) for spec in ordered
+        ]
+        # Batches hold at most 1,000 events; dependency order is kept across them.
+        return [
+            AppendBatch(tuple(items[i : i + 1000])) for i in range(0, len(items), 1000)
+        ]
+
+    def _created(self, goal: GoalState, spec: TaskSpec, now: datetime) -> TaskCreated:
+        return TaskCreated(
+            event_id=f"created:{goal.goal_id}:{spec.task_id}",
+            goal_id=goal.goal_id,
+            task_id=spec.task_id,
+            at=now,
+            actor=self.actor,
+            task_type=spec.type,
+            lane=spec.lane,
+            payload=spec.payload,
+            depends_on=spec.depends_on,
+            priority=spec.priority,
+            dedupe_key=spec.dedupe_key,
+            requires_approval=spec.requires_approval,
+            max_attempts=spec.max_attempts or self.policy.max_attempts,
+        )
+
+    # --- per task -----------------------------------------------------------
+
+    def _task(
+        self, goal: GoalState, task: TaskState, now: datetime, halting: bool
+    ) -> list[Action]:
+        if task.status == "pending":
+            return self._admit(goal, task, now, halting)
+        if task.status == "needs_followup":
+            waiting = [goal.tasks.get(c) for c in task.waiting_on]
+            if any(c is None or c.status not in TERMINAL for c in waiting):
+                return []
+            bad = [c for c in waiting if c is not None and c.status != "done"]
+            if bad:
+                return [
+                    self._fail(
+                        goal,
+                        task,
+                        now,
+                        f"spawned task {bad[0].task_id} {bad[0].status}: "
+                        f"{bad[0].error}",
+                    )
+                ]
+            return [self._dispatch(goal, task, now)]
+        return []
+
+    def _admit(
+        self, goal: GoalState, task: TaskState, now: datetime, halting: bool
+    ) -> list[Action]:
+        if goal.status == "halted" or halting:
+            return []
+        if self.policy.lanes and task.lane not in self.policy.lanes:
+            return [
+                self._fail(
+                    goal,
+                    task,
+                    now,
+                    f"unknown lane {task.lane!r}; configured: "
+                    f"{', '.join(sorted(self.policy.lanes))}",
+                )
+            ]
+        for dep in task.depends_on:
+            d = goal.tasks.get(dep)
+            if d is None:
+                return [self._fail(goal, task, now, f"unknown dependency {dep!r}")]
+            if d.status in ("failed", "cancelled"):
+                return [
+                    Append(
+                        self._ev(
+                            TaskCancelled,
+                            goal,
+                            task,
+                            now,
+                            f"cancel:{goal.goal_id}:{task.task_id}",
+                            reason=f"dependency {dep} {d.status}",
+                        ),
+                        task.last_seq,
+                    )
+                ]
+        if not all(goal.tasks[d].status == "done" for d in task.depends_on):
+            return []
+        breach = _breach(goal, task)
+        if breach is not None:
+            guardrail, limit, observed = breach
+            why = f"{guardrail} {observed:g} exceeds {limit:g}"
+            return [
+                Append(
+                    self._ev(
+                        TaskHeld,
+                        goal,
+                        task,
+                        now,
+                        f"held:{goal.goal_id}:{task.task_id}:{task.last_seq}",
+                        guardrail=guardrail,
+                        reason=why,
+                    ),
+                    task.last_seq,
+                ),
+                Append(
+                    self._goal_ev(
+                        GoalHalted,
+                        goal,
+                        now,
+                        guardrail=guardrail,
+                        limit=limit,
+                        observed=observed,
+                        event_id=f"halted:{goal.goal_id}:{task.task_id}:{task.last_seq}",
+                    ),
+                    goal.last_seq,
+                ),
+            ]
+        policy = self._approval_policy(task)
+        if policy and not task.approved:
+            return [
+                Append(
+                    self._ev(
+                        ApprovalRequested,
+                        goal,
+                        task,
+                        now,
+                        f"approval:{goal.goal_id}:{task.task_id}:{task.last_seq}",
+                        reason=f"{task.task_type} on {task.lane} needs approval",
+                        policy=policy,
+                    ),
+                    task.last_seq,
+                )
+            ]
+        return [self._dispatch(goal, task, now)]
+
+    def _approval_policy(self, task: TaskState) -> str:
+        if task.requires_approval:
+            return "task"
+        if task.task_type in self.policy.approval_task_types:
+            return f"task_type:{task.task_type}"
+        if task.lane in self.policy.approval_lanes:
+            return f"lane:{task.lane}"
+        return ""
+
+    def _dispatch(self, goal: GoalState, task: TaskState, now: datetime) -> Dispatch:
+        n = task.dispatch + 1
+        ready = self._ev(
+            TaskReady,
+            goal,
+            task,
+            now,
+            f"ready:{goal.goal_id}:{task.task_id}:{n}",
+            dispatch=n,
+        )
+        assert isinstance(ready, TaskReady)
+        return Dispatch(ready, task.last_seq, task.lane, task.task_type)
+
+    def _fail(
+        self, goal: GoalState, task: TaskState, now: datetime, error: str
+    ) -> Append:
+        return Append(
+            self._ev(
+                TaskFailed,
+                goal,
+                task,
+                now,
+                f"fail:{goal.goal_id}:{task.task_id}:{task.last_seq}",
+                error=error,
+                retryable=False,
+                attempt=task.attempt,
+            ),
+            task.last_seq,
+        )
+
+    def _end(self, goal: GoalState, now: datetime) -> Append | None:
+        if goal.open_tasks > 0 or not goal.tasks or goal.status != "running":
+            return None
+        bad = [t for t in goal.tasks.values() if t.status != "done"]
+        if bad:
+            first = min(bad, key=lambda t: t.ordinal)
+            reason = (
+                f"{len(bad)} task(s) did not finish; first: {first.task_id} "
+                f"{first.status}: {first.error or ''}".rstrip(": ")
+            )
+            return Append(
+                self._goal_ev(GoalFailed, goal, now, reason=reason), goal.last_seq
+            )
+        return Append(
+            self._goal_ev(GoalCompleted, goal, now, summary=_summary(goal)),
+            goal.last_seq,
+        )
+
+    # --- event builders -----------------------------------------------------
+
+    def _ev(
+        self,
+        cls: type[Event],
+        goal: GoalState,
+        task: TaskState,
+        now: datetime,
+        event_id: str,
+        **fields: object,
+    ) -> Event:
+        return cls(
+            event_id=event_id,
+            goal_id=goal.goal_id,
+            task_id=task.task_id,
+            at=now,
+            actor=self.actor,
+            **fields,
+        )
+
+    def _goal_ev(
+        self,
+        cls: type[Event],
+        goal: GoalState,
+        now: datetime,
+        event_id: str | None = None,
+        **fields: object,
+    ) -> Event:
+        kind = cls.__name__
+        return cls(
+            event_id=event_id or f"{kind}:{goal.goal_id}:{goal.last_seq}",
+            goal_id=goal.goal_id,
+            task_id=None,
+            at=now,
+            actor=self.actor,
+            **fields,
+        )
+
+
+def _key(task: TaskState) -> str:
+    return f"{task.goal_id}:{task.task_id}"
+
+
+def _order(goal: GoalState, task_id: str) -> tuple[int, int]:
+    task = goal.tasks.get(task_id)
+    return (0, 0) if task is None else (-task.priority, task.ordinal)
+
+
+def _breach(goal: GoalState, task: TaskState) -> tuple[str, float, float] | None:
+    lim = goal.limits
+    if lim.max_depth is not None and task.depth > lim.max_depth:
+        return "max_depth", lim.max_depth, task.depth
+    if lim.max_tasks is not None and task.ordinal > lim.max_tasks:
+        return "max_tasks", lim.max_tasks, task.ordinal
+    if lim.max_tokens is not None and goal.tokens > lim.max_tokens:
+        return "max_tokens", lim.max_tokens, goal.tokens
+    if lim.max_cost_usd is not None and goal.cost_usd > lim.max_cost_usd:
+        return "max_cost_usd", lim.max_cost_usd, round(goal.cost_usd, 6)
+    return None
+
+
+def _summary(goal: GoalState) -> str:
+    aggregates = [t for t in goal.tasks.values() if t.task_type == "aggregate"]
+    if aggregates:
+        last = max(aggregates, key=lambda t: t.ordinal)
+        result = last.result
+        if isinstance(result, dict) and "summary" in result:
+            return str(result["summary"])
+        return str(result)
+    return f"{len(goal.tasks)} task(s) done"

@@ -1,0 +1,280 @@
+"""The scheduler process: fold the log, decide, write; one active at a time.
+
+At start (and at every takeover) it rebuilds its state by folding the whole
+events stream, reconciles (re-sends work for tasks that are ready but whose
+work message may never have been published), then follows the stream in
+batches: fold the batch, decide for what changed, write the decisions
+concurrently. Decisions carry deterministic ids and guards (see decide.py),
+so nothing it does is doubled by a restart or a takeover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from blackboard import codec, ids, subjects
+from blackboard.decide import Append, AppendBatch, Decider, Dispatch
+from blackboard.errors import ConcurrencyConflict, StoreError
+from blackboard.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    TaskCancelled,
+    TaskCompleted,
+    TaskCreated,
+    TaskFailed,
+    TaskNeedsFollowup,
+)
+from blackboard.lock import LeaderLock
+from blackboard.state import BoardState, TaskState, evolve
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
+
+    from blackboard.codec import Envelope
+    from blackboard.store import JetStreamEventStore
+
+log = logging.getLogger("blackboard.scheduler")
+
+# Task events after which the scheduler may have something to decide.
+_WAKES = (
+    TaskCreated,
+    TaskCompleted,
+    TaskFailed,
+    TaskCancelled,
+    TaskNeedsFollowup,
+    ApprovalGranted,
+    ApprovalDenied,
+)
+
+
+class Scheduler:
+    """The one active scheduler of a deployment (others wait as standbys)."""
+
+    def __init__(
+        self,
+        store: JetStreamEventStore,
+        decider: Decider,
+        *,
+        lock_ttl_s: float = 10.0,
+        clock: Callable[[], datetime] = ids.utcnow,
+    ) -> None:
+        self.store = store
+        self.decider = decider
+        self.clock = clock
+        self.state = BoardState()
+        self.lock = LeaderLock(
+            store.js, _lock_bucket(store), "scheduler", decider.actor, lock_ttl_s
+        )
+        self.leading = asyncio.Event()
+        self._busy_ids: dict[str, str] = {}
+        self._busy: Counter[str] = Counter()
+        self._redo_goals: set[str] = set()
+        self._unsent: list[codec.WorkItem] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lead when possible, until ``stop`` is set."""
+        while not stop.is_set():
+            if not await self.lock.acquire(stop):
+                return
+            log.info("%s: leading", self.decider.actor)
+            self.leading.set()
+            try:
+                await self._lead(stop)
+            finally:
+                self.leading.clear()
+                await self.lock.release()
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        self.state = BoardState()
+        self._busy_ids.clear()
+        self._busy.clear()
+        async for env in self.store.read():
+            evolve(self.state, env)
+        await self._reconcile()
+        batches = self.store.follow_batches(from_seq=self.state.last_seq + 1)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                if stop.is_set() or self.lock.lost.is_set():
+                    return
+                goals: set[str] = set(self._redo_goals)
+                self._redo_goals.clear()
+                tasks: set[tuple[str, str]] = set()
+                for env in batch:
+                    self._observe(env, goals, tasks)
+                if self._unsent:
+                    await self._send_work(self._unsent)
+                if goals or tasks:
+                    await self._step(goals, tasks)
+
+    def _observe(
+        self, env: Envelope, goals: set[str], tasks: set[tuple[str, str]]
+    ) -> None:
+        evolve(self.state, env)
+        event = env.event
+        key = self._busy_ids.pop(event.event_id, None)
+        if key is not None and self._release(key):
+            # Events that arrived while the key was busy were not decided on
+            # (a goal's first tasks come back in many batches while its
+            # creation is in flight): look at the whole key again now.
+            goal_id, _, task_id = key.partition(":")
+            if task_id:
+                tasks.add((goal_id, task_id))
+            else:
+                goals.add(goal_id)
+        if event.task_id is None:
+            goals.add(event.goal_id)
+        elif isinstance(event, _WAKES):
+            tasks.add((event.goal_id, event.task_id))
+
+    async def _reconcile(self) -> None:
+        """After a (re)start: decide for every open goal; re-send ready work."""
+        open_goals = [
+            g
+            for g in self.state.goals.values()
+            if g.status in ("running", "halted", "cancelled")
+            and (g.open_tasks > 0 or not g.tasks or g.status != "cancelled")
+        ]
+        resend = [
+            _work_item(t, t.lane, t.task_type, t.dispatch, t.ready_seq)
+            for g in open_goals
+            for t in g.tasks.values()
+            if t.status == "ready" and t.last_seq == t.ready_seq
+        ]
+        if resend:
+            log.info(
+                "re-sending %d ready work item(s) (deduplicated by id)", len(resend)
+            )
+            await self._send_work(resend)
+        await self._step({g.goal_id for g in open_goals}, set())
+
+    async def _step(self, goals: set[str], tasks: set[tuple[str, str]]) -> None:
+        busy = {k for k, n in self._busy.items() if n > 0}
+        actions = self.decider.decide(self.state, goals, tasks, self.clock(), busy)
+        if not actions:
+            return
+        by_goal: dict[str, list[AppendBatch]] = {}
+        singles: list[Append | Dispatch] = []
+        for action in actions:
+            if isinstance(action, AppendBatch):
+                by_goal.setdefault(action.items[0][0].goal_id, []).append(action)
+            else:
+                singles.append(action)
+        await asyncio.gather(
+            *(self._run_batches(batches) for batches in by_goal.values()),
+            *(self._run(a) for a in singles),
+        )
+
+    def _hold(self, key: str, event_ids: list[str]) -> None:
+        for event_id in event_ids:
+            self._busy_ids[event_id] = key
+        self._busy[key] += len(event_ids)
+
+    def _release(self, key: str, n: int = 1) -> bool:
+        """Count ``n`` writes of ``key`` as landed; True when none is left."""
+        self._busy[key] -= n
+        if self._busy[key] <= 0:
+            del self._busy[key]
+            return True
+        return False
+
+    def _unhold(self, event_ids: list[str]) -> None:
+        for event_id in event_ids:
+            key = self._busy_ids.pop(event_id, None)
+            if key is not None:
+                self._release(key)
+
+    async def _run_batches(self, batches: list[AppendBatch]) -> None:
+        goal_id = batches[0].items[0][0].goal_id
+        all_ids = [e.event_id for b in batches for e, _ in b.items]
+        self._hold(goal_id, all_ids)
+        for batch in batches:
+            try:
+                await self.store.append_batch(batch.items)
+            except (ConcurrencyConflict, StoreError) as e:
+                log.warning(
+                    "goal %s: creating tasks failed (%s); will retry", goal_id, e
+                )
+                self._unhold(all_ids)
+                self._redo_goals.add(goal_id)
+                return
+
+    async def _run(self, action: Append | Dispatch) -> None:
+        event = action.ready if isinstance(action, Dispatch) else action.event
+        key = (
+            event.goal_id
+            if event.task_id is None
+            else f"{event.goal_id}:{event.task_id}"
+        )
+        self._hold(key, [event.event_id])
+        try:
+            seq = await self.store.append(event, expect=action.expect)
+        except ConcurrencyConflict:
+            # Someone wrote to the task since we folded; their event will
+            # arrive and we decide again then.
+            self._unhold([event.event_id])
+            return
+        except StoreError as e:
+            log.warning("write of %s failed (%s); will retry", event.event_id, e)
+            self._unhold([event.event_id])
+            self._redo_goals.add(event.goal_id)
+            return
+        if isinstance(action, Dispatch):
+            task = self.state.goals[event.goal_id].tasks[event.task_id or ""]
+            await self._send_work(
+                [
+                    _work_item(
+                        task, action.lane, action.task_type, action.ready.dispatch, seq
+                    )
+                ]
+            )
+
+    async def _send_work(self, items: list[codec.WorkItem]) -> None:
+        """Publish work items; those that fail are kept and retried."""
+        self._unsent = [i for i in self._unsent if i not in items]
+
+        async def one(item: codec.WorkItem) -> None:
+            msg_id = f"work:{item.goal_id}:{item.task_id}:{item.dispatch}"
+            try:
+                await self.store.js.publish(
+                    self.store.subjects.work(item.lane),
+                    codec.encode(item),
+                    headers={subjects.H_MSG_ID: msg_id},
+                )
+            except Exception as e:
+                log.warning("work for %s not sent (%s); will retry", item.task_id, e)
+                self._unsent.append(item)
+
+        await asyncio.gather(*(one(i) for i in items))
+
+
+def _work_item(
+    task: TaskState, lane: str, task_type: str, dispatch: int, ready_seq: int
+) -> codec.WorkItem:
+    return codec.WorkItem(
+        goal_id=task.goal_id,
+        task_id=task.task_id,
+        lane=lane,
+        task_type=task_type,
+        dispatch=dispatch,
+        ready_seq=ready_seq,
+        max_attempts=task.max_attempts,
+        approved=task.approved,
+    )
+
+
+def _lock_bucket(store: JetStreamEventStore) -> str:
+    prefix = store.settings.prefix
+    tag = prefix.replace(".", "_").replace("-", "_")
+    return subjects.LOCK_BUCKET if prefix == "bb" else f"{subjects.LOCK_BUCKET}_{tag}"
+
+
+async def stop_on(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:
+    """Set ``stop`` when any of ``tasks`` ends (so one failure stops all)."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
