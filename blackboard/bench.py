@@ -14,14 +14,18 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import typer
+from nats.js import api as nats_api
 
 from blackboard import config, ids, runtime
-from blackboard.events import TaskClaimed, TaskCreated
+from blackboard.events import TaskClaimed, TaskCreated, TaskSpec
 from blackboard.server import EmbeddedServer
 from blackboard.store import JetStreamEventStore, StoreSettings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from blackboard.context import TaskContext
+    from blackboard.state import GoalState
 
 WINDOW = 512
 
@@ -164,3 +168,152 @@ def print_table(result: dict[str, Any]) -> None:
     for key, value in result.items():
         shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
         typer.echo(f"{key:<{width}}  {shown}")
+
+
+async def _fanout(ctx: TaskContext) -> object:
+    """Spawn ``n`` no-op children and finish after them (1 -> n -> 1)."""
+    n = int((await ctx.payload())["n"])
+    if ctx.attempt == 1 and not (await ctx.history()).children:
+        return ctx.wait_for(*(ctx.new_task("noop", ctx.lane) for _ in range(n)))
+    return {"children": n}
+
+
+BENCH_HANDLERS = {"bench_fanout": _fanout}
+
+
+async def _run_goal(
+    store: JetStreamEventStore,
+    settings: config.Settings,
+    specs: list[TaskSpec],
+    text: str,
+) -> tuple[float, GoalState]:
+    from blackboard import client, service
+
+    event = service.goal_submitted(
+        settings,
+        text,
+        specs=specs,
+        submitted_by="bench",
+        overrides={"max_tasks": len(specs) + 1000},
+    )
+    t0 = time.perf_counter()
+    await store.append(event)
+    # Only the goal's own events: a watcher of every task event would compete
+    # with the engine for this one process's CPU.
+    goal = await client.wait_goal(
+        store, event.goal_id, timeout_s=600, goal_level_only=True
+    )
+    wall = time.perf_counter() - t0
+    if goal.status != "done":
+        raise RuntimeError(f"bench goal ended {goal.status}: {goal.reason}")
+    return wall, goal
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def _raw_jetstream(store: JetStreamEventStore, n: int) -> tuple[float, float]:
+    """Raw publish and fetch+ack rates on a work-queue stream, same server."""
+    js = store.js
+    await js.add_stream(
+        name="BENCH_WQ",
+        subjects=["benchwq.>"],
+        retention=nats_api.RetentionPolicy.WORK_QUEUE,
+    )
+    body = b'{"goal_id":"01HZZZZZZZZZZZZZZZZZZZZZZZ","task_id":"t","lane":"local"}'
+    t0 = time.perf_counter()
+    for start in range(0, n, WINDOW):
+        await asyncio.gather(
+            *(
+                js.publish("benchwq.x", body, headers={"Nats-Msg-Id": f"w{i}"})
+                for i in range(start, min(n, start + WINDOW))
+            )
+        )
+    publish = n / (time.perf_counter() - t0)
+    sub = await js.pull_subscribe("benchwq.x", durable="bench", stream="BENCH_WQ")
+    got = 0
+    t0 = time.perf_counter()
+    while got < n:
+        msgs = await sub.fetch(min(256, n - got), timeout=5)
+        await asyncio.gather(*(m.ack() for m in msgs))
+        got += len(msgs)
+    fetch_ack = n / (time.perf_counter() - t0)
+    await sub.unsubscribe()
+    await js.delete_stream("BENCH_WQ")
+    return publish, fetch_ack
+
+
+async def engine(
+    tasks: int = 10_000, fanout: int = 500, chain: int = 200, concurrency: int = 128
+) -> dict[str, Any]:
+    """No-op tasks end to end; fan-out/fan-in; chain hops; raw JetStream rates."""
+    from blackboard import stack
+    from blackboard.events import TaskCompleted
+
+    progress = typer.echo
+    settings = config.load()
+    settings.engine.lease_s = 30.0
+    async with (
+        bench_store("engine") as store,
+        stack.running(
+            store, settings, BENCH_HANDLERS, lanes=["local"], concurrency=concurrency
+        ),
+    ):
+        progress(f"  {tasks} independent no-op tasks...", err=True)
+        wall, _ = await _run_goal(
+            store,
+            settings,
+            [
+                TaskSpec(task_id=f"t{i}", type="noop", lane="local")
+                for i in range(tasks)
+            ],
+            "bench: independent tasks",
+        )
+        tasks_per_s = tasks / wall
+        progress(f"  1 -> {fanout} -> 1 fan-out/fan-in...", err=True)
+        fan_wall, _ = await _run_goal(
+            store,
+            settings,
+            [
+                TaskSpec(
+                    task_id="root",
+                    type="bench_fanout",
+                    lane="local",
+                    payload={"n": fanout},
+                ),
+                TaskSpec(
+                    task_id="last", type="noop", lane="local", depends_on=("root",)
+                ),
+            ],
+            "bench: fan-out",
+        )
+        progress(f"  chain of {chain}...", err=True)
+        specs = [TaskSpec(task_id="c0", type="noop", lane="local")] + [
+            TaskSpec(
+                task_id=f"c{i}", type="noop", lane="local", depends_on=(f"c{i - 1}",)
+            )
+            for i in range(1, chain)
+        ]
+        _, goal = await _run_goal(store, settings, specs, "bench: chain")
+        done_at = {}
+        async for env in store.read_goal(goal.goal_id):
+            if isinstance(env.event, TaskCompleted):
+                done_at[env.event.task_id] = env.event.at
+        hops = [
+            (done_at[f"c{i}"] - done_at[f"c{i - 1}"]).total_seconds() * 1000
+            for i in range(1, chain)
+        ]
+        progress("  raw JetStream publish and fetch+ack...", err=True)
+        publish, fetch_ack = await _raw_jetstream(store, tasks)
+    return {
+        "tasks": tasks,
+        "tasks_per_s": round(tasks_per_s, 1),
+        "fanout_wall_s": round(fan_wall, 3),
+        "hop_latency_ms_p50": round(_pct(hops, 50), 2),
+        "hop_latency_ms_p99": round(_pct(hops, 99), 2),
+        "jetstream_publish_per_s": round(publish, 1),
+        "jetstream_fetch_ack_per_s": round(fetch_ack, 1),
+        "worker_concurrency": concurrency,
+    }

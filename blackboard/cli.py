@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -35,6 +38,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Settings file (default ./bb.toml).")
 ]
+HandlersOpt = Annotated[
+    str | None,
+    typer.Option("--handlers", help="Extra task handlers, as module:attribute."),
+]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Who you are (default $USER).")]
+MaxDepth = Annotated[int | None, typer.Option(help="Guardrail: deepest spawn level.")]
+MaxTasks = Annotated[int | None, typer.Option(help="Guardrail: tasks in the goal.")]
+MaxTokens = Annotated[int | None, typer.Option(help="Guardrail: tokens of the goal.")]
+MaxCost = Annotated[float | None, typer.Option(help="Guardrail: USD for the goal.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -53,10 +65,27 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(130) from None
 
 
-def serve(coro: Coroutine[Any, Any, None]) -> None:
-    """Run a long-lived command until Ctrl-C, its normal way to stop."""
+def serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run a long-lived command until Ctrl-C or SIGTERM, its normal ways to stop.
+
+    Both set the ``stop`` event the command watches, so it finishes what it is
+    doing and closes cleanly (Kubernetes stops pods with SIGTERM).
+    """
+    logging.basicConfig(
+        level=os.environ.get("BB_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
     try:
-        asyncio.run(coro)
+        asyncio.run(wrapper())
     except BlackboardError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -73,10 +102,32 @@ def settings(path: Path | None = None) -> config_mod.Settings:
 
 def emit_json(value: Any) -> None:
     """Print a JSON document on stdout."""
-    typer.echo(json.dumps(value, indent=None, sort_keys=False, default=str))
+    typer.echo(json.dumps(value, default=str))
 
 
-# --- up / submit / tail / schema --------------------------------------------
+def whoami(by: str | None) -> str:
+    """The name written into events a person causes."""
+    from blackboard.service import _whoami
+
+    return by or _whoami()
+
+
+def limit_overrides(
+    max_depth: int | None,
+    max_tasks: int | None,
+    max_tokens: int | None,
+    max_cost: float | None,
+) -> dict[str, Any]:
+    """Guardrail options as the overrides the service takes."""
+    return {
+        "max_depth": max_depth,
+        "max_tasks": max_tasks,
+        "max_tokens": max_tokens,
+        "max_cost_usd": max_cost,
+    }
+
+
+# --- running a deployment ---------------------------------------------------
 
 
 @app.command()
@@ -84,19 +135,30 @@ def up(
     port: Annotated[
         int, typer.Option(help="Port of the embedded server (0: 4222 if free).")
     ] = 0,
+    lanes: Annotated[
+        str | None, typer.Option(help="Comma-separated lanes to run workers for.")
+    ] = None,
+    handlers: HandlersOpt = None,
+    no_scheduler: Annotated[
+        bool, typer.Option("--no-scheduler", help="Run workers only.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Run a deployment: the embedded server unless BB_NATS_URL is set.
+    """Run a deployment: server (embedded unless BB_NATS_URL), scheduler, workers.
 
     Ctrl-C stops it cleanly; the data stays under BB_DATA_DIR (./.bb).
     """
     from blackboard import runtime
 
     s = settings(config)
+    lane_list = _lanes(s, lanes)
+    registry = load_handlers(s, handlers)
     try:
         with runtime.server_for(s, port=port or _default_port()) as url:
             typer.echo(f"NATS at {url}  (export BB_NATS_URL={url})")
-            serve(_up(s, url))
+            serve(lambda stop: _up(s, url, lane_list, registry, not no_scheduler, stop))
+    except BlackboardError as e:
+        fail(str(e))
     except KeyboardInterrupt:
         pass  # a second Ctrl-C during shutdown
     typer.echo("stopped; data kept in " + str(Path(s.data_dir).resolve()))
@@ -108,14 +170,114 @@ def _default_port() -> int:
     return 0 if _port_in_use("127.0.0.1", 4222) else 4222
 
 
-async def _up(s: config_mod.Settings, url: str) -> None:
-    from blackboard import runtime
+def _lanes(s: config_mod.Settings, lanes: str | None) -> list[str]:
+    chosen = (
+        [x.strip() for x in lanes.split(",") if x.strip()] if lanes else list(s.lanes)
+    )
+    unknown = [x for x in chosen if x not in s.lanes]
+    if unknown:
+        known = ", ".join(s.lanes)
+        fail(f"unknown lane(s) {', '.join(unknown)}; configured: {known}", 2)
+    return chosen
 
-    async with runtime.open_store(s, url, name="bb-up") as store:
+
+async def _up(
+    s: config_mod.Settings,
+    url: str,
+    lanes: list[str],
+    handlers: dict[str, Any],
+    scheduler: bool,
+    stop: asyncio.Event,
+) -> None:
+    from blackboard import runtime, stack
+
+    async with (
+        runtime.open_store(s, url, name="bb-up") as store,
+        stack.running(store, s, handlers, lanes=lanes, scheduler=scheduler),
+    ):
         typer.echo(
-            f"streams {store.events_stream}, {store.work_stream} ready; Ctrl-C to stop"
+            f"streams {store.events_stream}, {store.work_stream} ready; "
+            f"scheduler {'on' if scheduler else 'off'}; "
+            f"workers: {', '.join(lanes) or 'none'}; Ctrl-C to stop"
         )
-        await asyncio.Event().wait()
+        await stop.wait()
+
+
+@app.command()
+def scheduler(config: ConfigOpt = None) -> None:
+    """Run a scheduler (a standby while another is active) until stopped."""
+    s = settings(config)
+    serve(lambda stop: _scheduler(s, stop))
+
+
+async def _scheduler(s: config_mod.Settings, stop: asyncio.Event) -> None:
+    from blackboard import ids, runtime, stack
+    from blackboard.decide import Decider
+    from blackboard.scheduler import Scheduler
+
+    async with runtime.open_store(s, name="bb-scheduler") as store:
+        decider = Decider(f"scheduler-{ids.new_id()[-8:]}", stack.policy_from(s))
+        sched = Scheduler(store, decider, lock_ttl_s=s.engine.lock_ttl_s)
+        typer.echo(f"{decider.actor}: started", err=True)
+        await sched.run(stop)
+
+
+@app.command()
+def worker(
+    lane: Annotated[str, typer.Option(help="The lane to take work from.")],
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Tasks run at once (default: lane's).")
+    ] = None,
+    handlers: HandlersOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a lane worker until stopped."""
+    s = settings(config)
+    _lanes(s, lane)
+    registry = load_handlers(s, handlers)
+    serve(lambda stop: _worker(s, lane, concurrency, registry, stop))
+
+
+async def _worker(
+    s: config_mod.Settings,
+    lane: str,
+    concurrency: int | None,
+    handlers: dict[str, Any],
+    stop: asyncio.Event,
+) -> None:
+    from blackboard import runtime, stack
+    from blackboard.worker import Worker
+
+    async with runtime.open_store(s, name=f"bb-worker-{lane}") as store:
+        w = Worker(store, stack.worker_settings(s, lane, concurrency), handlers)
+        typer.echo(f"{w.worker_id}: handling {', '.join(sorted(w.handlers))}", err=True)
+        await w.run(stop)
+
+
+def load_handlers(s: config_mod.Settings, spec: str | None) -> dict[str, Any]:
+    """The task handlers a worker runs: built-ins, agents', and --handlers."""
+    from blackboard import handlers as h
+
+    registry: dict[str, Any] = dict(h.BUILTIN)
+    registry.update(_agent_handlers(s))
+    if spec:
+        try:
+            registry.update(h.load(spec))
+        except BlackboardError as e:
+            fail(str(e), 2)
+    return registry
+
+
+def _agent_handlers(s: config_mod.Settings) -> dict[str, Any]:
+    """The model-backed handlers (plan, execute, ...) from agents/, if present."""
+    try:
+        from agents import handlers as agent_handlers  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    return dict(agent_handlers.registry(s))
+
+
+# --- goals ------------------------------------------------------------------
 
 
 @app.command()
@@ -125,17 +287,15 @@ def submit(
         Path | None,
         typer.Option(help="JSON file with the goal's tasks, instead of a plan."),
     ] = None,
-    max_depth: Annotated[int | None, typer.Option(help="Guardrail override.")] = None,
-    max_tasks: Annotated[int | None, typer.Option(help="Guardrail override.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(help="Guardrail override.")] = None,
-    max_cost: Annotated[
-        float | None, typer.Option(help="Guardrail override, in USD.")
-    ] = None,
+    max_depth: MaxDepth = None,
+    max_tasks: MaxTasks = None,
+    max_tokens: MaxTokens = None,
+    max_cost: MaxCost = None,
     tenant: Annotated[
         str, typer.Option(help="Tenant the goal belongs to.")
     ] = "default",
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
-    by: Annotated[str | None, typer.Option(help="Who submits (default $USER).")] = None,
+    by: ByOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -149,30 +309,188 @@ def submit(
             s,
             text,
             specs=specs,
-            overrides={
-                "max_depth": max_depth,
-                "max_tasks": max_tasks,
-                "max_tokens": max_tokens,
-                "max_cost_usd": max_cost,
-            },
+            overrides=limit_overrides(max_depth, max_tasks, max_tokens, max_cost),
             tenant=tenant,
             priority=priority,
-            submitted_by=by,
+            submitted_by=whoami(by),
         )
     except BlackboardError as e:
         fail(str(e), 2)
-    run(_submit(s, event))
+    run(_append(s, event))
     if as_json:
         emit_json({"goal_id": event.goal_id, "tasks": len(event.tasks)})
     else:
         typer.echo(event.goal_id)
 
 
-async def _submit(s: config_mod.Settings, event: Any) -> None:
+async def _append(s: config_mod.Settings, event: Any) -> None:
     from blackboard import runtime
 
     async with runtime.open_store(s, name="bb-submit") as store:
         await store.append(event)
+
+
+@app.command()
+def status(
+    goal: Annotated[
+        str | None, typer.Argument(help="A goal id; none: all goals.")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Redraw as the goal moves, until it ends.")
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show a goal's DAG with statuses and counts (or list every goal)."""
+    s = settings(config)
+    run(_status(s, goal, watch, as_json))
+
+
+async def _status(
+    s: config_mod.Settings, goal_id: str | None, watch: bool, as_json: bool
+) -> None:
+    from blackboard import client, display, runtime
+
+    async with runtime.open_store(s, name="bb-status") as store:
+        if goal_id is None:
+            goals = await client.goals(store)
+            if as_json:
+                emit_json([display.goal_json(g, tasks=False) for g in goals])
+            elif not goals:
+                typer.echo("no goals yet: bb submit \"<goal>\"")
+            else:
+                for g in goals:
+                    typer.echo(display.goal_row(g))
+            return
+        goal = await client.goal_state(store, goal_id)
+        if not watch:
+            if as_json:
+                emit_json(display.goal_json(goal))
+            else:
+                typer.echo("\n".join(display.goal_tree(goal)))
+            return
+        await _watch(store, goal_id, as_json)
+
+
+async def _watch(store: Any, goal_id: str, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from blackboard import client, display
+
+    if as_json:
+
+        def emit(g: Any, _: Any) -> None:
+            emit_json(display.goal_json(g, tasks=False))
+
+        await client.wait_goal(store, goal_id, until=client.FINAL, on_batch=emit)
+        return
+    console = Console()
+    with Live(Text("…"), console=console, auto_refresh=False) as live:
+
+        def draw(g: Any, _: Any) -> None:
+            live.update(Text("\n".join(display.goal_tree(g))), refresh=True)
+
+        await client.wait_goal(store, goal_id, until=client.FINAL, on_batch=draw)
+
+
+@app.command()
+def approve(
+    task: Annotated[str, typer.Argument(help="The task awaiting approval.")],
+    goal: Annotated[
+        str | None, typer.Option(help="Its goal (found from the log if omitted).")
+    ] = None,
+    deny: Annotated[bool, typer.Option("--deny", help="Refuse instead.")] = False,
+    note: Annotated[str, typer.Option(help="Why; recorded with the decision.")] = "",
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Approve (or --deny) a task that waits for a human."""
+    from blackboard import client
+
+    s = settings(config)
+
+    async def go() -> Any:
+        from blackboard import runtime
+
+        async with runtime.open_store(s, name="bb-approve") as store:
+            return await client.approve(
+                store, task, goal_id=goal, deny=deny, note=note, by=whoami(by)
+            )
+
+    t = run(go())
+    verdict = "denied" if deny else "approved"
+    if as_json:
+        emit_json({"goal_id": t.goal_id, "task_id": task, "decision": verdict})
+    else:
+        typer.echo(f"{verdict} {task} ({t.task_type} on {t.lane}) of goal {t.goal_id}")
+
+
+@app.command()
+def resume(
+    goal: Annotated[str, typer.Argument(help="The halted goal.")],
+    max_depth: MaxDepth = None,
+    max_tasks: MaxTasks = None,
+    max_tokens: MaxTokens = None,
+    max_cost: MaxCost = None,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Raise a halted goal's limits and release its held tasks."""
+    from blackboard import client
+
+    s = settings(config)
+    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost)
+    if not any(v is not None for v in overrides.values()):
+        fail("say which limit to raise: --max-tasks, --max-depth, --max-tokens or "
+             "--max-cost", 2)
+
+    async def go() -> Any:
+        from blackboard import runtime
+
+        async with runtime.open_store(s, name="bb-resume") as store:
+            return await client.resume(store, goal, overrides, by=whoami(by))
+
+    g = run(go())
+    held = [t.task_id for t in g.tasks.values() if t.status == "held"]
+    if as_json:
+        emit_json({"goal_id": goal, "released": held})
+    else:
+        typer.echo(
+            f"resumed {goal} (halted by {g.halted_by}); released {len(held)} task(s)"
+        )
+
+
+@app.command()
+def cancel(
+    goal: Annotated[str, typer.Argument(help="The goal to cancel.")],
+    reason: Annotated[str, typer.Option(help="Recorded with the cancellation.")] = "",
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Cancel a goal: its open tasks are cancelled, running ones stopped."""
+    from blackboard import client
+
+    s = settings(config)
+
+    async def go() -> Any:
+        from blackboard import runtime
+
+        async with runtime.open_store(s, name="bb-cancel") as store:
+            return await client.cancel(store, goal, reason=reason, by=whoami(by))
+
+    g = run(go())
+    if as_json:
+        emit_json({"goal_id": goal, "open_tasks": g.open_tasks})
+    else:
+        typer.echo(f"cancelled {goal}; {g.open_tasks} open task(s) will be cancelled")
+
+
+# --- the log ----------------------------------------------------------------
 
 
 @app.command()
@@ -262,6 +580,24 @@ def bench_append(
     from blackboard import bench
 
     result = run(bench.append(events))
+    if as_json:
+        emit_json(result)
+    else:
+        bench.print_table(result)
+
+
+@bench_app.command("engine")
+def bench_engine(
+    tasks: Annotated[int, typer.Option(help="Independent no-op tasks.")] = 10_000,
+    fanout: Annotated[int, typer.Option(help="Children of the fan-out.")] = 500,
+    chain: Annotated[int, typer.Option(help="Length of the chain.")] = 200,
+    concurrency: Annotated[int, typer.Option(help="Worker concurrency.")] = 128,
+    as_json: JsonOpt = False,
+) -> None:
+    """No-op tasks/s end to end, fan-out wall time, chain hop latency, raw rates."""
+    from blackboard import bench
+
+    result = run(bench.engine(tasks, fanout, chain, concurrency))
     if as_json:
         emit_json(result)
     else:

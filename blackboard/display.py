@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, assert_never
+from typing import assert_never
 
+from blackboard.codec import Envelope, to_builtins
 from blackboard.events import (
     AnyEvent,
     ApprovalDenied,
@@ -29,9 +30,7 @@ from blackboard.events import (
     TaskReady,
     kind,
 )
-
-if TYPE_CHECKING:
-    from blackboard.codec import Envelope
+from blackboard.state import GoalState, TaskState, counts
 
 
 def clip(text: str, width: int = 60) -> str:
@@ -121,4 +120,104 @@ def line(env: Envelope) -> str:
     return (
         f"{env.seq:>7} {at} {e.goal_id} {e.task_id or '-':<26} "
         f"{kind(e):<20} {detail(e)}"
+    )
+
+
+_MARK = {
+    "pending": "·",
+    "ready": "○",
+    "claimed": "▶",
+    "done": "✓",
+    "failed": "✗",
+    "needs_followup": "↻",
+    "awaiting_approval": "?",
+    "held": "‖",
+    "cancelled": "-",
+}
+
+
+def goal_tree(goal: GoalState) -> list[str]:
+    """The goal's DAG as an indented tree: spawned tasks under their parent."""
+    lines = [
+        f"goal {goal.goal_id}  {goal.status}  {clip(goal.text, 70)}",
+        f"  tokens {goal.tokens:,}  cost ${goal.cost_usd:.4f}  "
+        f"tasks {len(goal.tasks)} ({goal.open_tasks} open)",
+    ]
+    if goal.reason:
+        lines.append(f"  reason: {clip(goal.reason, 100)}")
+    if goal.summary:
+        lines.append(f"  summary: {clip(goal.summary, 100)}")
+    roots = [
+        t
+        for t in goal.tasks.values()
+        if not t.parent_id or t.parent_id not in goal.tasks
+    ]
+
+    def walk(task: TaskState, depth: int) -> None:
+        deps = f" after {','.join(task.depends_on)}" if task.depends_on else ""
+        extra = f" attempt {task.attempt}" if task.attempt > 1 else ""
+        why = task.error or task.held_reason or task.approval_reason
+        tail = f"  {clip(why, 60)}" if why and task.status != "done" else ""
+        lines.append(
+            f"  {'  ' * depth}{_MARK.get(task.status, '?')} {task.task_id} "
+            f"{task.task_type}@{task.lane} {task.status}{extra}{deps}{tail}"
+        )
+        for child in task.children:
+            if child in goal.tasks:
+                walk(goal.tasks[child], depth + 1)
+
+    for root in sorted(roots, key=lambda t: t.ordinal):
+        walk(root, 0)
+    c = counts(goal)
+    lines.append(
+        "  by status: " + "  ".join(f"{k} {v}" for k, v in c["by_status"].items())
+    )
+    lines.append(
+        "  by lane:   " + "  ".join(f"{k} {v}" for k, v in c["by_lane"].items())
+    )
+    return lines
+
+
+def goal_json(goal: GoalState, *, tasks: bool = True) -> dict[str, object]:
+    """A goal's state as JSON-able data (the shape of ``bb status --json``)."""
+    out: dict[str, object] = {
+        "goal_id": goal.goal_id,
+        "status": goal.status,
+        "text": goal.text,
+        "reason": goal.reason,
+        "summary": goal.summary,
+        "limits": to_builtins(goal.limits),
+        "tokens": goal.tokens,
+        "cost_usd": round(goal.cost_usd, 6),
+        "open_tasks": goal.open_tasks,
+        **counts(goal),
+    }
+    if tasks:
+        out["tasks"] = [
+            {
+                "task_id": t.task_id,
+                "type": t.task_type,
+                "lane": t.lane,
+                "status": t.status,
+                "parent_id": t.parent_id,
+                "depends_on": list(t.depends_on),
+                "depth": t.depth,
+                "dispatch": t.dispatch,
+                "attempt": t.attempt,
+                "worker": t.worker,
+                "error": t.error,
+                "result": t.result,
+                "children": list(t.children),
+            }
+            for t in sorted(goal.tasks.values(), key=lambda t: t.ordinal)
+        ]
+    return out
+
+
+def goal_row(goal: GoalState) -> str:
+    """One line per goal for ``bb status`` with no goal."""
+    done = sum(1 for t in goal.tasks.values() if t.status == "done")
+    return (
+        f"{goal.goal_id}  {goal.status:<9} {done:>5}/{len(goal.tasks):<5} "
+        f"${goal.cost_usd:>8.4f}  {clip(goal.text, 50)}"
     )

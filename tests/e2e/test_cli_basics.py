@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import nats
 
-from blackboard.store import connect
+from blackboard.events import kind
+from blackboard.store import JetStreamEventStore, connect
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -136,7 +137,9 @@ def test_up_serves_until_ctrl_c_and_keeps_data(tmp_path: Path, cli_env):
         while "ready" not in proc.stdout.readline():
             pass
         # Without BB_NATS_URL, other commands find the running `bb up`.
-        assert bb(["submit", "kept"], env).returncode == 0
+        submitted = bb(["submit", "kept"], env)
+        assert submitted.returncode == 0
+        goal_id = submitted.stdout.strip()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -149,11 +152,15 @@ def test_up_serves_until_ctrl_c_and_keeps_data(tmp_path: Path, cli_env):
     # The goal survived the stop: a fresh embedded server sees it.
     from blackboard.server import EmbeddedServer
 
-    async def count(url: str) -> int:
+    async def kinds(url: str) -> list[str]:
         nc = await connect(url)
-        info = await nc.jetstream().stream_info("BB_EVENTS")
+        store = JetStreamEventStore(nc)
+        found = [kind(env.event) async for env in store.read_goal(goal_id)]
         await nc.close()
-        return info.state.messages
+        return found
 
     with EmbeddedServer(tmp_path / "up" / "nats") as server:
-        assert asyncio.run(count(server.url)) == 1
+        found = asyncio.run(kinds(server.url))
+    # Submitted once, and `bb up`'s own scheduler took it up (created its plan).
+    assert found.count("goal_submitted") == 1
+    assert "task_created" in found

@@ -1,0 +1,185 @@
+"""What a user does to goals: look, wait, approve, resume, cancel.
+
+The CLI is a thin layer over these; another program can call them directly.
+Every write is guarded on the sequence the decision was made on, so two
+people approving the same task at once cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from blackboard import ids
+from blackboard.errors import ConcurrencyConflict, ConfigError
+from blackboard.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    GoalCancelled,
+    GoalResumed,
+)
+from blackboard.service import resolve_limits
+from blackboard.state import BoardState, GoalState, TaskState, evolve, fold, fold_task
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from blackboard.codec import Envelope
+    from blackboard.store import JetStreamEventStore
+
+FINAL = frozenset({"done", "failed", "cancelled"})
+
+
+class NotFound(ConfigError):
+    """No such goal or task."""
+
+
+async def goal_state(store: JetStreamEventStore, goal_id: str) -> GoalState:
+    """Fold one goal's events into its current state."""
+    state = fold([env async for env in store.read_goal(goal_id)])
+    goal = state.goals.get(goal_id)
+    if goal is None:
+        raise NotFound(f"no goal {goal_id!r} in the log")
+    return goal
+
+
+async def goals(store: JetStreamEventStore) -> list[GoalState]:
+    """Every goal with its current state, oldest first."""
+    state = fold([env async for env in store.read()])
+    return list(state.goals.values())
+
+
+async def wait_goal(
+    store: JetStreamEventStore,
+    goal_id: str,
+    *,
+    until: frozenset[str] = FINAL | {"halted"},
+    on_batch: Callable[[GoalState, list[Envelope]], None] | None = None,
+    timeout_s: float | None = None,
+    goal_level_only: bool = False,
+) -> GoalState:
+    """Follow a goal until its status is one of ``until``; return its state.
+
+    With ``goal_level_only`` only the goal's own events are read (its status,
+    not its tasks'): a cheap wait for a goal of many tasks.
+    """
+    state = BoardState()
+    subject = (
+        store.subjects.task_events(goal_id, None)
+        if goal_level_only
+        else store.subjects.goal_events(goal_id)
+    )
+
+    async def follow() -> GoalState:
+        batches = store.follow_batches(subject, 1)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for env in batch:
+                    evolve(state, env)
+                goal = state.goals.get(goal_id)
+                if goal is None:
+                    continue
+                if on_batch is not None:
+                    on_batch(goal, batch)
+                if goal.status in until:
+                    return goal
+        raise AssertionError("unreachable: follow_batches never ends")
+
+    return await asyncio.wait_for(follow(), timeout_s)
+
+
+async def find_task(
+    store: JetStreamEventStore, task_id: str, goal_id: str | None = None
+) -> TaskState:
+    """A task's state; its goal is found from the log when not given."""
+    if goal_id is None:
+        goal_id = await store.goal_of_task(task_id)
+        if goal_id is None:
+            raise NotFound(f"no task {task_id!r} in the log")
+    envs = [
+        env async for env in store.read(store.subjects.task_events(goal_id, task_id))
+    ]
+    task = fold_task(goal_id, envs)
+    if task is None:
+        raise NotFound(f"no task {task_id!r} in goal {goal_id}")
+    return task
+
+
+async def approve(
+    store: JetStreamEventStore,
+    task_id: str,
+    *,
+    goal_id: str | None = None,
+    deny: bool = False,
+    note: str = "",
+    by: str = "",
+) -> TaskState:
+    """Grant (or deny) a task that awaits approval."""
+    task = await find_task(store, task_id, goal_id)
+    if task.status != "awaiting_approval":
+        raise ConfigError(f"task {task_id} is {task.status}, not awaiting approval")
+    cls = ApprovalDenied if deny else ApprovalGranted
+    event = cls(
+        event_id=ids.new_id(),
+        goal_id=task.goal_id,
+        task_id=task_id,
+        at=ids.utcnow(),
+        actor=f"cli:{by}",
+        by=by,
+        note=note,
+    )
+    try:
+        await store.append(event, expect=task.last_seq)
+    except ConcurrencyConflict as e:
+        raise ConfigError(f"task {task_id} changed meanwhile; look again") from e
+    return task
+
+
+async def resume(
+    store: JetStreamEventStore,
+    goal_id: str,
+    overrides: Mapping[str, Any],
+    *,
+    by: str = "",
+) -> GoalState:
+    """Raise a halted goal's limits; its held tasks are admitted again."""
+    goal = await goal_state(store, goal_id)
+    if goal.status != "halted":
+        raise ConfigError(f"goal {goal_id} is {goal.status}, not halted")
+    limits = resolve_limits(goal.limits, overrides)
+    event = GoalResumed(
+        event_id=ids.new_id(),
+        goal_id=goal_id,
+        at=ids.utcnow(),
+        actor=f"cli:{by}",
+        limits=limits,
+        by=by,
+    )
+    try:
+        await store.append(event, expect=goal.last_seq)
+    except ConcurrencyConflict as e:
+        raise ConfigError(f"goal {goal_id} changed meanwhile; look again") from e
+    return goal
+
+
+async def cancel(
+    store: JetStreamEventStore, goal_id: str, *, reason: str = "", by: str = ""
+) -> GoalState:
+    """Cancel an open goal; the scheduler cancels its open tasks."""
+    goal = await goal_state(store, goal_id)
+    if goal.status in FINAL:
+        raise ConfigError(f"goal {goal_id} is already {goal.status}")
+    event = GoalCancelled(
+        event_id=ids.new_id(),
+        goal_id=goal_id,
+        at=ids.utcnow(),
+        actor=f"cli:{by}",
+        reason=reason or f"cancelled by {by}",
+        by=by,
+    )
+    try:
+        await store.append(event, expect=goal.last_seq)
+    except ConcurrencyConflict as e:
+        raise ConfigError(f"goal {goal_id} changed meanwhile; try again") from e
+    return goal

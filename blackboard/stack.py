@@ -1,0 +1,98 @@
+"""Running the engine's processes inside one Python process.
+
+``bb up`` and ``bb demo`` run a scheduler and one worker per lane here; the
+tests do too. Separate processes (``bb scheduler``, ``bb worker``) run the very
+same classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from blackboard import ids
+from blackboard.decide import Decider, Policy
+from blackboard.scheduler import Scheduler
+from blackboard.worker import Worker, WorkerSettings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from blackboard.config import Settings
+    from blackboard.handlers import Handler
+    from blackboard.store import JetStreamEventStore
+
+log = logging.getLogger("blackboard.stack")
+
+
+def policy_from(settings: Settings) -> Policy:
+    """The scheduler's decision policy from the settings."""
+    return Policy(
+        approval_task_types=frozenset(settings.approvals.task_types),
+        approval_lanes=frozenset(settings.approvals.lanes),
+        max_attempts=settings.engine.max_attempts,
+        lanes=frozenset(settings.lanes),
+    )
+
+
+def worker_settings(
+    settings: Settings, lane: str, concurrency: int | None = None
+) -> WorkerSettings:
+    """A lane worker's settings from the process settings."""
+    lane_cfg = settings.lanes.get(lane)
+    return WorkerSettings(
+        lane=lane,
+        concurrency=concurrency or (lane_cfg.concurrency if lane_cfg else 8),
+        lease_s=settings.engine.lease_s,
+        max_ack_pending=lane_cfg.max_ack_pending if lane_cfg else 1000,
+        backoff_base_s=settings.engine.backoff_base_s,
+        backoff_cap_s=settings.engine.backoff_cap_s,
+    )
+
+
+@dataclass
+class Stack:
+    """Handles on the in-process components."""
+
+    scheduler: Scheduler | None
+    workers: list[Worker] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    store: JetStreamEventStore,
+    settings: Settings,
+    handlers: Mapping[str, Handler] | None = None,
+    *,
+    lanes: list[str] | None = None,
+    scheduler: bool = True,
+    concurrency: int | None = None,
+) -> AsyncIterator[Stack]:
+    """Run a scheduler and a worker per lane until the block exits."""
+    stack = Stack(scheduler=None)
+    tasks: list[asyncio.Task[None]] = []
+    if scheduler:
+        decider = Decider(f"scheduler-{ids.new_id()[-8:]}", policy_from(settings))
+        stack.scheduler = Scheduler(
+            store, decider, lock_ttl_s=settings.engine.lock_ttl_s
+        )
+        tasks.append(asyncio.create_task(stack.scheduler.run(stack.stop)))
+    for lane in lanes if lanes is not None else list(settings.lanes):
+        worker = Worker(store, worker_settings(settings, lane, concurrency), handlers)
+        await worker.ensure_consumer()
+        stack.workers.append(worker)
+        tasks.append(asyncio.create_task(worker.run(stack.stop)))
+    try:
+        yield stack
+    finally:
+        stack.stop.set()
+        done, pending = await asyncio.wait(tasks, timeout=15)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("component failed: %r", task.exception())

@@ -1,0 +1,70 @@
+"""An in-process engine (scheduler + workers) on the test server."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from blackboard import config, service
+from blackboard.events import TaskSpec
+from blackboard.stack import Stack, running
+from tests.engine_handlers import HANDLERS
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from blackboard.events import AnyEvent
+    from blackboard.store import JetStreamEventStore
+
+
+def engine_settings(**engine: Any) -> config.Settings:
+    env = {"BB_LEASE_SECONDS": "2", "BB_LOCK_TTL_SECONDS": "2"}
+    s = config.load(env=env, path=None)
+    for k, v in engine.items():
+        setattr(s.engine, k, v)
+    return s
+
+
+@pytest.fixture
+def settings() -> config.Settings:
+    s = engine_settings(backoff_base_s=0.1)
+    s.limits = s.limits.__class__(
+        max_depth=6, max_tasks=5000, max_tokens=None, max_cost_usd=None
+    )
+    return s
+
+
+@pytest.fixture
+async def engine(
+    store: JetStreamEventStore, settings: config.Settings
+) -> AsyncIterator[Stack]:
+    async with running(store, settings, HANDLERS, concurrency=32) as stack:
+        yield stack
+
+
+def spec(
+    tid: str, task_type: str = "echo", lane: str = "local", *deps: str, **payload: Any
+) -> TaskSpec:
+    return TaskSpec(
+        task_id=tid, type=task_type, lane=lane, depends_on=deps, payload=payload
+    )
+
+
+async def events_of(store: JetStreamEventStore, goal_id: str) -> list[AnyEvent]:
+    """One goal's events, in log order."""
+    return [env.event async for env in store.read_goal(goal_id)]
+
+
+async def submit(
+    store: JetStreamEventStore,
+    settings: config.Settings,
+    specs: list[TaskSpec],
+    text: str = "test goal",
+    **overrides: Any,
+) -> str:
+    event = service.goal_submitted(
+        settings, text, specs=specs, overrides=overrides, submitted_by="test"
+    )
+    await store.append(event)
+    return event.goal_id

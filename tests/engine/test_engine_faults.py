@@ -1,0 +1,172 @@
+"""Killed and paused processes: nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from blackboard import client
+from blackboard.events import TaskClaimed, TaskCompleted, TaskReady
+from blackboard.stack import running
+from tests.engine.conftest import events_of, spec, submit
+from tests.engine_handlers import HANDLERS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bb_process(
+    nats_url: str, tmp_path: Path, *args: str, log: str
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BB_")}
+    env.update(
+        BB_NATS_URL=nats_url,
+        BB_LEASE_SECONDS="2",
+        BB_LOCK_TTL_SECONDS="2",
+        BB_DATA_DIR=str(tmp_path / "bb"),
+        PYTHONPATH=str(ROOT),
+    )
+    with (tmp_path / log).open("wb") as out:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "blackboard.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+
+def worker_process(nats_url: str, tmp_path: Path, log: str) -> subprocess.Popen[bytes]:
+    return bb_process(
+        nats_url,
+        tmp_path,
+        "worker",
+        "--lane",
+        "local",
+        "--concurrency",
+        "4",
+        "--handlers",
+        "tests.engine_handlers:HANDLERS",
+        log=log,
+    )
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        stop(p)
+
+
+async def test_sigkilled_worker_task_is_redelivered_and_completes_once(
+    store, settings, nats_url, tmp_path, procs
+):
+    marker = tmp_path / "starts"
+    first = worker_process(nats_url, tmp_path, "w1.log")
+    procs.append(first)
+    async with running(store, settings, HANDLERS, lanes=[]):  # scheduler only
+        goal_id = await submit(
+            store, settings, [spec("s", "slow", seconds=1.5, marker=str(marker))]
+        )
+        await wait_for(lambda: marker.exists() and str(first.pid) in marker.read_text())
+        first.send_signal(signal.SIGKILL)  # mid-task
+        first.wait()
+        procs.append(worker_process(nats_url, tmp_path, "w2.log"))
+        goal = await client.wait_goal(store, goal_id, timeout_s=60)
+    assert goal.status == "done", goal.reason
+    events = await events_of(store, goal_id)
+    assert sum(isinstance(e, TaskCompleted) for e in events) == 1
+    claims = [e for e in events if isinstance(e, TaskClaimed)]
+    assert [c.attempt for c in claims] == [1, 2]
+    assert claims[0].worker != claims[1].worker
+    assert len(marker.read_text().splitlines()) == 2  # started twice, finished once
+
+
+async def test_paused_worker_wakes_after_lease_and_its_write_is_refused(
+    store, settings, nats_url, tmp_path, procs
+):
+    marker = tmp_path / "starts"
+    sleeper = worker_process(nats_url, tmp_path, "paused.log")
+    procs.append(sleeper)
+    async with running(store, settings, HANDLERS, lanes=[]):
+        goal_id = await submit(
+            store, settings, [spec("s", "slow", seconds=1.0, marker=str(marker))]
+        )
+        await wait_for(
+            lambda: marker.exists() and str(sleeper.pid) in marker.read_text()
+        )
+        sleeper.send_signal(signal.SIGSTOP)  # a GC pause, a frozen VM...
+        rescuer = worker_process(nats_url, tmp_path, "rescuer.log")
+        procs.append(rescuer)
+        goal = await client.wait_goal(store, goal_id, timeout_s=60)
+        assert goal.status == "done"
+        sleeper.send_signal(signal.SIGCONT)  # wakes long after its lease expired
+        await asyncio.sleep(3)
+    events = await events_of(store, goal_id)
+    completions = [e for e in events if isinstance(e, TaskCompleted)]
+    assert len(completions) == 1
+    assert completions[0].result["pid"] == rescuer.pid
+    assert len(events) == len(await events_of(store, goal_id))  # nothing late landed
+    text = (tmp_path / "paused.log").read_text()
+    assert "lost the task" in text or "stopped s" in text
+
+
+async def test_scheduler_killed_mid_goal_standby_takes_over_nothing_twice(
+    store, settings, nats_url, tmp_path, procs
+):
+    leader = bb_process(nats_url, tmp_path, "scheduler", log="s1.log")
+    procs.append(leader)
+    await asyncio.sleep(1.0)
+    standby = bb_process(nats_url, tmp_path, "scheduler", log="s2.log")
+    procs.append(standby)
+    specs = [spec("t0")] + [
+        spec(f"t{i}", "echo", "local", f"t{i - 1}") for i in range(1, 60)
+    ]
+    async with running(store, settings, HANDLERS, lanes=["local"], scheduler=False):
+        goal_id = await submit(store, settings, specs)
+
+        async def done_count() -> int:
+            g = await client.goal_state(store, goal_id)
+            return sum(t.status == "done" for t in g.tasks.values())
+
+        for _ in range(400):
+            if await done_count() >= 20:
+                break
+            await asyncio.sleep(0.05)
+        leader.send_signal(signal.SIGKILL)
+        leader.wait()
+        goal = await client.wait_goal(store, goal_id, timeout_s=60)
+    assert goal.status == "done", goal.reason
+    events = await events_of(store, goal_id)
+    readies = Counter(
+        (e.task_id, e.dispatch) for e in events if isinstance(e, TaskReady)
+    )
+    assert len(readies) == 60 and max(readies.values()) == 1
+    completed = Counter(e.task_id for e in events if isinstance(e, TaskCompleted))
+    assert len(completed) == 60 and max(completed.values()) == 1
+    assert "leading" in (tmp_path / "s2.log").read_text()

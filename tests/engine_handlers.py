@@ -1,0 +1,103 @@
+"""Small handlers the engine tests drive tasks with (loadable by `bb worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blackboard.handlers import Handler, RetryableError
+
+if TYPE_CHECKING:
+    from blackboard.context import TaskContext
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as f:
+        f.write(text)
+
+
+async def echo(ctx: TaskContext) -> Any:
+    payload = await ctx.payload()
+    deps = await ctx.dependency_results()
+    return {"task": ctx.task_id, "value": payload.get("value"), "deps": sorted(deps)}
+
+
+async def slow(ctx: TaskContext) -> Any:
+    """Sleeps; a marker file records each start (to count runs across processes)."""
+    payload = await ctx.payload()
+    marker = payload.get("marker")
+    if marker:
+        _append(Path(marker), f"{ctx.task_id} {os.getpid()} {ctx.attempt}\n")
+    await asyncio.sleep(float(payload.get("seconds", 1.0)))
+    return {"slept": payload.get("seconds"), "pid": os.getpid()}
+
+
+async def needs(ctx: TaskContext) -> Any:
+    """A local task that lacks something: spawns a frontier child, then uses it."""
+    children = await ctx.children_results()
+    if not children:
+        child = ctx.new_task("answer", "frontier", {"question": "schema?"})
+        return ctx.wait_for(child, reason="NEED: the schema")
+    return {"used": list(children.values())}
+
+
+async def answer(ctx: TaskContext) -> Any:
+    return {"answer": f"for {(await ctx.payload())['question']}"}
+
+
+async def flaky(ctx: TaskContext) -> Any:
+    """Fails retryably on its first attempt."""
+    if ctx.attempt == 1:
+        raise RetryableError("provider busy", retry_after=0.2)
+    return {"attempt": ctx.attempt}
+
+
+async def busy(ctx: TaskContext) -> Any:
+    """Fails retryably on every attempt."""
+    raise RetryableError("provider busy", retry_after=0.05)
+
+
+async def broken(ctx: TaskContext) -> Any:
+    raise ValueError("handler bug")
+
+
+async def gated(ctx: TaskContext) -> Any:
+    ctx.request_approval("about to touch production")
+    return {"approved": True}
+
+
+async def fanout(ctx: TaskContext) -> Any:
+    """Spawns N noop children and completes after them (1 -> N -> 1)."""
+    n = int((await ctx.payload())["n"])
+    children = await ctx.children_results()
+    if not children:
+        return ctx.wait_for(*(ctx.new_task("noop", ctx.lane) for _ in range(n)))
+    return {"children": len(children)}
+
+
+async def effectful(ctx: TaskContext) -> Any:
+    marker = Path((await ctx.payload())["marker"])
+
+    async def write() -> str:
+        _append(marker, "x")
+        return "written"
+
+    first = await ctx.effect("write_marker", write)
+    second = await ctx.effect("write_marker", write)  # recorded: not performed again
+    return {"first": first, "second": second}
+
+
+HANDLERS: dict[str, Handler] = {
+    "echo": echo,
+    "slow": slow,
+    "needs": needs,
+    "answer": answer,
+    "flaky": flaky,
+    "broken": broken,
+    "busy": busy,
+    "gated": gated,
+    "fanout": fanout,
+    "effectful": effectful,
+}
