@@ -269,15 +269,214 @@ def load_handlers(s: config_mod.Settings, spec: str | None) -> dict[str, Any]:
 
 
 def _agent_handlers(s: config_mod.Settings) -> dict[str, Any]:
-    """The model-backed handlers (plan, execute, ...) from agents/, if present."""
-    try:
-        from agents import handlers as agent_handlers  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
+    """The model-backed handlers: plan, execute, review, aggregate."""
+    from agents import handlers as agent_handlers
+
     return dict(agent_handlers.registry(s))
 
 
 # --- goals ------------------------------------------------------------------
+
+
+@app.command("run")
+def run_goal(
+    text: Annotated[str, typer.Argument(help="The goal, in plain words.")],
+    max_depth: MaxDepth = None,
+    max_tasks: MaxTasks = None,
+    max_tokens: MaxTokens = None,
+    max_cost: MaxCost = None,
+    with_workers: Annotated[
+        bool,
+        typer.Option(
+            "--with-workers",
+            help="Run a scheduler and workers here even if a deployment is up.",
+        ),
+    ] = False,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a goal: submit it, show progress, print the result and the totals.
+
+    With no deployment to talk to (no BB_NATS_URL, no `bb up`), it starts an
+    embedded server and runs the scheduler and workers in this process.
+    """
+    from blackboard import runtime
+
+    s = settings(config)
+    url = runtime.resolve_url(s)
+    in_process = url is None or with_workers
+    if in_process and not s.scripted:
+        _check_models(s)
+    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost)
+    _drive(s, text, url, in_process, overrides, whoami(by), as_json, demo=False)
+
+
+def _check_models(s: config_mod.Settings) -> None:
+    from agents import lanes, session
+
+    problems = lanes.missing_setup(s, s.lanes)
+    if not problems:
+        problems = session.unreachable(s, s.lanes)
+    if problems:
+        fail(
+            "no model to run the goal with:\n  "
+            + "\n  ".join(problems)
+            + "\nSet these (or configure lanes in bb.toml), or try `bb demo`"
+            " (scripted models, nothing to set) or BB_SCRIPTED=1."
+        )
+
+
+def _drive(
+    s: config_mod.Settings,
+    text: str,
+    url: str | None,
+    in_process: bool,
+    overrides: dict[str, Any],
+    by: str,
+    as_json: bool,
+    *,
+    demo: bool,
+) -> None:
+    import contextlib
+    import time
+
+    from agents import report, session
+    from blackboard import runtime
+
+    out = sys.stderr
+    live = out.isatty() and not as_json
+    last: list[Any] = [0.0, ""]
+
+    def submitted(goal_id: str) -> None:
+        if not as_json:
+            typer.echo(f"goal {goal_id}", err=True)
+
+    def progress(goal: Any) -> None:
+        line = report.progress_line(goal)
+        now = time.monotonic()
+        if as_json or line == last[1]:
+            return
+        if live:
+            out.write("\r\x1b[2K" + line)
+            out.flush()
+        elif now - last[0] >= 1.0 or goal.status != "running":
+            out.write(line + "\n")
+        last[0], last[1] = now, line
+
+    server = (
+        contextlib.nullcontext(url) if url else runtime.server_for(s, port=0)
+    )
+    try:
+        with server as nats_url:
+            outcome = run(
+                session.drive(
+                    s,
+                    nats_url,
+                    text,
+                    in_process=in_process,
+                    overrides=overrides,
+                    submitted_by=by,
+                    on_submitted=submitted,
+                    on_progress=progress,
+                )
+            )
+    except BlackboardError as e:
+        fail(str(e))
+    if live:
+        out.write("\n")
+    goal = outcome.goal
+    if as_json:
+        emit_json(outcome.as_json())
+    else:
+        _print_outcome(outcome, demo=demo)
+    if goal.status != "done":
+        raise typer.Exit(1)
+
+
+def _print_outcome(outcome: Any, *, demo: bool) -> None:
+    from agents import report
+
+    goal = outcome.goal
+    scripted = any(u.scripted for u in outcome.usage)
+    label = " (scripted models)" if scripted else ""
+    typer.echo(f"\ngoal {goal.goal_id} {goal.status}{label}")
+    if goal.summary:
+        typer.echo(f"result: {goal.summary}")
+    if goal.reason:
+        typer.echo(f"reason: {goal.reason}")
+    if goal.status == "halted":
+        typer.echo(
+            f"halted by the {goal.halted_by} guardrail; its work is kept: "
+            f"bb resume {goal.goal_id} --max-tasks N (or --max-cost, ...)"
+        )
+    typer.echo(
+        f"tasks {len(goal.tasks)}  tokens {goal.tokens:,}  cost ${goal.cost_usd:.4f}"
+    )
+    typer.echo("")
+    for line in report.cost_lines(outcome.usage):
+        typer.echo(line)
+    typer.echo("")
+    typer.echo(f"replay it: bb replay {goal.goal_id}")
+
+
+@app.command()
+def demo(
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach", help="Only submit the demo goal to a running deployment."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a realistic goal end to end on scripted models: no keys, no GPU.
+
+    Plans "add structured audit logging to every write endpoint", designs a
+    schema on the frontier lane, patches ~20 endpoints on the local lane (a few
+    escalate with NEED), writes a migration, reviews with fix-ups, summarises.
+    """
+    import msgspec
+
+    from agents import session
+    from blackboard import runtime
+
+    s = msgspec.structs.replace(settings(config), scripted=True)
+    if detach:
+        url = runtime.resolve_url(s)
+        if url is None:
+            fail(
+                "no deployment to submit to: run `BB_SCRIPTED=1 bb up` first, "
+                "or plain `bb demo` to run everything here"
+            )
+        _submit_only(s, session.DEMO_GOAL, as_json)
+        return
+    _drive(
+        s,
+        session.DEMO_GOAL,
+        runtime.resolve_url(s),
+        True,
+        {},
+        whoami(None),
+        as_json,
+        demo=True,
+    )
+
+
+def _submit_only(s: config_mod.Settings, text: str, as_json: bool) -> None:
+    from blackboard import service
+
+    event = service.goal_submitted(s, text, submitted_by=whoami(None))
+    try:
+        run(_append(s, event))
+    except BlackboardError as e:
+        fail(str(e))
+    if as_json:
+        emit_json({"goal_id": event.goal_id})
+    else:
+        typer.echo(event.goal_id)
+
 
 
 @app.command()

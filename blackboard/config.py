@@ -37,17 +37,40 @@ class NatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_key: str | None = None
 
 
+PROVIDERS = ("anthropic", "openai", "openai-compatible", "scripted")
+"""Provider kinds a lane or a fallback may name."""
+
+
+class ModelRef(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A model of another provider, as a fallback: ``{provider, model, base_url}``."""
+
+    provider: str
+    model: str
+    base_url: str | None = None
+
+
 class LaneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One model lane: which provider and model serve it, and how many at once."""
+    """One model lane: which provider and model serve it, and how many at once.
+
+    ``fallbacks`` are tried in order when the lane's model keeps failing
+    retryably: a plain name is another model of the same provider, a table
+    names another provider. ``rpm``/``tpm`` limit the provider's requests and
+    tokens per minute, shared by every worker of the process.
+    """
 
     provider: str = "scripted"
     model: str = "scripted"
     base_url: str | None = None
-    fallbacks: list[str] = msgspec.field(default_factory=list)
+    api_key_env: str | None = None
+    """The variable holding the key (default: the provider's usual one)."""
+    fallbacks: list[str | ModelRef] = msgspec.field(default_factory=list)
     concurrency: int = 8
     max_ack_pending: int = 1000
     rpm: int | None = None
     tpm: int | None = None
+    max_retries: int = 2
+    """Retries of one model before the next of the chain takes over."""
+    timeout_s: float = 120.0
 
 
 class ApprovalSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -23,7 +23,7 @@ from blackboard.events import (
     TaskSpec,
 )
 from blackboard.handlers import Followup, NeedsApproval
-from blackboard.state import TaskState, fold_task
+from blackboard.state import TaskState, fold, fold_task
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -58,6 +58,8 @@ class TaskContext:
         self.writing = False
         """True while a write is in flight (its sequence is not known yet)."""
         self.spawned: list[TaskSpec] = []
+        self.calls = 0
+        """Model calls recorded by this attempt: the next call's index."""
         self._lock = asyncio.Lock()
         self._task: TaskCreated | None = None
         self._goal: GoalSubmitted | None = None
@@ -120,6 +122,14 @@ class TaskContext:
             assert state is not None
             self._history = state
         return self._history
+
+    async def goal_results(self) -> dict[str, Any]:
+        """Results of every task of the goal that completed, by task id."""
+        state = fold([env async for env in self.store.read_goal(self.goal_id)])
+        goal = state.goals.get(self.goal_id)
+        if goal is None:
+            return {}
+        return {t.task_id: t.result for t in goal.tasks.values() if t.status == "done"}
 
     async def children_results(self) -> dict[str, Any]:
         """Results of the tasks this one spawned, by task id."""

@@ -240,6 +240,8 @@ class ModelCalled(Event, frozen=True, kw_only=True):
     lane: str
     request: dict[str, Any]
     response: dict[str, Any]
+    text: str = ""
+    """The answer's text, as the handler saw it (also inside ``response``)."""
     stop_reason: str | None = None
     tool_calls: tuple[dict[str, Any], ...] = ()
     tokens_in: int = 0

@@ -1,0 +1,413 @@
+"""The model-backed task handlers: plan, execute, review, aggregate.
+
+The orchestrator is not a process: it is ``plan`` (decompose the goal) and
+``aggregate`` (close it), run by frontier workers a handful of times per goal.
+``execute`` does the volume on the local lane; a local model that lacks a fact
+answers ``NEED: ...`` and the task spawns a frontier task for it and runs
+again after it. ``review`` checks work and may ask for fix-ups.
+
+Every model call is recorded as a ``ModelCalled`` event the moment it returns,
+before the handler goes on (the worker's context appends it, guarded), so a
+crash never loses a paid-for answer and ``bb replay`` sees every call.
+
+::
+
+    Exception
+    └── UnusableAnswer     a model's answer stayed invalid after one repair
+        └── NeedLoop       a task kept answering NEED after it was answered
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from agents.answers import (
+    AggregateAnswer,
+    InvalidAnswer,
+    PlanAnswer,
+    ReviewAnswer,
+    WorkItem,
+    decode,
+    need_of,
+    plan_specs,
+)
+from agents.lanes import Lanes
+from agents.models import CallRecord, RetryableModelError, TerminalModelError
+from agents.prompts import (
+    AGGREGATE,
+    ANSWERS_HEADER,
+    EXECUTE,
+    FIXUPS_HEADER,
+    FOLLOWUPS_HEADER,
+    PLAN,
+    REVIEW,
+    Prompt,
+)
+from blackboard import ids
+from blackboard.events import ModelCalled
+from blackboard.handlers import RetryableError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from blackboard.config import Settings
+    from blackboard.context import TaskContext
+    from blackboard.events import TaskSpec
+    from blackboard.handlers import Handler
+
+__all__ = ["MAX_NEEDS", "Agents", "NeedLoop", "UnusableAnswer", "registry"]
+
+T = TypeVar("T")
+
+MAX_NEEDS = 2
+"""NEED escalations a task may make; one more means it is going in circles."""
+
+RESULT_CHARS = 2000
+"""How much of each dependency's result a prompt quotes."""
+
+
+class UnusableAnswer(Exception):
+    """A model's answer stayed unusable after the one repair turn."""
+
+
+class NeedLoop(UnusableAnswer):
+    """A task kept answering NEED after what it asked for was supplied."""
+
+
+class ModelRefused(Exception):
+    """The provider refused the request for good (a 400, a 401...)."""
+
+
+class Agents:
+    """The agent handlers of one process, over its model lanes.
+
+    Args:
+        settings: The process settings.
+        lanes: The model lanes (default: built from ``settings``); replay's
+            ``--verify`` passes lanes that answer from the log.
+    """
+
+    def __init__(self, settings: Settings, lanes: Lanes | None = None) -> None:
+        self.settings = settings
+        self.lanes = lanes if lanes is not None else Lanes(settings)
+
+    def handlers(self) -> dict[str, Handler]:
+        """Task type to handler."""
+        return {
+            "plan": self.plan,
+            "execute": self.execute,
+            "review": self.review,
+            "aggregate": self.aggregate,
+        }
+
+    async def aclose(self) -> None:
+        """Close the model clients."""
+        await self.lanes.aclose()
+
+    # --- asking models ------------------------------------------------------
+
+    async def ask(self, ctx: TaskContext, prompt: Prompt, **values: Any) -> str:
+        """One completion on the task's lane, recorded; the answer's text."""
+        lane = self.lanes.lane(ctx.lane)
+        meta = {"task_type": ctx.task_type, "lane": ctx.lane}
+        request = prompt.request(lane.model, meta, **values)
+        return await self._complete(ctx, request)
+
+    async def ask_json(
+        self,
+        ctx: TaskContext,
+        prompt: Prompt,
+        kind: type[T],
+        check: Callable[[T], object] | None = None,
+        **values: Any,
+    ) -> T:
+        """A JSON answer decoded into ``kind`` (and checked), with one repair.
+
+        An invalid answer is shown back to the model with what is wrong, once;
+        a second invalid answer raises UnusableAnswer. Both answers are in the
+        log as ModelCalled events.
+        """
+        lane = self.lanes.lane(ctx.lane)
+        meta = {"task_type": ctx.task_type, "lane": ctx.lane}
+        request = prompt.request(lane.model, meta, **values)
+        text = await self._complete(ctx, request)
+        try:
+            return _checked(text, kind, check)
+        except InvalidAnswer as first:
+            repair = prompt.repair(lane.model, meta, request, text, str(first))
+            again = await self._complete(ctx, repair)
+            try:
+                return _checked(again, kind, check)
+            except InvalidAnswer as second:
+                raise UnusableAnswer(
+                    f"{prompt.name}: the model's answer was unusable, and again "
+                    f"after one repair: {second} (answer: {_clip(again, 300)!r})"
+                ) from second
+
+    async def _complete(self, ctx: TaskContext, request: Any) -> str:
+        async def record(call: CallRecord) -> None:
+            index = ctx.calls
+            ctx.calls += 1
+            await ctx.append(lambda i: _model_called(ctx, call, index, i))
+
+        model = self.lanes.model(ctx.lane, record)
+        try:
+            response = await model.complete(request)
+        except RetryableModelError as e:
+            raise RetryableError(
+                f"{e.message} (status {e.status})", retry_after=e.retry_after
+            ) from e
+        except TerminalModelError as e:
+            raise ModelRefused(f"the model refused the request: {e.message}") from e
+        return response.text
+
+    # --- the handlers -------------------------------------------------------
+
+    async def plan(self, ctx: TaskContext) -> object:
+        """Decompose the goal into tasks, and an aggregate after the leaves."""
+        goal = await ctx.goal()
+        lanes = self.lanes.names
+        max_tasks = goal.limits.max_tasks or self.settings.limits.max_tasks
+        specs: list[TaskSpec] = []
+
+        def check(plan: PlanAnswer) -> None:
+            specs[:] = plan_specs(
+                plan,
+                lanes=lanes,
+                max_tasks=max_tasks,
+                new_id=ids.new_id,
+                goal=goal.text,
+            )
+
+        plan = await self.ask_json(
+            ctx,
+            PLAN,
+            PlanAnswer,
+            check,
+            goal=goal.text,
+            lanes=", ".join(lanes),
+            max_tasks=max_tasks if max_tasks is not None else "no limit on",
+        )
+        for spec in specs:
+            ctx.spawn(spec)
+        by_lane: dict[str, int] = {}
+        for spec in specs:
+            by_lane[spec.lane] = by_lane.get(spec.lane, 0) + 1
+        return {
+            "title": "plan",
+            "tasks": len(specs),
+            "by_lane": dict(sorted(by_lane.items())),
+            "plan": [t.title for t in plan.tasks],
+        }
+
+    async def execute(self, ctx: TaskContext) -> object:
+        """Do one well-specified piece of work; escalate what is missing."""
+        payload = await ctx.payload()
+        title = str(payload.get("title", ctx.task_id))
+        answers = await ctx.children_results()
+        text = await self.ask(
+            ctx,
+            EXECUTE,
+            goal=await self._goal_text(ctx, payload),
+            title=title,
+            instruction=payload.get("instruction", ""),
+            dependencies=_brief(await ctx.dependency_results()),
+            answers=(ANSWERS_HEADER + _brief(answers)) if answers else "",
+        )
+        need = need_of(text)
+        if need is not None:
+            asked = len((await ctx.history()).children)
+            if asked >= MAX_NEEDS:
+                raise NeedLoop(
+                    f"the task answered NEED again after {asked} escalation(s) "
+                    f"were answered: {need!r}"
+                )
+            child = ctx.new_task(
+                "execute",
+                self._lane("frontier"),
+                {
+                    "goal": payload.get("goal", ""),
+                    "title": f"supply: {_clip(need, 80)}",
+                    "instruction": (
+                        f"A {ctx.lane} worker doing '{title}' is missing this; "
+                        f"supply it precisely and briefly: {need}"
+                    ),
+                    "need": need,
+                    "for_task": ctx.task_id,
+                },
+            )
+            return ctx.wait_for(child, reason=f"NEED: {need}")
+        result: dict[str, Any] = {"title": title, "output": text}
+        artifact = payload.get("artifact")
+        if isinstance(artifact, str) and artifact:
+            result["artifact"] = await ctx.effect(
+                f"write:{artifact}",
+                lambda: self._write(ctx.goal_id, artifact, text),
+                idempotent=True,
+                request={"artifact": artifact, "bytes": len(text.encode())},
+            )
+        return result
+
+    async def review(self, ctx: TaskContext) -> object:
+        """Check the work it depends on; ask for fix-ups once if needed."""
+        payload = await ctx.payload()
+        done = await ctx.children_results()
+        answer = await self.ask_json(
+            ctx,
+            REVIEW,
+            ReviewAnswer,
+            goal=await self._goal_text(ctx, payload),
+            instruction=payload.get("instruction", "check the work"),
+            work=_brief(await ctx.dependency_results()),
+            fixups=(FIXUPS_HEADER + _brief(done) + "\n\n") if done else "",
+        )
+        if answer.verdict == "changes_requested" and answer.fixups and not done:
+            children = self._items(ctx, payload, answer.fixups, "fix-up")
+            return ctx.wait_for(
+                *children, reason=f"review asked for {len(children)} fix-up(s)"
+            )
+        return {
+            "title": str(payload.get("title", "review")),
+            "verdict": answer.verdict,
+            "notes": answer.notes,
+            "fixups": len(done),
+        }
+
+    async def aggregate(self, ctx: TaskContext) -> object:
+        """Summarise the goal's results; spawn follow-ups once if not done."""
+        payload = await ctx.payload()
+        done = await ctx.children_results()
+        results = {k: v for k, v in (await ctx.goal_results()).items() if k not in done}
+        answer = await self.ask_json(
+            ctx,
+            AGGREGATE,
+            AggregateAnswer,
+            goal=await self._goal_text(ctx, payload),
+            results=_brief(results),
+            followups=(FOLLOWUPS_HEADER + _brief(done) + "\n\n") if done else "",
+        )
+        if not answer.done and answer.followups and not done:
+            children = self._items(ctx, payload, answer.followups, "follow-up")
+            return ctx.wait_for(
+                *children, reason=f"aggregate asked for {len(children)} follow-up(s)"
+            )
+        return {
+            "title": "summary",
+            "done": answer.done,
+            "summary": answer.summary,
+            "tasks": len(results) + len(done),
+        }
+
+    # --- helpers ------------------------------------------------------------
+
+    def _lane(self, wanted: str) -> str:
+        names = self.lanes.names
+        return wanted if wanted in names else names[0]
+
+    def _items(
+        self,
+        ctx: TaskContext,
+        payload: Mapping[str, Any],
+        items: tuple[WorkItem, ...],
+        what: str,
+    ) -> list[TaskSpec]:
+        return [
+            ctx.new_task(
+                "execute",
+                self._lane(item.lane),
+                {
+                    "goal": payload.get("goal", ""),
+                    "title": f"{what}: {item.title}",
+                    "instruction": item.instruction,
+                    "for_task": ctx.task_id,
+                },
+            )
+            for item in items
+        ]
+
+    async def _goal_text(self, ctx: TaskContext, payload: Mapping[str, Any]) -> str:
+        goal = payload.get("goal")
+        if isinstance(goal, str) and goal:
+            return goal
+        return (await ctx.goal()).text
+
+    async def _write(self, goal_id: str, artifact: str, text: str) -> dict[str, Any]:
+        root = (Path(self.settings.data_dir) / "artifacts" / goal_id).resolve()
+        path = (root / artifact).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"artifact path {artifact!r} leaves the goal's folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = text.encode()
+        path.write_bytes(data)
+        return {
+            "path": str(path.relative_to(root)),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+
+
+def registry(settings: Settings) -> dict[str, Handler]:
+    """The agent handlers for a worker process (``bb worker``, ``bb up``)."""
+    return Agents(settings).handlers()
+
+
+def _checked(text: str, kind: type[T], check: Callable[[T], object] | None) -> T:
+    value = decode(text, kind)
+    if check is not None:
+        check(value)
+    return value
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _brief(results: Mapping[str, Any]) -> str:
+    """Results as prompt lines, in task-id order, each clipped."""
+    if not results:
+        return "(none)"
+    lines = []
+    for task_id in sorted(results):
+        value = results[task_id]
+        if isinstance(value, dict):
+            title = value.get("title", task_id)
+            body = value.get("output", value.get("summary", value.get("notes", value)))
+        else:
+            title, body = task_id, value
+        text = body if isinstance(body, str) else repr(body)
+        lines.append(f"- {title}: {_clip(text, RESULT_CHARS)}")
+    return "\n".join(lines)
+
+
+def _model_called(
+    ctx: TaskContext, call: CallRecord, index: int, event_id: str
+) -> ModelCalled:
+    return ModelCalled(
+        event_id=event_id,
+        goal_id=ctx.goal_id,
+        task_id=ctx.task_id,
+        at=ids.utcnow(),
+        actor=ctx.worker,
+        provider=call.provider,
+        model=call.model,
+        lane=ctx.lane,
+        request=call.request,
+        response=call.response,
+        text=call.text,
+        stop_reason=call.stop_reason,
+        tool_calls=call.tool_calls,
+        tokens_in=call.tokens_in,
+        tokens_out=call.tokens_out,
+        tokens_cached=call.tokens_cached,
+        cost_usd=call.cost_usd,
+        price=call.price,
+        latency_ms=call.latency_ms,
+        call_index=index,
+        attempt=ctx.attempt,
+        request_hash=call.request_hash,
+        prompt_version=call.prompt_version,
+        error=call.error,
+        scripted=call.scripted,
+    )

@@ -1,0 +1,210 @@
+"""Model lanes: which clients, models, fallbacks and limits serve each lane.
+
+Built once per process from the settings. SDK clients are created on first
+use and shared by every task of the process (their connection pools, and the
+per-provider rate limiters, are meant to be shared). With ``scripted`` on
+(``BB_SCRIPTED=1``), every lane answers from the bundled script, or from
+``BB_SCRIPT``, so a deployment can be exercised with no model at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agents.cost import PriceTable
+from agents.models import ModelClient, SupportsAclose
+from agents.ratelimit import RateLimiter, limiter_for
+from agents.resilient import OnCall, ResilientModel
+from agents.scripted import ScriptedModel
+from blackboard.config import PROVIDERS, LaneSettings, ModelRef, Settings
+from blackboard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = ["BUNDLED_SCRIPT", "Lanes", "missing_setup", "recorded_provider"]
+
+BUNDLED_SCRIPT = Path(__file__).parent / "scripts" / "demo.json"
+"""The scripted models' answers: the demo goal, and a generic plan for others."""
+
+KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+LOCAL_KEY_ENV = "BB_LOCAL_API_KEY"
+
+
+def recorded_provider(kind: str) -> str:
+    """The provider name a call is recorded under for a provider kind."""
+    return "local" if kind == "openai-compatible" else kind
+
+
+def _refs(lane: LaneSettings) -> list[ModelRef]:
+    """The lane's model and its fallbacks, in the order they are tried."""
+    first = ModelRef(provider=lane.provider, model=lane.model, base_url=lane.base_url)
+    out = [first]
+    for fb in lane.fallbacks:
+        if isinstance(fb, str):
+            out.append(
+                ModelRef(provider=lane.provider, model=fb, base_url=lane.base_url)
+            )
+        else:
+            out.append(fb)
+    return out
+
+
+def _key_env(ref: ModelRef, lane: LaneSettings) -> str | None:
+    if ref.provider == "openai-compatible":
+        return None
+    if ref.provider == lane.provider and lane.api_key_env:
+        return lane.api_key_env
+    return KEY_ENV.get(ref.provider)
+
+
+def missing_setup(
+    settings: Settings, lanes: Iterable[str], env: Mapping[str, str] | None = None
+) -> list[str]:
+    """What must be set before these lanes can call a model (empty: nothing).
+
+    Only the lane's own model is checked: fallbacks are optional extras.
+    """
+    env = os.environ if env is None else env
+    if settings.scripted:
+        return []
+    out: list[str] = []
+    for name in lanes:
+        lane = settings.lanes[name]
+        ref = _refs(lane)[0]
+        if ref.provider not in PROVIDERS:
+            out.append(
+                f"lane {name}: unknown provider {ref.provider!r}"
+                f" (one of {', '.join(PROVIDERS)})"
+            )
+            continue
+        var = _key_env(ref, lane)
+        if var and not env.get(var):
+            out.append(f"lane {name} ({ref.provider} {ref.model}): set {var}")
+        if ref.provider == "openai-compatible" and not ref.base_url:
+            out.append(f"lane {name} ({ref.model}): set BB_LOCAL_BASE_URL")
+    return out
+
+
+class Lanes:
+    """The model chains of every configured lane, for one process.
+
+    Args:
+        settings: The process settings (lanes, prices, scripted mode).
+        env: Where API keys are read from (default: the environment).
+    """
+
+    def __init__(
+        self, settings: Settings, env: Mapping[str, str] | None = None
+    ) -> None:
+        self.settings = settings
+        self.env = os.environ if env is None else env
+        self.prices = PriceTable.default().with_prices(settings.prices)
+        self.scripted = settings.scripted
+        self._clients: dict[tuple[str, str | None], ModelClient] = {}
+
+    @property
+    def names(self) -> list[str]:
+        """The configured lanes."""
+        return list(self.settings.lanes)
+
+    def lane(self, name: str) -> LaneSettings:
+        """A lane's settings, or ConfigError naming the known ones."""
+        found = self.settings.lanes.get(name)
+        if found is None:
+            known = ", ".join(self.settings.lanes)
+            raise ConfigError(f"unknown lane {name!r}; configured: {known}")
+        return found
+
+    def chain(self, name: str) -> list[tuple[ModelClient, str]]:
+        """``(client, model)`` pairs of a lane, tried in order."""
+        lane = self.lane(name)
+        if self.scripted:
+            return [
+                (self._client(ModelRef(provider="scripted", model=""), lane), m.model)
+                for m in _refs(lane)[:1]
+            ]
+        return [(self._client(ref, lane), ref.model) for ref in _refs(lane)]
+
+    def limiters(self, name: str) -> dict[str, RateLimiter]:
+        """The shared rate limiter of the lane's provider, if it has limits."""
+        lane = self.lane(name)
+        if lane.rpm is None and lane.tpm is None:
+            return {}
+        provider = "scripted" if self.scripted else recorded_provider(lane.provider)
+        try:
+            return {provider: limiter_for(provider, lane.rpm, lane.tpm)}
+        except ValueError as e:
+            raise ConfigError(f"lane {name}: {e}") from e
+
+    def model(self, name: str, on_call: OnCall) -> ResilientModel:
+        """The lane's chain with retries, fallback, limits and cost accounting."""
+        lane = self.lane(name)
+        return ResilientModel(
+            self.chain(name),
+            self.prices,
+            limiters=self.limiters(name),
+            on_call=on_call,
+            max_retries_per_model=lane.max_retries,
+        )
+
+    def _client(self, ref: ModelRef, lane: LaneSettings) -> ModelClient:
+        key = (ref.provider, ref.base_url)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._build(ref, lane)
+            self._clients[key] = client
+        return client
+
+    def _build(self, ref: ModelRef, lane: LaneSettings) -> ModelClient:
+        if ref.provider == "scripted":
+            path = (
+                Path(self.settings.script) if self.settings.script else BUNDLED_SCRIPT
+            )
+            try:
+                return ScriptedModel.from_file(path)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"cannot load the model script {path}: {e}") from e
+        var = _key_env(ref, lane)
+        key = self.env.get(var, "") if var else self.env.get(LOCAL_KEY_ENV, "")
+        if var and not key:
+            raise ConfigError(
+                f"{var} is not set: the {ref.provider} model {ref.model} needs it"
+                " (or set BB_SCRIPTED=1 to use scripted models)"
+            )
+        if ref.provider == "anthropic":
+            from agents.anthropic_client import AnthropicModel
+
+            return AnthropicModel(
+                api_key=key, base_url=ref.base_url, timeout=lane.timeout_s
+            )
+        if ref.provider in ("openai", "openai-compatible"):
+            from agents.openai_client import OpenAICompatibleModel
+
+            if ref.provider == "openai-compatible" and not ref.base_url:
+                raise ConfigError(
+                    f"the local model {ref.model} needs a server: set BB_LOCAL_BASE_URL"
+                )
+            return OpenAICompatibleModel(
+                api_key=key or "not-needed",
+                base_url=ref.base_url,
+                provider=recorded_provider(ref.provider),
+                timeout=lane.timeout_s,
+                max_tokens_param=(
+                    "max_completion_tokens"
+                    if ref.provider == "openai"
+                    else "max_tokens"
+                ),
+            )
+        raise ConfigError(
+            f"unknown provider {ref.provider!r}; one of {', '.join(PROVIDERS)}"
+        )
+
+    async def aclose(self) -> None:
+        """Close every SDK client this process opened."""
+        for client in self._clients.values():
+            if isinstance(client, SupportsAclose):
+                await client.aclose()
+        self._clients.clear()

@@ -1,0 +1,129 @@
+"""Running one goal from the command line: ``bb run`` and ``bb demo``.
+
+Submits the goal, runs the scheduler and the lane workers in this process when
+asked to (``bb demo``, and ``bb run`` with no deployment to talk to), follows
+the goal's events to show progress, and returns its end state with the model
+usage summed from the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agents.handlers import Agents
+from agents.report import Usage, usage_by_lane_model
+from blackboard import client, runtime, service, stack
+from blackboard.handlers import BUILTIN
+from blackboard.state import fold
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+
+    from blackboard.config import Settings
+    from blackboard.state import GoalState
+
+__all__ = ["DEMO_GOAL", "Outcome", "drive", "unreachable"]
+
+DEMO_GOAL = "Add structured audit logging to every write endpoint of the orders service"
+"""The demo's goal; the bundled script plans it into ~30 tasks."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a goal ended."""
+
+    goal: GoalState
+    usage: list[Usage]
+
+    def as_json(self) -> dict[str, Any]:
+        """The outcome as JSON-able data."""
+        g = self.goal
+        return {
+            "goal_id": g.goal_id,
+            "status": g.status,
+            "summary": g.summary,
+            "reason": g.reason,
+            "halted_by": g.halted_by,
+            "tasks": len(g.tasks),
+            "tokens": g.tokens,
+            "cost_usd": round(g.cost_usd, 6),
+            "usage": [u.as_json() for u in self.usage],
+        }
+
+
+@contextlib.asynccontextmanager
+async def _engine(
+    store: Any, settings: Settings, projector_db: str | None
+) -> AsyncIterator[None]:
+    agents = Agents(settings)
+    try:
+        async with stack.running(
+            store, settings, {**BUILTIN, **agents.handlers()}
+        ):
+            yield
+    finally:
+        await agents.aclose()
+
+
+async def drive(
+    settings: Settings,
+    url: str,
+    text: str,
+    *,
+    in_process: bool,
+    overrides: Mapping[str, Any] | None = None,
+    submitted_by: str | None = None,
+    on_submitted: Callable[[str], None] | None = None,
+    on_progress: Callable[[GoalState], None] | None = None,
+    projector_db: str | None = None,
+) -> Outcome:
+    """Submit ``text`` and follow it until it ends or halts."""
+    async with runtime.open_store(settings, url, name="bb-run") as store:
+        engine = (
+            _engine(store, settings, projector_db)
+            if in_process
+            else contextlib.nullcontext()
+        )
+        async with engine:
+            event = service.goal_submitted(
+                settings, text, overrides=overrides, submitted_by=submitted_by
+            )
+            await store.append(event)
+            if on_submitted is not None:
+                on_submitted(event.goal_id)
+
+            def progress(goal: GoalState, _: object) -> None:
+                if on_progress is not None:
+                    on_progress(goal)
+
+            await client.wait_goal(store, event.goal_id, on_batch=progress)
+        envs = [env async for env in store.read_goal(event.goal_id)]
+    goal = fold(envs).goals[event.goal_id]
+    return Outcome(goal, usage_by_lane_model(env.event for env in envs))
+
+
+def unreachable(
+    settings: Settings, lanes: Iterable[str], timeout_s: float = 2.0
+) -> list[str]:
+    """Local-lane servers (OpenAI-compatible) that do not answer ``/models``."""
+    out: list[str] = []
+    for name in lanes:
+        lane = settings.lanes[name]
+        if lane.provider != "openai-compatible" or not lane.base_url:
+            continue
+        probe = lane.base_url.rstrip("/") + "/models"
+        try:
+            with urllib.request.urlopen(probe, timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError:
+            continue  # it answered: a 401 or 404 still means a server is there
+        except (OSError, ValueError):
+            out.append(
+                f"lane {name} ({lane.model}): nothing answers at {lane.base_url};"
+                " start vLLM or Ollama there, or set BB_LOCAL_BASE_URL"
+            )
+    return out

@@ -1,0 +1,103 @@
+"""`bb demo` and `bb run` as a user runs them, in fresh processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.e2e.test_cli_basics import bb
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def no_server_env(cli_env: dict[str, str]) -> dict[str, str]:
+    """The environment of a fresh machine: no server configured, no keys."""
+    return {k: v for k, v in cli_env.items() if k != "BB_NATS_URL"}
+
+
+def test_bb_demo_runs_the_audit_logging_goal_end_to_end(cli_env, tmp_path):
+    env = no_server_env(cli_env)
+    r = bb(["demo", "--json"], env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "done"
+    assert "20 write endpoints" in out["summary"]
+    assert out["tasks"] >= 25
+    lanes = {u["lane"] for u in out["usage"]}
+    assert lanes == {"frontier", "local"}
+    assert all(u["scripted"] for u in out["usage"])
+    frontier = sum(u["cost_usd"] for u in out["usage"] if u["lane"] == "frontier")
+    assert frontier > 0 and abs(frontier - out["cost_usd"]) < 1e-6
+    # The local lane escalated (NEED) and one call was refused with a 429.
+    local = [u for u in out["usage"] if u["lane"] == "local"]
+    assert sum(u["failed_calls"] for u in local) == 1
+    # The patches were written, once each, under the goal's artifacts folder.
+    patches = Path(env["BB_DATA_DIR"]) / "artifacts" / out["goal_id"] / "patches"
+    assert len(list(patches.glob("*.patch"))) == 20
+
+
+def test_bb_demo_text_shows_progress_cost_split_and_replay_command(cli_env):
+    r = bb(["demo"], no_server_env(cli_env), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "(scripted models)" in r.stdout
+    assert "frontier" in r.stdout and "local" in r.stdout
+    assert "total $" in r.stdout
+    goal_id = r.stdout.split("replay it: bb replay ")[1].split()[0]
+    assert len(goal_id) == 26
+    assert "done" in r.stderr  # the progress line
+
+
+def test_bb_run_without_models_says_what_to_set(cli_env):
+    env = no_server_env(cli_env)
+    env["BB_LOCAL_BASE_URL"] = "http://127.0.0.1:9/v1"  # nothing listens on port 9
+    r = bb(["run", "audit the docs"], env)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "ANTHROPIC_API_KEY" in r.stderr
+    assert "bb demo" in r.stderr
+
+
+def test_bb_run_on_scripted_models_in_process(cli_env):
+    env = dict(no_server_env(cli_env), BB_SCRIPTED="1")
+    r = bb(["run", "write release notes for 2.0", "--json"], env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "done"
+    assert out["tasks"] == 6  # plan, 4 planned tasks, aggregate
+
+
+def test_bb_demo_detach_submits_to_a_running_deployment(cli_env, tmp_path):
+    env = dict(cli_env, BB_SCRIPTED="1")
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "blackboard.cli", "up"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "ready" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = bb(["demo", "--detach", "--json"], cli_env)
+        assert r.returncode == 0, r.stderr
+        goal_id = json.loads(r.stdout)["goal_id"]
+        deadline = time.monotonic() + 60
+        status = {}
+        while time.monotonic() < deadline:
+            s = bb(["status", goal_id, "--json"], cli_env)
+            status = json.loads(s.stdout)
+            if status["status"] != "running":
+                break
+            time.sleep(0.3)
+        assert status["status"] == "done", status.get("reason")
+        assert status["by_lane"]["local:done"] >= 20
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "Traceback" not in log.read_text()
