@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents.handlers import Agents
 from agents.report import Usage, usage_by_lane_model
-from blackboard import client, runtime, service, stack
+from blackboard import client, runtime, service, stack, telemetry
 from blackboard.handlers import BUILTIN
 from blackboard.state import fold
 
@@ -61,9 +61,7 @@ async def _engine(
 ) -> AsyncIterator[None]:
     agents = Agents(settings)
     try:
-        async with stack.running(
-            store, settings, {**BUILTIN, **agents.handlers()}
-        ):
+        async with stack.running(store, settings, {**BUILTIN, **agents.handlers()}):
             yield
     finally:
         await agents.aclose()
@@ -92,7 +90,7 @@ async def drive(
             event = service.goal_submitted(
                 settings, text, overrides=overrides, submitted_by=submitted_by
             )
-            await store.append(event)
+            await store.append(event, traceparent=telemetry.traceparent(event.goal_id))
             if on_submitted is not None:
                 on_submitted(event.goal_id)
 

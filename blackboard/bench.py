@@ -22,7 +22,9 @@ from blackboard.server import EmbeddedServer
 from blackboard.store import JetStreamEventStore, StoreSettings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+    from opentelemetry.sdk.trace import ReadableSpan
 
     from blackboard.context import TaskContext
     from blackboard.state import GoalState
@@ -246,11 +248,25 @@ async def _raw_jetstream(store: JetStreamEventStore, n: int) -> tuple[float, flo
 
 
 async def engine(
-    tasks: int = 10_000, fanout: int = 500, chain: int = 200, concurrency: int = 128
+    tasks: int = 10_000,
+    fanout: int = 500,
+    chain: int = 200,
+    concurrency: int = 128,
+    otel: bool = False,
 ) -> dict[str, Any]:
-    """No-op tasks end to end; fan-out/fan-in; chain hops; raw JetStream rates."""
-    from blackboard import stack
+    """No-op tasks end to end; fan-out/fan-in; chain hops; raw JetStream rates.
+
+    With ``otel`` the OpenTelemetry SDK records every span and metric (spans
+    go through the batch processor to an exporter that drops them), so the
+    figures show what telemetry costs beside the default, where it is off.
+    """
+    from blackboard import stack, telemetry
     from blackboard.events import TaskCompleted
+
+    if otel:
+        _install_discarding_telemetry()
+    else:
+        telemetry.disable()
 
     progress = typer.echo
     settings = config.load()
@@ -317,3 +333,24 @@ async def engine(
         "jetstream_fetch_ack_per_s": round(fetch_ack, 1),
         "worker_concurrency": concurrency,
     }
+
+
+def _install_discarding_telemetry() -> None:
+    """The SDK at work, with exporters that drop what they get."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from blackboard import telemetry
+
+    class Discard(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tp = telemetry.tracer_provider("bb-bench")
+    tp.add_span_processor(BatchSpanProcessor(Discard()))
+    telemetry.install(tp, MeterProvider(metric_readers=[InMemoryMetricReader()]))

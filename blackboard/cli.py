@@ -77,6 +77,10 @@ def serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
         stream=sys.stderr,
     )
 
+    from blackboard import telemetry
+
+    telemetry.configure_from_env(_service_name())
+
     async def wrapper() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -90,6 +94,14 @@ def serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
         fail(str(e))
     except KeyboardInterrupt:
         return
+    finally:
+        telemetry.shutdown()
+
+
+def _service_name() -> str:
+    """``bb-<command>``: the OpenTelemetry service name of this process."""
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "cli")
+    return f"bb-{command}"
 
 
 def settings(path: Path | None = None) -> config_mod.Settings:
@@ -364,6 +376,9 @@ def _drive(
             out.write(line + "\n")
         last[0], last[1] = now, line
 
+    from blackboard import telemetry
+
+    telemetry.configure_from_env(_service_name())
     server = (
         contextlib.nullcontext(url) if url else runtime.server_for(s, port=0)
     )
@@ -383,6 +398,8 @@ def _drive(
             )
     except BlackboardError as e:
         fail(str(e))
+    finally:
+        telemetry.shutdown()
     if live:
         out.write("\n")
     goal = outcome.goal
@@ -523,10 +540,11 @@ def submit(
 
 
 async def _append(s: config_mod.Settings, event: Any) -> None:
-    from blackboard import runtime
+    from blackboard import runtime, telemetry
 
     async with runtime.open_store(s, name="bb-submit") as store:
-        await store.append(event)
+        # The goal's trace starts here: its context travels with the event.
+        await store.append(event, traceparent=telemetry.traceparent(event.goal_id))
 
 
 @app.command()
@@ -791,12 +809,16 @@ def bench_engine(
     fanout: Annotated[int, typer.Option(help="Children of the fan-out.")] = 500,
     chain: Annotated[int, typer.Option(help="Length of the chain.")] = 200,
     concurrency: Annotated[int, typer.Option(help="Worker concurrency.")] = 128,
+    otel: Annotated[
+        bool, typer.Option("--otel", help="Record spans and metrics (SDK on).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """No-op tasks/s end to end, fan-out wall time, chain hop latency, raw rates."""
     from blackboard import bench
 
-    result = run(bench.engine(tasks, fanout, chain, concurrency))
+    result = run(bench.engine(tasks, fanout, chain, concurrency, otel))
+    result["otel"] = otel
     if as_json:
         emit_json(result)
     else:

@@ -39,6 +39,9 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     ready_seq: int
     max_attempts: int = 3
     approved: bool = False
+    parent_id: str | None = None
+    """The task that spawned this one, and its attempt: for trace links."""
+    parent_attempt: int = 0
 
 
 class BlobStub(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from blackboard import dag, ids
+from blackboard import dag, ids, telemetry
 from blackboard.events import (
     Event,
     GoalSubmitted,
+    ModelCalled,
     SideEffectCompleted,
     SideEffectFailed,
     SideEffectStarted,
@@ -185,7 +186,9 @@ class TaskContext:
                 self.seq = await self.store.append(event, expect=self.seq)
             finally:
                 self.writing = False
-            return self.seq
+        if isinstance(event, ModelCalled):
+            telemetry.get().model_call(event)
+        return self.seq
 
     async def effect(
         self,
@@ -273,6 +276,7 @@ class TaskContext:
                 payload=s.payload,
                 depends_on=s.depends_on,
                 parent_id=self.task_id,
+                parent_attempt=self.attempt,
                 depth=me.depth + 1,
                 priority=s.priority,
                 dedupe_key=s.dedupe_key,

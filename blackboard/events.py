@@ -133,6 +133,8 @@ class TaskCreated(Event, frozen=True, kw_only=True):
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     depends_on: tuple[str, ...] = ()
     parent_id: str | None = None
+    parent_attempt: int = 0
+    """The parent's attempt that spawned this task (0: not spawned)."""
     depth: int = 0
     priority: int = 0
     dedupe_key: str | None = None

@@ -14,14 +14,19 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from blackboard import codec, ids, subjects
+from blackboard import codec, ids, subjects, telemetry
 from blackboard.decide import Append, AppendBatch, Decider, Dispatch
 from blackboard.errors import ConcurrencyConflict, StoreError
 from blackboard.events import (
     ApprovalDenied,
     ApprovalGranted,
+    GoalCancelled,
+    GoalCompleted,
+    GoalFailed,
+    GoalHalted,
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
@@ -51,6 +56,12 @@ _WAKES = (
     ApprovalDenied,
 )
 
+# How often the tasks-by-status gauge is refreshed (only with metrics on).
+_COUNT_EVERY = timedelta(seconds=2)
+
+# Goal events after which a goal's root span is written.
+_GOAL_ENDS = (GoalCompleted, GoalFailed, GoalCancelled, GoalHalted)
+
 
 class Scheduler:
     """The one active scheduler of a deployment (others wait as standbys)."""
@@ -75,6 +86,7 @@ class Scheduler:
         self._busy: Counter[str] = Counter()
         self._redo_goals: set[str] = set()
         self._unsent: list[codec.WorkItem] = []
+        self._next_count = clock()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lead when possible, until ``stop`` is set."""
@@ -110,6 +122,10 @@ class Scheduler:
                     await self._send_work(self._unsent)
                 if goals or tasks:
                     await self._step(goals, tasks)
+                tm = telemetry.get()
+                if tm.meter is not None and self.clock() >= self._next_count:
+                    self._count_open_tasks(tm)
+                    self._next_count = self.clock() + _COUNT_EVERY
 
     def _observe(
         self, env: Envelope, goals: set[str], tasks: set[tuple[str, str]]
@@ -128,8 +144,49 @@ class Scheduler:
                 goals.add(goal_id)
         if event.task_id is None:
             goals.add(event.goal_id)
+            self._trace_goal_end(env)
         elif isinstance(event, _WAKES):
             tasks.add((event.goal_id, event.task_id))
+
+    def _trace_goal_end(self, env: Envelope) -> None:
+        """The goal's root span and guardrail metrics, when the goal stops.
+
+        Only events that arrive live get here (a restart's rebuild does not),
+        so a goal's span is written once per end; a halted goal that is
+        resumed gets a new one at its next end, with the same ids.
+        """
+        tm = telemetry.get()
+        if not tm.enabled:
+            return
+        event = env.event
+        goal = self.state.goals.get(event.goal_id)
+        if goal is None or not isinstance(event, _GOAL_ENDS):
+            return
+        if isinstance(event, GoalHalted):
+            tm.breach(event.guardrail)
+        tm.goal_span(
+            goal.goal_id,
+            goal.text,
+            goal.status,
+            goal.submitted.at,
+            event.at,
+            {
+                "bb.tasks": len(goal.tasks),
+                "bb.tokens": goal.tokens,
+                "bb.cost_usd": round(goal.cost_usd, 6),
+            },
+        )
+        if tm.meter is not None:
+            self._count_open_tasks(tm)
+
+    def _count_open_tasks(self, tm: telemetry.Telemetry) -> None:
+        counts: Counter[tuple[str, str]] = Counter(
+            (t.lane, t.status)
+            for g in self.state.goals.values()
+            if g.status == "running"
+            for t in g.tasks.values()
+        )
+        tm.open_tasks = dict(counts)
 
     async def _reconcile(self) -> None:
         """After a (re)start: decide for every open goal; re-send ready work."""
@@ -243,7 +300,10 @@ class Scheduler:
                 await self.store.js.publish(
                     self.store.subjects.work(item.lane),
                     codec.encode(item),
-                    headers={subjects.H_MSG_ID: msg_id},
+                    headers={
+                        subjects.H_MSG_ID: msg_id,
+                        subjects.H_TRACEPARENT: telemetry.traceparent(item.goal_id),
+                    },
                 )
             except Exception as e:
                 log.warning("work for %s not sent (%s); will retry", item.task_id, e)
@@ -264,6 +324,8 @@ def _work_item(
         ready_seq=ready_seq,
         max_attempts=task.max_attempts,
         approved=task.approved,
+        parent_id=task.parent_id,
+        parent_attempt=task.parent_attempt,
     )
 
 

@@ -99,6 +99,7 @@ class TaskState:
     payload: dict[str, Any]
     depends_on: tuple[str, ...]
     parent_id: str | None
+    parent_attempt: int
     depth: int
     priority: int
     requires_approval: bool
@@ -268,6 +269,7 @@ def _create(goal: GoalState, event: TaskCreated, env: Envelope) -> None:
         payload=event.payload,
         depends_on=event.depends_on,
         parent_id=event.parent_id,
+        parent_attempt=event.parent_attempt,
         depth=event.depth,
         priority=event.priority,
         requires_approval=event.requires_approval,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -28,7 +29,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from blackboard import codec, ids
+from blackboard import codec, ids, telemetry
 from blackboard.context import TaskContext
 from blackboard.errors import ConcurrencyConflict, MalformedEvent, StoreError
 from blackboard.events import (
@@ -57,6 +58,10 @@ if TYPE_CHECKING:
     from blackboard.store import JetStreamEventStore
 
 log = logging.getLogger("blackboard.worker")
+
+
+_LAG_EVERY_S = 5.0
+"""How often a worker measures its lane's lag (only with metrics on)."""
 
 
 def consumer_name(lane: str) -> str:
@@ -137,8 +142,12 @@ class Worker:
         sub = await self.store.js.pull_subscribe_bind(
             durable=consumer_name(self.settings.lane), stream=self.store.work_stream
         )
+        next_lag = 0.0
         try:
             while not stop.is_set():
+                if telemetry.get().meter is not None and time.monotonic() >= next_lag:
+                    next_lag = time.monotonic() + _LAG_EVERY_S
+                    await self._measure_lag()
                 free = self.settings.concurrency - len(self._active)
                 if free <= 0:
                     await asyncio.wait(
@@ -171,6 +180,13 @@ class Worker:
                 await asyncio.gather(*self._active, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _measure_lag(self) -> None:
+        """Work messages waiting on the lane's consumer, for the lag gauge."""
+        name = consumer_name(self.settings.lane)
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+            info = await self.store.js.consumer_info(self.store.work_stream, name)
+            telemetry.get().lag[self.settings.lane] = info.num_pending or 0
 
     async def _guarded(self, msg: Msg) -> None:
         try:
@@ -239,6 +255,56 @@ class Worker:
             seq=claim.seq,
             approved=claim.approved,
         )
+        tm = telemetry.get()
+        if not tm.enabled:
+            await self._run(msg, item, ctx, handler, base)
+            return
+        await self._traced(tm, msg, item, ctx, handler, base)
+
+    async def _traced(
+        self,
+        tm: telemetry.Telemetry,
+        msg: Msg,
+        item: WorkItem,
+        ctx: TaskContext,
+        handler: Handler,
+        base: dict[str, str],
+    ) -> None:
+        """Run the attempt inside its span, and count its outcome."""
+        parent = (
+            (item.parent_id, item.parent_attempt or 1) if item.parent_id else None
+        )
+        started = time.monotonic()
+        published = msg.metadata.timestamp
+        wait_s = (ids.utcnow() - published).total_seconds() if published else None
+        with tm.task_span(
+            goal_id=item.goal_id,
+            task_id=item.task_id,
+            task_type=item.task_type,
+            lane=item.lane,
+            worker=self.worker_id,
+            attempt=ctx.attempt,
+            carrier=msg.headers,
+            parent_task=parent,
+        ) as span:
+            status = await self._run(msg, item, ctx, handler, base)
+            if span is not None:
+                span.set_attribute("bb.status", status)
+                if status == "failed":
+                    span.set_status(telemetry.error_status(status))
+        tm.outcome(
+            item.lane, item.task_type, status, time.monotonic() - started, wait_s
+        )
+
+    async def _run(
+        self,
+        msg: Msg,
+        item: WorkItem,
+        ctx: TaskContext,
+        handler: Handler,
+        base: dict[str, str],
+    ) -> str:
+        """Run the handler to an outcome; return the task's status after it."""
         run = asyncio.create_task(handler(ctx))
         preempted: list[str] = []
         heartbeat = asyncio.create_task(self._renew(msg, ctx, run, preempted))
@@ -251,7 +317,8 @@ class Worker:
             log.info("%s: stopped %s: %s", self.worker_id, item.task_id, preempted[0])
             if preempted[0] == "task_cancelled":
                 await msg.ack()
-            return
+                return "cancelled"
+            return "preempted"
         except NeedsApproval as e:
             heartbeat.cancel()
             reason, policy = e.reason, e.policy
@@ -261,19 +328,19 @@ class Worker:
                 )
             )
             await msg.ack()
-            return
+            return "awaiting_approval"
         except RetryableError as e:
             heartbeat.cancel()
-            await self._retry_or_fail(
+            return await self._retry_or_fail(
                 msg, item, ctx, f"{type(e).__name__}: {e}", e.retry_after
             )
-            return
         except (ConcurrencyConflict, StoreError):
             raise
         except (TimeoutError, ConnectionError) as e:
             heartbeat.cancel()
-            await self._retry_or_fail(msg, item, ctx, f"{type(e).__name__}: {e}", None)
-            return
+            return await self._retry_or_fail(
+                msg, item, ctx, f"{type(e).__name__}: {e}", None
+            )
         except Exception as e:
             heartbeat.cancel()
             await self._fail(
@@ -284,12 +351,13 @@ class Worker:
                 error=f"{type(e).__name__}: {e}",
             )
             await msg.term()
-            return
+            return "failed"
         finally:
             heartbeat.cancel()
         await self._finish(item, ctx, outcome, base)
         await msg.ack()
         self.done += 1
+        return "needs_followup" if isinstance(outcome, Followup) else "done"
 
     async def _finish(
         self, item: WorkItem, ctx: TaskContext, outcome: object, base: dict[str, str]
@@ -394,7 +462,7 @@ class Worker:
         ctx: TaskContext,
         error: str,
         retry_after: float | None,
-    ) -> None:
+    ) -> str:
         if ctx.attempt < item.max_attempts:
             await self._fail(item, ctx.seq, ctx.attempt, retryable=True, error=error)
             delay = (
@@ -406,15 +474,16 @@ class Worker:
                 )
             )
             await msg.nak(delay=delay)
-        else:
-            await self._fail(
-                item,
-                ctx.seq,
-                ctx.attempt,
-                retryable=False,
-                error=f"{error} (attempt {ctx.attempt} of {item.max_attempts})",
-            )
-            await msg.term()
+            return "retrying"
+        await self._fail(
+            item,
+            ctx.seq,
+            ctx.attempt,
+            retryable=False,
+            error=f"{error} (attempt {ctx.attempt} of {item.max_attempts})",
+        )
+        await msg.term()
+        return "failed"
 
     async def _fail(
         self, item: WorkItem, expect: int, attempt: int, *, retryable: bool, error: str

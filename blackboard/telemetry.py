@@ -1,0 +1,518 @@
+"""OpenTelemetry traces and metrics: the only module that talks to the SDK.
+
+**One trace per goal.** Its trace id is the goal's ULID (both are 128 bits),
+and every span id is derived from what the span stands for (the goal; a task
+attempt; a model call), so every process (the submitter, a scheduler and its
+standby, workers anywhere) and ``bb replay --otlp`` long after agree on them
+without asking anyone. The goal's context travels in the W3C ``traceparent``
+header: on GoalSubmitted, and on every work message, from which a worker takes
+the parent of its attempt span.
+
+Spans::
+
+    goal <text>                    scheduler, from submission to the goal's end
+    ├── task <type>                worker, one per attempt (goal, task, lane,
+    │   │                          worker, attempt, status); a spawned task's
+    │   │                          span links to the attempt that spawned it
+    │   └── chat <model>           one per model call, GenAI conventions + cost
+    └── ...
+
+Export is configured by the standard ``OTEL_*`` variables. With none set,
+nothing is installed and every call here returns at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+
+from blackboard import ids
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from datetime import datetime
+
+    from opentelemetry.metrics import Meter, MeterProvider
+    from opentelemetry.trace import Span, Tracer
+
+    from blackboard.events import ModelCalled
+
+__all__ = [
+    "Telemetry",
+    "configure_from_env",
+    "get",
+    "model_span_id",
+    "root_span_id",
+    "task_span_id",
+    "trace_id_of",
+    "traceparent",
+]
+
+OTEL_VARS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+)
+
+
+# --- deterministic ids -------------------------------------------------------
+
+
+def trace_id_of(goal_id: str) -> int:
+    """The goal's trace id: its ULID's 128 bits (a hash for other ids)."""
+    try:
+        value = ids.ulid_int(goal_id)
+    except ValueError:
+        value = int.from_bytes(hashlib.sha256(goal_id.encode()).digest()[:16], "big")
+    return value or 1
+
+
+def _span_id(*parts: object) -> int:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") or 1
+
+
+def root_span_id(goal_id: str) -> int:
+    """The span id of a goal's root span."""
+    return _span_id("goal", goal_id)
+
+
+def task_span_id(goal_id: str, task_id: str, attempt: int) -> int:
+    """The span id of one attempt of a task."""
+    return _span_id("task", goal_id, task_id, attempt)
+
+
+def model_span_id(goal_id: str, task_id: str, attempt: int, index: int) -> int:
+    """The span id of one model call of an attempt."""
+    return _span_id("call", goal_id, task_id, attempt, index)
+
+
+def traceparent(goal_id: str) -> str:
+    """The W3C ``traceparent`` of a goal's root span."""
+    return f"00-{trace_id_of(goal_id):032x}-{root_span_id(goal_id):016x}-01"
+
+
+def parse_traceparent(value: str | None) -> SpanContext | None:
+    """The span context in a ``traceparent`` header, or None if malformed."""
+    if not value:
+        return None
+    parts = value.strip().split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        trace_id, span_id = int(parts[1], 16), int(parts[2], 16)
+        flags = int(parts[3], 16)
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+
+
+_NEXT_SPAN_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "bb_next_span_id", default=None
+)
+_NEXT_TRACE_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "bb_next_trace_id", default=None
+)
+
+
+def error_status(description: str) -> Status:
+    """An error status for a span (so callers need not import the SDK)."""
+    return Status(StatusCode.ERROR, description)
+
+
+class _PresetIds(IdGenerator):
+    """Random ids, unless the caller has said which ids the next span gets.
+
+    The SDK asks for a trace id only for a span without a parent (a goal's
+    root span), and for a span id for every span.
+    """
+
+    def __init__(self) -> None:
+        self._random = RandomIdGenerator()
+
+    def generate_span_id(self) -> int:
+        preset = _NEXT_SPAN_ID.get()
+        return preset if preset is not None else self._random.generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        preset = _NEXT_TRACE_ID.get()
+        return preset if preset is not None else self._random.generate_trace_id()
+
+
+def _ns(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000_000)
+
+
+def _parent(goal_id: str, span_id: int | None = None) -> otel_context.Context:
+    ctx = SpanContext(
+        trace_id_of(goal_id),
+        span_id if span_id is not None else root_span_id(goal_id),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+# --- the instruments -----------------------------------------------------------
+
+
+@dataclass
+class Telemetry:
+    """Tracer, meter and instruments of one process (no-op when disabled)."""
+
+    tracer: Tracer | None = None
+    meter: Meter | None = None
+    lag: dict[str, int] = field(default_factory=dict)
+    """Pending work messages per lane, refreshed by the lane's worker."""
+    open_tasks: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Tasks of running goals by (lane, status), refreshed by the scheduler."""
+    _instruments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether anything is recorded at all."""
+        return self.tracer is not None or self.meter is not None
+
+    def __post_init__(self) -> None:
+        if self.meter is None:
+            return
+        m = self.meter
+        from opentelemetry.metrics import CallbackOptions, Observation
+
+        def lag(_: CallbackOptions) -> list[Observation]:
+            return [Observation(v, {"lane": k}) for k, v in sorted(self.lag.items())]
+
+        def tasks(_: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(v, {"lane": lane, "status": status})
+                for (lane, status), v in sorted(self.open_tasks.items())
+            ]
+
+        self._instruments = {
+            "outcomes": m.create_counter(
+                "bb.tasks.outcomes", "{attempt}", "Task attempts by outcome and lane"
+            ),
+            "run": m.create_histogram(
+                "bb.task.run_time", "s", "Time from claim to outcome"
+            ),
+            "wait": m.create_histogram(
+                "bb.task.queue_wait", "s", "Time a ready task waited for a worker"
+            ),
+            "tokens": m.create_counter(
+                "bb.model.tokens", "{token}", "Model tokens by lane, model and kind"
+            ),
+            "cost": m.create_counter(
+                "bb.model.cost", "USD", "Model cost by lane and model"
+            ),
+            "breaches": m.create_counter(
+                "bb.guardrail.breaches", "{breach}", "Goals halted by a guardrail"
+            ),
+        }
+        m.create_observable_gauge(
+            "bb.consumer.lag", [lag], "{message}", "Work messages pending per lane"
+        )
+        m.create_observable_gauge(
+            "bb.tasks", [tasks], "{task}", "Tasks of running goals by lane and status"
+        )
+
+    # --- spans ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def task_span(
+        self,
+        *,
+        goal_id: str,
+        task_id: str,
+        task_type: str,
+        lane: str,
+        worker: str,
+        attempt: int,
+        carrier: Mapping[str, str] | None,
+        parent_task: tuple[str, int] | None = None,
+    ) -> Iterator[Span | None]:
+        """The span of one task attempt; its parent comes from ``carrier``."""
+        if self.tracer is None:
+            yield None
+            return
+        remote = parse_traceparent((carrier or {}).get("traceparent"))
+        parent = (
+            trace.set_span_in_context(NonRecordingSpan(remote))
+            if remote is not None
+            else _parent(goal_id)
+        )
+        links = []
+        if parent_task is not None:
+            ptask, pattempt = parent_task
+            links.append(
+                Link(
+                    SpanContext(
+                        trace_id_of(goal_id),
+                        task_span_id(goal_id, ptask, pattempt),
+                        is_remote=True,
+                        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                    ),
+                    {"bb.link": "spawned_by"},
+                )
+            )
+        token = _NEXT_SPAN_ID.set(task_span_id(goal_id, task_id, attempt))
+        try:
+            span = self.tracer.start_span(
+                f"task {task_type}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                links=links,
+                attributes={
+                    "bb.goal_id": goal_id,
+                    "bb.task_id": task_id,
+                    "bb.task_type": task_type,
+                    "bb.lane": lane,
+                    "bb.worker": worker,
+                    "bb.attempt": attempt,
+                },
+            )
+        finally:
+            _NEXT_SPAN_ID.reset(token)
+        try:
+            yield span
+        finally:
+            span.end()
+
+    def model_call(self, event: ModelCalled) -> None:
+        """Record a model call: a span under its attempt, tokens and cost."""
+        if self.tracer is not None and event.task_id is not None:
+            self._model_span(event)
+        if self.meter is not None:
+            attrs = {"lane": event.lane, "model": event.model}
+            tokens = self._instruments["tokens"]
+            tokens.add(event.tokens_in, {**attrs, "kind": "input"})
+            tokens.add(event.tokens_out, {**attrs, "kind": "output"})
+            if event.tokens_cached:
+                tokens.add(event.tokens_cached, {**attrs, "kind": "cached"})
+            self._instruments["cost"].add(event.cost_usd, attrs)
+
+    def _model_span(self, e: ModelCalled) -> None:
+        assert self.tracer is not None
+        assert e.task_id is not None
+        parent = _parent(e.goal_id, task_span_id(e.goal_id, e.task_id, e.attempt))
+        end = _ns(e.at)
+        start = end - int(e.latency_ms * 1_000_000)
+        token = _NEXT_SPAN_ID.set(
+            model_span_id(e.goal_id, e.task_id, e.attempt, e.call_index)
+        )
+        try:
+            span = self.tracer.start_span(
+                f"chat {e.model}",
+                context=parent,
+                kind=SpanKind.CLIENT,
+                start_time=start,
+                attributes={
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.system": e.provider,
+                    "gen_ai.request.model": e.model,
+                    "gen_ai.response.model": str(e.response.get("model", e.model)),
+                    "gen_ai.usage.input_tokens": e.tokens_in + e.tokens_cached,
+                    "gen_ai.usage.output_tokens": e.tokens_out,
+                    "gen_ai.response.finish_reasons": (e.stop_reason or "",),
+                    "bb.cost_usd": e.cost_usd,
+                    "bb.lane": e.lane,
+                    "bb.prompt_version": e.prompt_version,
+                    "bb.call_index": e.call_index,
+                    "bb.scripted": e.scripted,
+                },
+            )
+        finally:
+            _NEXT_SPAN_ID.reset(token)
+        if e.error is not None:
+            span.set_status(Status(StatusCode.ERROR, e.error))
+        span.end(end_time=end)
+
+    def goal_span(
+        self,
+        goal_id: str,
+        text: str,
+        status: str,
+        started: datetime,
+        ended: datetime,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The goal's root span, written once its end is known."""
+        if self.tracer is None:
+            return
+        token = _NEXT_SPAN_ID.set(root_span_id(goal_id))
+        trace_token = _NEXT_TRACE_ID.set(trace_id_of(goal_id))
+        try:
+            span = self.tracer.start_span(
+                f"goal {text[:60]}",
+                context=otel_context.Context(),
+                kind=SpanKind.INTERNAL,
+                start_time=_ns(started),
+                attributes={
+                    "bb.goal_id": goal_id,
+                    "bb.status": status,
+                    **(attributes or {}),
+                },
+            )
+        finally:
+            _NEXT_SPAN_ID.reset(token)
+            _NEXT_TRACE_ID.reset(trace_token)
+        if status in ("failed", "halted"):
+            span.set_status(Status(StatusCode.ERROR, status))
+        span.end(end_time=_ns(ended))
+
+    # --- metrics ---------------------------------------------------------------
+
+    def outcome(
+        self,
+        lane: str,
+        task_type: str,
+        status: str,
+        run_s: float | None = None,
+        wait_s: float | None = None,
+    ) -> None:
+        """Count a task attempt's outcome, with its run time and queue wait."""
+        if self.meter is None:
+            return
+        attrs = {"lane": lane, "task_type": task_type}
+        self._instruments["outcomes"].add(1, {**attrs, "status": status})
+        if run_s is not None:
+            self._instruments["run"].record(max(run_s, 0.0), attrs)
+        if wait_s is not None:
+            self._instruments["wait"].record(max(wait_s, 0.0), attrs)
+
+    def breach(self, guardrail: str) -> None:
+        """Count a goal halted by a guardrail."""
+        if self.meter is not None:
+            self._instruments["breaches"].add(1, {"guardrail": guardrail})
+
+
+_CURRENT = Telemetry()
+
+
+def get() -> Telemetry:
+    """This process's telemetry (disabled unless configured)."""
+    return _CURRENT
+
+
+def install(
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> Telemetry:
+    """Use these providers in this process (tests pass in-memory ones)."""
+    global _CURRENT
+    _CURRENT = Telemetry(
+        tracer=tracer_provider.get_tracer("blackboard") if tracer_provider else None,
+        meter=meter_provider.get_meter("blackboard") if meter_provider else None,
+    )
+    return _CURRENT
+
+
+def disable() -> None:
+    """Record nothing (the default)."""
+    global _CURRENT
+    _CURRENT = Telemetry()
+
+
+def tracer_provider(service: str) -> TracerProvider:
+    """A tracer provider whose span ids can be preset (see module docstring)."""
+    from opentelemetry.sdk.resources import Resource
+
+    return TracerProvider(
+        resource=Resource.create({"service.name": service}), id_generator=_PresetIds()
+    )
+
+
+def configure_from_env(service: str, env: Mapping[str, str] | None = None) -> Telemetry:
+    """Install exporters as the ``OTEL_*`` variables say; none set: disabled."""
+    env = os.environ if env is None else env
+    if not any(env.get(v) for v in OTEL_VARS):
+        return _CURRENT
+    traces = env.get("OTEL_TRACES_EXPORTER", "otlp").lower()
+    metrics = env.get("OTEL_METRICS_EXPORTER", "otlp").lower()
+    tp = None
+    if traces != "none":
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        tp = tracer_provider(env.get("OTEL_SERVICE_NAME", service))
+        tp.add_span_processor(BatchSpanProcessor(_span_exporter(traces)))
+    mp = None
+    if metrics != "none":
+        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+
+        reader = PeriodicExportingMetricReader(_metric_exporter(metrics))
+        mp = SdkMeterProvider(
+            resource=Resource.create(
+                {"service.name": env.get("OTEL_SERVICE_NAME", service)}
+            ),
+            metric_readers=[reader],
+        )
+    telemetry = install(tp, mp)
+    telemetry._providers = (tp, mp)  # type: ignore[attr-defined]
+    return telemetry
+
+
+def shutdown() -> None:
+    """Flush and stop the exporters installed by :func:`configure_from_env`."""
+    providers = getattr(_CURRENT, "_providers", (None, None))
+    for p in providers:
+        if p is not None:
+            p.shutdown()
+
+
+def _span_exporter(name: str) -> Any:
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter,
+        )
+    except ImportError as e:
+        from blackboard.errors import ConfigError
+
+        raise ConfigError(
+            "OTLP export needs the otlp extra: pip install 'blackboard[otlp]'"
+        ) from e
+    return OTLPSpanExporter()
+
+
+def _metric_exporter(name: str) -> Any:
+    if name == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        return ConsoleMetricExporter()
+    try:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter,
+        )
+    except ImportError as e:
+        from blackboard.errors import ConfigError
+
+        raise ConfigError(
+            "OTLP export needs the otlp extra: pip install 'blackboard[otlp]'"
+        ) from e
+    return OTLPMetricExporter()

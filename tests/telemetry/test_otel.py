@@ -1,0 +1,303 @@
+"""One trace per goal, metrics that agree with the log, and real OTLP export.
+
+In-process runs use the SDK's in-memory exporters; the cross-process run
+starts a scheduler and two lane workers as separate `bb` processes exporting
+OTLP/HTTP to a receiver this test starts, and checks the tree they form.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+
+from agents.handlers import Agents
+from agents.session import DEMO_GOAL
+from blackboard import client, config, telemetry
+from blackboard.events import ModelCalled, TaskClaimed, TaskCompleted
+from blackboard.handlers import BUILTIN
+from blackboard.stack import running
+from tests.e2e.test_cli_basics import bb
+from tests.engine.conftest import events_of, submit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def otel() -> Iterator[tuple[InMemorySpanExporter, InMemoryMetricReader]]:
+    spans = InMemorySpanExporter()
+    tp = telemetry.tracer_provider("bb-test")
+    tp.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    telemetry.install(tp, MeterProvider(metric_readers=[reader]))
+    try:
+        yield spans, reader
+    finally:
+        telemetry.disable()
+
+
+def scripted_settings() -> config.Settings:
+    return config.load(env={"BB_SCRIPTED": "1", "BB_LEASE_SECONDS": "5"}, path=None)
+
+
+async def run_demo(store) -> tuple[str, list[Any]]:
+    s = scripted_settings()
+    agents = Agents(s)
+    async with running(store, s, {**BUILTIN, **agents.handlers()}):
+        goal_id = await submit(store, s, [], DEMO_GOAL)
+        goal = await client.wait_goal(store, goal_id, timeout_s=60)
+        assert goal.status == "done", goal.reason
+        # The root span is written when the scheduler sees the goal's end.
+        await _settle()
+    await agents.aclose()
+    return goal_id, await events_of(store, goal_id)
+
+
+async def _settle() -> None:
+    import asyncio
+
+    await asyncio.sleep(0.3)
+
+
+async def test_one_goal_is_one_trace_with_the_right_tree(store, otel):
+    exporter, _ = otel
+    goal_id, events = await run_demo(store)
+    spans = exporter.get_finished_spans()
+    trace_id = telemetry.trace_id_of(goal_id)
+    assert {s.context.trace_id for s in spans} == {trace_id}
+    by_id = {s.context.span_id: s for s in spans}
+    (root,) = [s for s in spans if s.parent is None]
+    assert root.name.startswith("goal Add structured audit logging")
+    assert root.context.span_id == telemetry.root_span_id(goal_id)
+    assert root.attributes["bb.status"] == "done"
+
+    tasks = [s for s in spans if s.name.startswith("task ")]
+    claims = [e for e in events if isinstance(e, TaskClaimed)]
+    assert len(tasks) == len(claims)  # one span per attempt
+    for span in tasks:
+        assert span.parent.span_id == root.context.span_id
+        attrs = span.attributes
+        assert {"bb.goal_id", "bb.task_id", "bb.task_type", "bb.lane", "bb.worker",
+                "bb.attempt", "bb.status"} <= set(attrs)
+        assert span.context.span_id == telemetry.task_span_id(
+            goal_id, attrs["bb.task_id"], attrs["bb.attempt"]
+        )
+
+    calls = [e for e in events if isinstance(e, ModelCalled)]
+    chats = [s for s in spans if s.name.startswith("chat ")]
+    assert len(chats) == len(calls)
+    for span in chats:
+        parent = by_id[span.parent.span_id]
+        assert parent.name.startswith("task ")
+        a = span.attributes
+        assert a["gen_ai.system"] == "scripted"
+        assert a["gen_ai.request.model"] in ("claude-sonnet-4-5", "qwen2.5-7b-instruct")
+        if span.status.is_ok:
+            assert a["gen_ai.usage.input_tokens"] > 0
+            assert a["gen_ai.usage.output_tokens"] > 0
+        else:  # the demo's one 429
+            assert "429" in span.status.description
+        assert "bb.cost_usd" in a
+    assert sum(s.attributes["bb.cost_usd"] for s in chats) == pytest.approx(
+        sum(c.cost_usd for c in calls)
+    )
+
+    # A spawned task's span links to the attempt that spawned it.
+    spawned = [s for s in tasks if s.links]
+    assert len(spawned) >= 20  # the planned tasks, NEED answers, fix-ups
+    for span in spawned:
+        (link,) = span.links
+        assert link.context.span_id in by_id
+        assert by_id[link.context.span_id].name.startswith("task ")
+
+
+def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == name
+        for p in m.data.data_points
+    ]
+
+
+async def test_metrics_agree_with_the_log(store, otel):
+    _, reader = otel
+    _, events = await run_demo(store)
+    calls = [e for e in events if isinstance(e, ModelCalled)]
+    tokens = {
+        (p.attributes["lane"], p.attributes["kind"]): p.value
+        for p in _points(reader, "bb.model.tokens")
+    }
+    for lane in ("frontier", "local"):
+        mine = [c for c in calls if c.lane == lane]
+        assert tokens[(lane, "input")] == sum(c.tokens_in for c in mine)
+        assert tokens[(lane, "output")] == sum(c.tokens_out for c in mine)
+    cost = sum(p.value for p in _points(reader, "bb.model.cost"))
+    assert cost == pytest.approx(sum(c.cost_usd for c in calls))
+    outcomes: dict[str, int] = {}
+    for p in _points(reader, "bb.tasks.outcomes"):
+        outcomes[p.attributes["status"]] = outcomes.get(p.attributes["status"], 0) + p.value
+    completed = [e for e in events if isinstance(e, TaskCompleted)]
+    assert outcomes["done"] == len(completed)
+    run_counts = sum(p.count for p in _points(reader, "bb.task.run_time"))
+    assert run_counts == len([e for e in events if isinstance(e, TaskClaimed)])
+    assert sum(p.count for p in _points(reader, "bb.task.queue_wait")) == run_counts
+
+
+async def test_guardrail_breach_is_counted(store, otel):
+    _, reader = otel
+    s = scripted_settings()
+    agents = Agents(s)
+    async with running(store, s, {**BUILTIN, **agents.handlers()}):
+        # Planned tasks are at depth 1; the NEED answers they spawn, at 2.
+        goal_id = await submit(store, s, [], DEMO_GOAL, max_depth=1)
+        goal = await client.wait_goal(store, goal_id, timeout_s=60)
+        await _settle()
+    await agents.aclose()
+    assert goal.status == "halted"
+    assert goal.halted_by == "max_depth"
+    (p,) = _points(reader, "bb.guardrail.breaches")
+    assert (p.value, p.attributes["guardrail"]) == (1, "max_depth")
+
+
+# --- across processes, over OTLP/HTTP ---------------------------------------
+
+
+class Receiver:
+    """An OTLP/HTTP receiver: decodes what the exporters POST."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, Any]] = []  # (service.name, span)
+        self.metrics: list[Any] = []
+        self.paths: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                receiver.paths.append(self.path)
+                if self.path == "/v1/traces":
+                    req = ExportTraceServiceRequest()
+                    req.ParseFromString(body)
+                    for rs in req.resource_spans:
+                        service = next(
+                            a.value.string_value
+                            for a in rs.resource.attributes
+                            if a.key == "service.name"
+                        )
+                        for ss in rs.scope_spans:
+                            receiver.spans.extend((service, sp) for sp in ss.spans)
+                elif self.path == "/v1/metrics":
+                    req = ExportMetricsServiceRequest()
+                    req.ParseFromString(body)
+                    receiver.metrics.append(req)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_spans_from_separate_processes_form_one_tree_over_otlp(cli_env, tmp_path):
+    with Receiver() as receiver:
+        env = dict(
+            cli_env,
+            BB_SCRIPTED="1",
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+            OTEL_BSP_SCHEDULE_DELAY="100",
+            OTEL_METRIC_EXPORT_INTERVAL="500",
+        )
+        procs = []
+        for args in (["scheduler"], ["worker", "--lane", "frontier"],
+                     ["worker", "--lane", "local"]):
+            with (tmp_path / f"{args[-1]}.log").open("w") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "blackboard.cli", *args],
+                        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                    )
+                )
+        try:
+            r = bb(["demo", "--detach", "--json"], cli_env)
+            assert r.returncode == 0, r.stderr
+            goal_id = json.loads(r.stdout)["goal_id"]
+            deadline = time.monotonic() + 90
+            status: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                status = json.loads(bb(["status", goal_id, "--json"], cli_env).stdout)
+                if status["status"] != "running":
+                    break
+                time.sleep(0.3)
+            assert status["status"] == "done", status.get("reason")
+            time.sleep(0.5)  # the scheduler writes the root span on the goal's end
+        finally:
+            for p in procs:
+                p.terminate()  # SIGTERM: a clean stop flushes the exporters
+            for p in procs:
+                p.wait(timeout=30)
+        logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+        assert "Traceback" not in logs
+
+    trace_id = telemetry.trace_id_of(goal_id).to_bytes(16, "big")
+    mine = [(svc, s) for svc, s in receiver.spans if s.trace_id == trace_id]
+    assert {svc for svc, _ in mine} == {"bb-scheduler", "bb-worker"}
+    by_id = {s.span_id: s for _, s in mine}
+    (root,) = [s for _, s in mine if not s.parent_span_id]
+    assert root.name.startswith("goal ")
+    tasks = [s for _, s in mine if s.name.startswith("task ")]
+    assert len(tasks) >= 30
+    assert all(t.parent_span_id == root.span_id for t in tasks)
+    chats = [s for _, s in mine if s.name.startswith("chat ")]
+    assert chats and all(by_id[c.parent_span_id].name.startswith("task ") for c in chats)
+    lanes = {
+        a.value.string_value for t in tasks for a in t.attributes if a.key == "bb.lane"
+    }
+    assert lanes == {"frontier", "local"}
+    assert "/v1/metrics" in receiver.paths
+    assert msgspec  # the receiver decodes protobuf; nothing else is needed
