@@ -23,6 +23,8 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from agents.answers import (
     AggregateAnswer,
     InvalidAnswer,
@@ -46,8 +48,10 @@ from agents.prompts import (
     Prompt,
 )
 from blackboard import ids
+from blackboard.errors import ConfigError
 from blackboard.events import ModelCalled
 from blackboard.handlers import RetryableError
+from blackboard.redact import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -92,6 +96,10 @@ class Agents:
     def __init__(self, settings: Settings, lanes: Lanes | None = None) -> None:
         self.settings = settings
         self.lanes = lanes if lanes is not None else Lanes(settings)
+        try:
+            self.redactor = Redactor.from_env(settings.redact, self.lanes.env)
+        except ValueError as e:
+            raise ConfigError(f"redact: {e}") from e
 
     def handlers(self) -> dict[str, Handler]:
         """Task type to handler."""
@@ -150,7 +158,8 @@ class Agents:
         async def record(call: CallRecord) -> None:
             index = ctx.calls
             ctx.calls += 1
-            await ctx.append(lambda i: _model_called(ctx, call, index, i))
+            clean = self._redacted(call)
+            await ctx.append(lambda i: _model_called(ctx, clean, index, i))
 
         model = self.lanes.model(ctx.lane, record)
         try:
@@ -160,8 +169,24 @@ class Agents:
                 f"{e.message} (status {e.status})", retry_after=e.retry_after
             ) from e
         except TerminalModelError as e:
-            raise ModelRefused(f"the model refused the request: {e.message}") from e
-        return response.text
+            raise ModelRefused(
+                f"the model refused the request: {self.redactor.text(e.message)}"
+            ) from e
+        # The handler goes on with the answer as it is recorded, so nothing it
+        # passes on (a result, the next prompt) holds what was redacted.
+        return self.redactor.text(response.text)
+
+    def _redacted(self, call: CallRecord) -> CallRecord:
+        """The call as it may be recorded: no keys, no configured patterns."""
+        r = self.redactor
+        return msgspec.structs.replace(
+            call,
+            request=r.apply(call.request),
+            response=r.apply(call.response),
+            text=r.text(call.text),
+            tool_calls=tuple(r.apply(list(call.tool_calls))),
+            error=r.text(call.error) if call.error is not None else None,
+        )
 
     # --- the handlers -------------------------------------------------------
 

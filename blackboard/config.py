@@ -129,7 +129,16 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         nats["url"] = env["BB_NATS_URL"]
     if env.get("BB_PREFIX"):
         nats["prefix"] = env["BB_PREFIX"]
-    for key in ("user", "password", "token", "creds"):
+    for key in (
+        "user",
+        "password",
+        "token",
+        "creds",
+        "nkey_seed",
+        "tls_ca",
+        "tls_cert",
+        "tls_key",
+    ):
         if env.get(f"BB_NATS_{key.upper()}"):
             nats[key] = env[f"BB_NATS_{key.upper()}"]
     if nats:

@@ -85,8 +85,11 @@ class EmbeddedServer:
         monitor_port: int = 0,
         binary: Path | None = None,
         startup_timeout_s: float = 15.0,
+        config: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.config = config
+        """Extra nats-server configuration (authorization, TLS), as its text."""
         self.host = host
         self.port = port
         self.monitor_port = monitor_port
@@ -138,6 +141,10 @@ class EmbeddedServer:
             "--log",
             str(self.log_path),
         ]
+        if self.config:
+            conf = self.data_dir / "nats-server.conf"
+            conf.write_text(self.config)
+            args[1:1] = ["--config", str(conf)]
         # The server gets its own process group so Ctrl-C in a terminal reaches
         # us first and we stop it cleanly (flushing JetStream) ourselves.
         self.proc = subprocess.Popen(

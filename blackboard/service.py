@@ -11,6 +11,7 @@ import msgspec
 from blackboard import dag, ids
 from blackboard.errors import ConfigError
 from blackboard.events import GoalSubmitted, Limits, TaskSpec
+from blackboard.redact import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -70,6 +71,14 @@ def goal_submitted(
     if not text.strip():
         raise ConfigError("the goal text is empty")
     ordered = tuple(dag.order(specs)) if specs else ()
+    try:
+        redactor = Redactor(settings.redact)
+    except ValueError as e:
+        raise ConfigError(f"redact: {e}") from e
+    text = redactor.text(text)
+    ordered = tuple(
+        msgspec.structs.replace(s, payload=redactor.apply(s.payload)) for s in ordered
+    )
     who = submitted_by or _whoami()
     return GoalSubmitted(
         event_id=ids.new_id(),

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import re
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -604,6 +605,16 @@ async def connect(
     setting, so the first connection gets a deadline and a CLI can fail in
     one line.
     """
+    seen: list[Exception] = []
+    given_cb = options.pop("error_cb", None)
+
+    async def remember(e: Exception) -> None:
+        # nats-py retries a refused first connection too: keep the reason,
+        # so an authorization or TLS refusal is not reported as "unreachable".
+        seen.append(e)
+        if given_cb is not None:
+            await given_cb(e)
+
     try:
         return await asyncio.wait_for(
             nats.connect(
@@ -613,12 +624,32 @@ async def connect(
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                error_cb=remember,
                 **options,
             ),
             timeout,
         )
     except (nats.errors.Error, OSError, TimeoutError) as e:
+        refused = _refusal(e, seen)
+        if refused is not None:
+            raise NotConnected(
+                f"NATS at {url} refused the connection: {refused}"
+            ) from e
         raise NotConnected(
             f"cannot reach NATS at {url}: start one with `bb up`, "
             "or set BB_NATS_URL to a running server"
         ) from e
+
+
+def _refusal(error: Exception, seen: list[Exception]) -> str | None:
+    """What to do about a server that answered but refused us, if it did."""
+    for e in [error, *reversed(seen)]:
+        text = str(e).lower()
+        if "authorization" in text or "authentication" in text:
+            return (
+                f"{e}; set BB_NATS_USER and BB_NATS_PASSWORD (or BB_NATS_TOKEN, "
+                "BB_NATS_CREDS, BB_NATS_NKEY_SEED)"
+            )
+        if isinstance(e, ssl.SSLError) or "certificate" in text or "tls" in text:
+            return f"TLS: {e}; set BB_NATS_TLS_CA (and BB_NATS_TLS_CERT/KEY)"
+    return None
