@@ -88,8 +88,15 @@ class LeaderLock:
             except (
                 nats.js.errors.KeyWrongLastSequenceError,
                 nats.js.errors.BadRequestError,
-            ):
-                log.exception("%s: lost the lease %s", self.holder, self.key)
+            ) as e:
+                # Expected after a pause or an outage longer than the TTL:
+                # someone else may lead now, so step down (no traceback).
+                log.warning(
+                    "%s: lost the lease %s (%s); stepping down",
+                    self.holder,
+                    self.key,
+                    e,
+                )
                 self.lost.set()
                 return
             except (nats.errors.Error, nats.js.errors.Error) as e:

@@ -65,6 +65,14 @@ _WRONG_LAST = re.compile(r"wrong last sequence: (\d+)")
 OnBad = Callable[[MalformedEvent], None]
 
 
+_MAX_GARBAGE_SKIPS = 5
+"""Times one write is retried past garbage before it is a conflict after all."""
+
+
+def _ignore_bad(err: MalformedEvent) -> None:
+    """Drop the report: the caller only looks for valid events."""
+
+
 def _warn_bad(err: MalformedEvent) -> None:
     log.warning("skipped %s", err)
 
@@ -260,7 +268,12 @@ class JetStreamEventStore:
         return scope
 
     async def append(
-        self, event: Event, *, expect: int | None = None, traceparent: str | None = None
+        self,
+        event: Event,
+        *,
+        expect: int | None = None,
+        traceparent: str | None = None,
+        _skips: int = 0,
     ) -> int:
         """Append one event and return its stream sequence.
 
@@ -281,12 +294,31 @@ class JetStreamEventStore:
             if landed is not None:
                 return landed
             m = _WRONG_LAST.search(e.description or "")
-            raise ConcurrencyConflict(
-                scope, expect or 0, int(m.group(1)) if m else None
-            ) from e
+            found = int(m.group(1)) if m else None
+            if await self._garbage_since(scope, expect or 0, found, _skips):
+                return await self.append(
+                    event, expect=found, traceparent=traceparent, _skips=_skips + 1
+                )
+            raise ConcurrencyConflict(scope, expect or 0, found) from e
         except nats.errors.NoRespondersError as e:
             raise StoreError(f"no stream takes {subject}: run `bb up` first") from e
         return ack.seq
+
+    async def _garbage_since(
+        self, scope: str, expect: int, found: int | None, skips: int
+    ) -> bool:
+        """Whether only undecodable messages landed on ``scope`` after ``expect``.
+
+        Readers skip garbage (it never enters a fold), so a guard taken from a
+        fold would conflict with it forever: a stray client could block a task
+        by writing junk on its subject. Garbage is not a competing writer, so
+        the write is retried past it (a bounded number of times).
+        """
+        if found is None or found <= expect or skips >= _MAX_GARBAGE_SKIPS:
+            return False
+        async for env in self.read(scope, from_seq=expect + 1, on_bad=_ignore_bad):
+            return env.seq > found
+        return True
 
     async def _landed(self, scope: str, event_id: str) -> int | None:
         """Sequence of the last event on ``scope`` if its id is ``event_id``."""
@@ -325,7 +357,10 @@ class JetStreamEventStore:
         return seqs
 
     async def append_batch(
-        self, items: Sequence[tuple[Event, int | None]], traceparent: str | None = None
+        self,
+        items: Sequence[tuple[Event, int | None]],
+        traceparent: str | None = None,
+        _skips: int = 0,
     ) -> list[int]:
         """Append events as one atomic batch; return their sequences.
 
@@ -370,6 +405,10 @@ class JetStreamEventStore:
             landed = await self._landed(exact, event.event_id)
             if landed is not None:
                 return list(range(landed - len(items) + 1, landed + 1))
+        if code == ERR_WRONG_LAST_SEQUENCE and _skips < _MAX_GARBAGE_SKIPS:
+            moved = await self._guards_past_garbage(items)
+            if moved is not None:
+                return await self.append_batch(moved, traceparent, _skips=_skips + 1)
         if code == ERR_WRONG_LAST_SEQUENCE:
             guarded = [(e, x) for e, x in items if x is not None]
             e0, x0 = guarded[0] if guarded else items[0]
@@ -377,6 +416,23 @@ class JetStreamEventStore:
             m = _WRONG_LAST.search(err.get("description", ""))
             raise ConcurrencyConflict(scope, x0 or 0, int(m.group(1)) if m else None)
         raise BatchRejected(code, str(err.get("description", "")))
+
+    async def _guards_past_garbage(
+        self, items: Sequence[tuple[Event, int | None]]
+    ) -> list[tuple[Event, int | None]] | None:
+        """The batch with guards moved past garbage, or None if that is not it."""
+        out: list[tuple[Event, int | None]] = []
+        moved = False
+        for event, expect in items:
+            if expect is not None:
+                scope = self.subjects.task_events(event.goal_id, event.task_id)
+                last = await self.last_on(scope)
+                if last is not None and last.seq > expect:
+                    if not await self._garbage_since(scope, expect, last.seq, 0):
+                        return None
+                    expect, moved = last.seq, True
+            out.append((event, expect))
+        return out if moved else None
 
     # --- reading ----------------------------------------------------------
 

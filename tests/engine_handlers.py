@@ -89,7 +89,25 @@ async def effectful(ctx: TaskContext) -> Any:
     return {"first": first, "second": second}
 
 
+async def slow_effect(ctx: TaskContext) -> Any:
+    """Works a while, then performs a side effect that appends to a ledger.
+
+    The ledger counts real performances across processes: a fault test checks
+    each task's line appears exactly once.
+    """
+    payload = await ctx.payload()
+    await asyncio.sleep(float(payload.get("seconds", 0.3)))
+    ledger = Path(payload["ledger"])
+
+    async def perform() -> str:
+        _append(ledger, f"{ctx.goal_id}:{ctx.task_id}\n")
+        return "performed"
+
+    return {"effect": await ctx.effect("ledger", perform), "pid": os.getpid()}
+
+
 HANDLERS: dict[str, Handler] = {
+    "slow_effect": slow_effect,
     "echo": echo,
     "slow": slow,
     "needs": needs,

@@ -1,0 +1,227 @@
+"""A deployment of real `bb` processes on one nats-server, for fault tests.
+
+Scripted models (`BB_SCRIPTED=1`), short leases, the engine tests' handlers
+loaded beside the agents'. Processes can be killed, paused and restarted, and
+the server stopped and started again on the same port and store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from blackboard import client, config, service
+from blackboard.events import (
+    SideEffectCompleted,
+    TaskCompleted,
+    TaskSpec,
+)
+from blackboard.server import EmbeddedServer
+from blackboard.store import JetStreamEventStore, StoreSettings, connect
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+ROOT = Path(__file__).resolve().parents[2]
+HANDLERS = "tests.engine_handlers:HANDLERS"
+
+
+@dataclass
+class Row:
+    """One line of the fault report."""
+
+    fault: str
+    goals: int
+    tasks: int
+    lost: int
+    doubled: int
+    effects: int
+    problems: list[str] = field(default_factory=list)
+
+
+REPORT: list[Row] = []
+
+
+class Deployment:
+    """nats-server + schedulers + lane workers as separate processes."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.server = EmbeddedServer(tmp / "nats")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ledger = tmp / "ledger"
+        self.ledger.touch()
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("BB_", "OTEL_", "ANTHROPIC_", "OPENAI_"))
+        }
+        env.update(
+            BB_NATS_URL=self.server.url,
+            BB_SCRIPTED="1",
+            BB_LEASE_SECONDS="2",
+            BB_LOCK_TTL_SECONDS="2",
+            BB_DATA_DIR=str(self.tmp / "bb"),
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def settings(self) -> config.Settings:
+        return config.load(env=self.env, path=None)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with (self.tmp / f"{name}.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "blackboard.cli", *args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def up(self) -> None:
+        """A leading scheduler, a standby, one frontier and two local workers."""
+        self.server.start()
+        self.start("scheduler-1", "scheduler")
+        self.wait(lambda: "leading" in self.log("scheduler-1"))
+        self.start("scheduler-2", "scheduler")
+        self.start(
+            "worker-frontier",
+            "worker",
+            "--lane",
+            "frontier",
+            "--concurrency",
+            "4",
+            "--handlers",
+            HANDLERS,
+        )
+        for n in (1, 2):
+            self.start(
+                f"worker-local-{n}",
+                "worker",
+                "--lane",
+                "local",
+                "--concurrency",
+                "4",
+                "--handlers",
+                HANDLERS,
+            )
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        self.procs[name].send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.procs[name].wait()
+
+    def down(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.server.stop()
+
+    @staticmethod
+    def wait(predicate: Any, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError("condition not met in time")
+            time.sleep(0.05)
+
+    def tracebacks(self) -> list[str]:
+        return [p.name for p in self.tmp.glob("*.log") if "Traceback" in p.read_text()]
+
+    async def store(self) -> AsyncIterator[JetStreamEventStore]:
+        nc = await connect(self.server.url, name="fault-test")
+        try:
+            s = JetStreamEventStore(nc, StoreSettings())
+            await s.ensure()
+            yield s
+        finally:
+            await nc.drain()
+
+
+def effect_goal(ledger: Path, n: int = 12, seconds: float = 0.4) -> list[TaskSpec]:
+    """n local tasks that work a while, then append to the ledger once."""
+    return [
+        TaskSpec(
+            task_id=f"e{i:02d}",
+            type="slow_effect",
+            lane="local",
+            payload={"ledger": str(ledger), "seconds": seconds},
+        )
+        for i in range(n)
+    ]
+
+
+async def submit(
+    store: JetStreamEventStore,
+    settings: config.Settings,
+    text: str,
+    specs: list[TaskSpec] | None = None,
+) -> str:
+    event = service.goal_submitted(
+        settings, text, specs=specs or (), submitted_by="faults"
+    )
+    await store.append(event)
+    return event.goal_id
+
+
+async def wait_all(
+    store: JetStreamEventStore, goal_ids: list[str], timeout: float = 120
+):
+    return await asyncio.gather(
+        *(client.wait_goal(store, g, timeout_s=timeout) for g in goal_ids)
+    )
+
+
+async def audit(
+    fault: str,
+    store: JetStreamEventStore,
+    goal_ids: list[str],
+    ledger: Path | None = None,
+    expect: str = "done",
+) -> Row:
+    """Every goal at its right end; no task completed twice; no effect twice."""
+    row = Row(fault, len(goal_ids), 0, 0, 0, 0)
+    for goal_id in goal_ids:
+        goal = await client.goal_state(store, goal_id)
+        events = [env.event async for env in store.read_goal(goal_id)]
+        if goal.status != expect:
+            row.problems.append(f"goal {goal_id} is {goal.status}: {goal.reason}")
+        row.tasks += len(goal.tasks)
+        row.lost += sum(t.status != "done" for t in goal.tasks.values())
+        completed = Counter(e.task_id for e in events if isinstance(e, TaskCompleted))
+        effects = Counter(
+            e.idempotency_key for e in events if isinstance(e, SideEffectCompleted)
+        )
+        row.effects += len(effects)
+        row.doubled += sum(n - 1 for n in completed.values())
+        row.doubled += sum(n - 1 for n in effects.values())
+    if ledger is not None:
+        lines = Counter(ledger.read_text().split())
+        row.doubled += sum(n - 1 for n in lines.values())
+    REPORT.append(row)
+    return row

@@ -1,0 +1,112 @@
+"""Faults injected into a running deployment of separate processes.
+
+After each: every goal reaches its right end state, no task completed twice,
+no side effect performed twice (the events say so, and so does a ledger the
+effects append to).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from agents.session import DEMO_GOAL
+from blackboard.events import TaskClaimed
+from tests.faults.harness import audit, effect_goal, submit, wait_all
+
+
+async def start_goals(deployment, store) -> list[str]:
+    s = deployment.settings()
+    return [
+        await submit(store, s, DEMO_GOAL),
+        await submit(store, s, "effects", effect_goal(deployment.ledger)),
+    ]
+
+
+async def until_ledger(deployment, lines: int) -> None:
+    for _ in range(600):
+        if len(deployment.ledger.read_text().split()) >= lines:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the goal did not get going")
+
+
+def check(row) -> None:
+    assert row.problems == []
+    assert (row.lost, row.doubled) == (0, 0)
+
+
+async def test_worker_sigkilled_mid_goal(deployment, fstore):
+    goals = await start_goals(deployment, fstore)
+    await until_ledger(deployment, 2)
+    deployment.signal("worker-local-1", signal.SIGKILL)
+    await wait_all(fstore, goals)
+    check(await audit("worker SIGKILL", fstore, goals, deployment.ledger))
+
+
+async def test_scheduler_sigkilled_mid_goal(deployment, fstore):
+    goals = await start_goals(deployment, fstore)
+    await until_ledger(deployment, 2)
+    deployment.signal("scheduler-1", signal.SIGKILL)  # the leader
+    await wait_all(fstore, goals)
+    assert "leading" in deployment.log("scheduler-2")
+    check(await audit("scheduler SIGKILL", fstore, goals, deployment.ledger))
+
+
+async def test_server_down_10s_mid_goal(deployment, fstore):
+    goals = await start_goals(deployment, fstore)
+    await until_ledger(deployment, 2)
+    deployment.server.stop()
+    await asyncio.sleep(10)
+    deployment.server.start()  # same port, same store
+    await wait_all(fstore, goals)
+    check(await audit("nats-server down 10 s", fstore, goals, deployment.ledger))
+
+
+async def test_paused_worker_lease_expires_late_result_refused(deployment, fstore):
+    s = deployment.settings()
+    goal = await submit(
+        fstore, s, "slow", effect_goal(deployment.ledger, n=6, seconds=1.5)
+    )
+    deployment.wait(lambda: ": handling " in deployment.log("worker-local-1"))
+    victim = next(
+        line.split(":")[0]
+        for line in deployment.log("worker-local-1").splitlines()
+        if ": handling " in line
+    )
+
+    async def claims() -> list[TaskClaimed]:
+        return [
+            e.event
+            async for e in fstore.read_goal(goal)
+            if isinstance(e.event, TaskClaimed)
+        ]
+
+    for _ in range(600):
+        if any(c.worker == victim for c in await claims()):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    deployment.signal("worker-local-1", signal.SIGSTOP)  # mid-task, past its lease
+    await wait_all(fstore, [goal])
+    deployment.signal("worker-local-1", signal.SIGCONT)
+    await asyncio.sleep(3)  # it wakes, tries to finish, is refused
+    held = {c.task_id for c in await claims() if c.worker == victim}
+    taken_over = {
+        c.task_id for c in await claims() if c.task_id in held and c.worker != victim
+    }
+    assert taken_over, "no task of the paused worker was taken over"
+    check(
+        await audit("worker paused past its lease", fstore, [goal], deployment.ledger)
+    )
+
+
+async def test_fifty_goals_at_once(deployment, fstore):
+    s = deployment.settings()
+    goals = await asyncio.gather(
+        *(submit(fstore, s, f"write release notes for 2.{i}") for i in range(50))
+    )
+    await wait_all(fstore, list(goals), timeout=180)
+    row = await audit("50 goals submitted at once", fstore, list(goals))
+    check(row)
+    assert row.tasks == 50 * 6
