@@ -31,6 +31,14 @@ cmd=${1:-demo}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   test)
+    # The HTML replay is checked in a real headless browser: Debian's chromium.
+    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+      echo "run.sh: installing Debian's chromium for the HTML replay test..." >&2
+      sudo=""
+      [ "$(id -u)" = 0 ] || sudo="sudo -n"
+      { $sudo apt-get install -y -q chromium || { $sudo apt-get update -q && $sudo apt-get install -y -q chromium; }; } >/dev/null 2>&1 \
+        || echo "run.sh: could not install chromium; the screenshot test will be skipped" >&2
+    fi
     .venv/bin/ruff check .
     .venv/bin/mypy
     exec .venv/bin/pytest "$@"

@@ -20,6 +20,7 @@ crash never loses a paid-for answer and ``bb replay`` sees every call.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -401,7 +402,9 @@ def _brief(results: Mapping[str, Any]) -> str:
             body = value.get("output", value.get("summary", value.get("notes", value)))
         else:
             title, body = task_id, value
-        text = body if isinstance(body, str) else repr(body)
+        # Sorted JSON, not repr: the prompt must not depend on key order (a
+        # result read back from an export has its keys sorted).
+        text = body if isinstance(body, str) else json.dumps(body, sort_keys=True)
         lines.append(f"- {title}: {_clip(text, RESULT_CHARS)}")
     return "\n".join(lines)
 

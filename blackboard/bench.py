@@ -354,3 +354,96 @@ def _install_discarding_telemetry() -> None:
     tp = telemetry.tracer_provider("bb-bench")
     tp.add_span_processor(BatchSpanProcessor(Discard()))
     telemetry.install(tp, MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
+def replay(events: int = 100_000) -> dict[str, Any]:
+    """Build and render the trace of a goal of ``events`` events, in memory.
+
+    The goal is tasks of five events each (created, ready, claimed, a model
+    call with a prompt and an answer, completed); the log is made in memory so
+    the figure is replay's own cost, not the server's.
+    """
+    from replay import render, trace
+
+    envs = _synthetic_goal(events)
+    t0 = time.perf_counter()
+    t = trace.build_trace(envs)
+    built = time.perf_counter()
+    text = render.render_text(t)
+    texted = time.perf_counter()
+    doc = render.render_json(t)
+    done = time.perf_counter()
+    return {
+        "events": len(envs),
+        "tasks": len(t.tasks),
+        "build_s": round(built - t0, 3),
+        "render_text_s": round(texted - built, 3),
+        "render_json_s": round(done - texted, 3),
+        "total_s": round(done - t0, 3),
+        "text_bytes": len(text),
+        "json_bytes": len(doc),
+    }
+
+
+def _synthetic_goal(events: int) -> list[Any]:
+    from datetime import UTC, datetime, timedelta
+
+    from blackboard.codec import Envelope
+    from blackboard.events import (
+        GoalSubmitted,
+        ModelCalled,
+        TaskClaimed,
+        TaskCompleted,
+        TaskCreated,
+        TaskReady,
+    )
+
+    goal = ids.new_id()
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    out: list[Any] = []
+
+    def add(event: Any) -> None:
+        subject = f"bb.evt.{goal}.{event.task_id or '_'}.x"
+        out.append(Envelope(len(out) + 1, subject, event))
+
+    add(GoalSubmitted(event_id="g", goal_id=goal, at=t0, actor="bench", text="bench"))
+    n = 0
+    while len(out) + 5 <= events:
+        tid = f"t{n:06d}"
+        at = t0 + timedelta(milliseconds=n)
+        base: dict[str, Any] = {
+            "goal_id": goal,
+            "task_id": tid,
+            "at": at,
+            "actor": "bench",
+        }
+        add(
+            TaskCreated(
+                event_id=f"c{n}",
+                task_type="execute",
+                lane="local",
+                payload={"title": f"task {n}"},
+                **base,
+            )
+        )
+        add(TaskReady(event_id=f"r{n}", **base))
+        add(TaskClaimed(event_id=f"k{n}", worker="w", attempt=1, **base))
+        add(
+            ModelCalled(
+                event_id=f"m{n}",
+                provider="scripted",
+                model="m",
+                lane="local",
+                request={
+                    "messages": [{"role": "user", "content": f"do task {n}\nplease"}]
+                },
+                response={},
+                text=f"done {n}",
+                tokens_in=10,
+                tokens_out=5,
+                **base,
+            )
+        )
+        add(TaskCompleted(event_id=f"d{n}", result={"output": f"done {n}"}, **base))
+        n += 1
+    return out

@@ -251,6 +251,8 @@ class Telemetry:
         attempt: int,
         carrier: Mapping[str, str] | None,
         parent_task: tuple[str, int] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
     ) -> Iterator[Span | None]:
         """The span of one task attempt; its parent comes from ``carrier``."""
         if self.tracer is None:
@@ -283,6 +285,7 @@ class Telemetry:
                 context=parent,
                 kind=SpanKind.CONSUMER,
                 links=links,
+                start_time=_ns(start) if start is not None else None,
                 attributes={
                     "bb.goal_id": goal_id,
                     "bb.task_id": task_id,
@@ -297,12 +300,46 @@ class Telemetry:
         try:
             yield span
         finally:
-            span.end()
+            span.end(end_time=_ns(end) if end is not None else None)
+
+    def recorded_attempt(
+        self,
+        *,
+        goal_id: str,
+        task_id: str,
+        task_type: str,
+        lane: str,
+        worker: str,
+        attempt: int,
+        status: str,
+        start: datetime,
+        end: datetime,
+        parent_task: tuple[str, int] | None = None,
+    ) -> None:
+        """An attempt's span from the log (``bb replay --otlp``), same ids."""
+        if self.tracer is None:
+            return
+        with self.task_span(
+            goal_id=goal_id,
+            task_id=task_id,
+            task_type=task_type,
+            lane=lane,
+            worker=worker,
+            attempt=attempt,
+            carrier=None,
+            parent_task=parent_task,
+            start=start,
+            end=end,
+        ) as span:
+            if span is not None:
+                span.set_attribute("bb.status", status)
+                if status == "failed":
+                    span.set_status(error_status(status))
 
     def model_call(self, event: ModelCalled) -> None:
         """Record a model call: a span under its attempt, tokens and cost."""
         if self.tracer is not None and event.task_id is not None:
-            self._model_span(event)
+            self.model_span(event)
         if self.meter is not None:
             attrs = {"lane": event.lane, "model": event.model}
             tokens = self._instruments["tokens"]
@@ -312,7 +349,8 @@ class Telemetry:
                 tokens.add(event.tokens_cached, {**attrs, "kind": "cached"})
             self._instruments["cost"].add(event.cost_usd, attrs)
 
-    def _model_span(self, e: ModelCalled) -> None:
+    def model_span(self, e: ModelCalled) -> None:
+        """The span of one model call, from its recorded event."""
         assert self.tracer is not None
         assert e.task_id is not None
         parent = _parent(e.goal_id, task_span_id(e.goal_id, e.task_id, e.attempt))

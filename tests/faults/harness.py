@@ -197,6 +197,11 @@ async def wait_all(
     )
 
 
+def ledger_lines(ledger: Path) -> list[str]:
+    """Each performance of an effect: one line in the ledger."""
+    return ledger.read_text().split()
+
+
 async def audit(
     fault: str,
     store: JetStreamEventStore,
@@ -221,7 +226,7 @@ async def audit(
         row.doubled += sum(n - 1 for n in completed.values())
         row.doubled += sum(n - 1 for n in effects.values())
     if ledger is not None:
-        lines = Counter(ledger.read_text().split())
+        lines = Counter(ledger_lines(ledger))
         row.doubled += sum(n - 1 for n in lines.values())
     REPORT.append(row)
     return row

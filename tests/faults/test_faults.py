@@ -12,7 +12,7 @@ import signal
 
 from agents.session import DEMO_GOAL
 from blackboard.events import TaskClaimed
-from tests.faults.harness import audit, effect_goal, submit, wait_all
+from tests.faults.harness import audit, effect_goal, ledger_lines, submit, wait_all
 
 
 async def start_goals(deployment, store) -> list[str]:
@@ -25,7 +25,7 @@ async def start_goals(deployment, store) -> list[str]:
 
 async def until_ledger(deployment, lines: int) -> None:
     for _ in range(600):
-        if len(deployment.ledger.read_text().split()) >= lines:
+        if len(ledger_lines(deployment.ledger)) >= lines:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the goal did not get going")

@@ -301,3 +301,37 @@ def test_spans_from_separate_processes_form_one_tree_over_otlp(cli_env, tmp_path
     assert lanes == {"frontier", "local"}
     assert "/v1/metrics" in receiver.paths
     assert msgspec  # the receiver decodes protobuf; nothing else is needed
+
+
+def test_replay_otlp_re_emits_a_past_goal_with_its_ids(cli_env, tmp_path):
+    env = {k: v for k, v in cli_env.items() if k != "BB_NATS_URL"}
+    env["BB_DATA_DIR"] = str(tmp_path / "bb")
+    r = bb(["demo", "--json"], env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    goal_id = json.loads(r.stdout)["goal_id"]
+    export = tmp_path / "goal.ndjson"
+    assert bb(["export", goal_id, "-o", str(export)], env, timeout=60).returncode == 0
+    with Receiver() as receiver:
+        r = bb(
+            ["replay", "--from-file", str(export), "--otlp"],
+            dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url),
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+    trace_id = telemetry.trace_id_of(goal_id).to_bytes(16, "big")
+    spans = [s for _, s in receiver.spans]
+    assert spans and all(s.trace_id == trace_id for s in spans)
+    (root,) = [s for s in spans if not s.parent_span_id]
+    assert root.span_id == telemetry.root_span_id(goal_id).to_bytes(8, "big")
+    tasks = [s for s in spans if s.name.startswith("task ")]
+    assert len(tasks) >= 30 and all(t.parent_span_id == root.span_id for t in tasks)
+    plan = next(
+        t for t in tasks
+        if any(a.key == "bb.task_id" and a.value.string_value == "plan" for a in t.attributes)
+    )
+    assert plan.span_id == telemetry.task_span_id(goal_id, "plan", 1).to_bytes(8, "big")
+    # Original timings: the plan's span ends after it starts, on the goal's day.
+    assert plan.end_time_unix_nano > plan.start_time_unix_nano
+    assert root.start_time_unix_nano <= plan.start_time_unix_nano
+    chats = [s for s in spans if s.name.startswith("chat ")]
+    assert len(chats) == 35

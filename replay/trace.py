@@ -1,0 +1,369 @@
+"""A goal's reasoning trace, folded from its events. Pure.
+
+``build_trace(envelopes)`` gives the DAG as a tree (spawned tasks under their
+parent), each task's attempts with worker and timings, each model call with
+its prompt and answer, side effects, NEED escalations, approvals, guardrail
+holds and resumes, failures, and totals by lane and model. Statuses come from
+the one fold (:mod:`blackboard.state`), so a trace never disagrees with
+``bb status``. Nothing here reads a clock or iterates an unordered set: the
+same events give the same trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from blackboard.events import (
+    ApprovalDenied,
+    ApprovalGranted,
+    ApprovalRequested,
+    GoalCancelled,
+    GoalCompleted,
+    GoalFailed,
+    GoalHalted,
+    GoalResumed,
+    GoalSubmitted,
+    ModelCalled,
+    SideEffectCompleted,
+    SideEffectFailed,
+    SideEffectStarted,
+    TaskCancelled,
+    TaskClaimed,
+    TaskCompleted,
+    TaskCreated,
+    TaskFailed,
+    TaskHeld,
+    TaskNeedsFollowup,
+    TaskReady,
+    kind,
+)
+from blackboard.state import fold
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from datetime import datetime
+
+    from blackboard.codec import Envelope
+
+__all__ = [
+    "Attempt",
+    "Call",
+    "Effect",
+    "Note",
+    "TaskTrace",
+    "Total",
+    "Trace",
+    "build_trace",
+]
+
+
+@dataclass(slots=True)
+class Call:
+    """One model call, as recorded."""
+
+    seq: int
+    event: ModelCalled
+
+
+@dataclass(slots=True)
+class Effect:
+    """One side effect: started, then completed or failed."""
+
+    name: str
+    key: str
+    started_seq: int
+    request: Any = None
+    status: str = "started"
+    result: Any = None
+    error: str | None = None
+    finished_seq: int | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One claim of a task and what came of it."""
+
+    n: int
+    worker: str
+    claimed_seq: int
+    claimed_at: datetime
+    finished_at: datetime | None = None
+    outcome: str = "running"
+    """done, needs_followup, failed, retrying, awaiting_approval, abandoned
+    (claimed again with no outcome: the holder died), or running."""
+    error: str | None = None
+    outcome_seq: int | None = None
+    calls: list[Call] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    spawned: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Note:
+    """Something that happened to a task or goal outside an attempt."""
+
+    seq: int
+    at: datetime
+    what: str
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class TaskTrace:
+    """One task, in full."""
+
+    task_id: str
+    created: TaskCreated
+    created_seq: int
+    status: str = "pending"
+    result: Any = None
+    error: str | None = None
+    children: list[str] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)
+    """What this task said it was missing (NEED), in order."""
+    events: list[int] = field(default_factory=list)
+    """Sequences of every event of the task."""
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every model call of every attempt, in order."""
+        return [c for a in self.attempts for c in a.calls]
+
+
+@dataclass(slots=True)
+class Total:
+    """Model usage of one lane and model."""
+
+    lane: str
+    model: str
+    calls: int = 0
+    failed: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    scripted: bool = False
+
+
+@dataclass(slots=True)
+class Trace:
+    """A goal's whole story."""
+
+    goal_id: str
+    submitted: GoalSubmitted | None = None
+    status: str = "unknown"
+    summary: str = ""
+    reason: str = ""
+    finished_at: datetime | None = None
+    tasks: dict[str, TaskTrace] = field(default_factory=dict)
+    notes: list[Note] = field(default_factory=list)
+    totals: dict[tuple[str, str], Total] = field(default_factory=dict)
+    first_seq: int = 0
+    last_seq: int = 0
+    events: int = 0
+
+    @property
+    def roots(self) -> list[TaskTrace]:
+        """Tasks with no parent in the goal, in creation order."""
+        return [
+            t
+            for t in self.tasks.values()
+            if not t.created.parent_id or t.created.parent_id not in self.tasks
+        ]
+
+    @property
+    def cost_usd(self) -> float:
+        """What every model call of the goal cost."""
+        return sum(t.cost_usd for t in self.totals.values())
+
+    @property
+    def tokens(self) -> int:
+        """Every token of the goal (input, cached and output)."""
+        return sum(
+            t.tokens_in + t.tokens_cached + t.tokens_out for t in self.totals.values()
+        )
+
+
+def build_trace(
+    envelopes: Iterable[Envelope], goal_id: str | None = None, at: int | None = None
+) -> Trace:
+    """Fold a goal's envelopes (in stream order) into its trace.
+
+    Args:
+        envelopes: The goal's events; others are ignored if ``goal_id`` is given.
+        goal_id: The goal (default: the first event's).
+        at: Only events up to this stream sequence: the goal as it was then.
+    """
+    envs = [
+        e
+        for e in envelopes
+        if (goal_id is None or e.event.goal_id == goal_id)
+        and (at is None or e.seq <= at)
+    ]
+    if goal_id is None and envs:
+        goal_id = envs[0].event.goal_id
+    trace = Trace(goal_id or "")
+    for env in envs:
+        _apply(trace, env)
+    state = fold(envs).goals.get(trace.goal_id)
+    if state is not None:
+        trace.status = state.status
+        trace.summary = state.summary
+        trace.reason = state.reason
+        trace.finished_at = state.finished_at
+        for task_id, task in state.tasks.items():
+            tt = trace.tasks.get(task_id)
+            if tt is not None:
+                tt.status, tt.result, tt.error = task.status, task.result, task.error
+                tt.children = list(task.children)
+    return trace
+
+
+def _apply(trace: Trace, env: Envelope) -> None:
+    e = env.event
+    trace.events += 1
+    trace.first_seq = trace.first_seq or env.seq
+    trace.last_seq = env.seq
+    if e.task_id is None:
+        _goal_event(trace, env)
+        return
+    if isinstance(e, TaskCreated):
+        trace.tasks.setdefault(e.task_id, TaskTrace(e.task_id, e, env.seq))
+        parent = trace.tasks.get(e.parent_id or "")
+        if parent is not None and parent.attempts:
+            parent.attempts[-1].spawned.append(e.task_id)
+        trace.tasks[e.task_id].events.append(env.seq)
+        return
+    task = trace.tasks.get(e.task_id)
+    if task is None:
+        return
+    task.events.append(env.seq)
+    attempt = task.attempts[-1] if task.attempts else None
+    match e:
+        case TaskClaimed():
+            if attempt is not None and attempt.outcome == "running":
+                # Claimed again with no outcome in between: the holder died or
+                # was paused past its lease, and its lease went to this claim.
+                attempt.outcome = "abandoned"
+            task.attempts.append(Attempt(e.attempt, e.worker, env.seq, e.at))
+        case ModelCalled():
+            if attempt is not None:
+                attempt.calls.append(Call(env.seq, e))
+            _total(trace, e)
+        case SideEffectStarted():
+            if attempt is not None:
+                attempt.effects.append(
+                    Effect(e.name, e.idempotency_key, env.seq, e.request)
+                )
+        case SideEffectCompleted() | SideEffectFailed():
+            effect = _effect(attempt, e.idempotency_key)
+            if effect is not None:
+                effect.finished_seq = env.seq
+                if isinstance(e, SideEffectCompleted):
+                    effect.status, effect.result = "completed", e.result
+                else:
+                    effect.status, effect.error = "failed", e.error
+        case TaskCompleted():
+            _end(attempt, env, "done")
+        case TaskNeedsFollowup():
+            _end(attempt, env, "needs_followup")
+            if e.reason.startswith("NEED:"):
+                task.needs.append(e.reason[5:].strip())
+        case TaskFailed():
+            if attempt is not None and attempt.outcome == "running":
+                _end(attempt, env, "retrying" if e.retryable else "failed")
+                attempt.error = e.error
+            else:
+                task.notes.append(Note(env.seq, e.at, "failed", e.error))
+        case ApprovalRequested():
+            _end(attempt, env, "awaiting_approval")
+            task.notes.append(Note(env.seq, e.at, "approval requested", e.reason))
+        case ApprovalGranted():
+            task.notes.append(Note(env.seq, e.at, "approved", _by(e.by, e.note)))
+        case ApprovalDenied():
+            task.notes.append(Note(env.seq, e.at, "denied", _by(e.by, e.note)))
+        case TaskHeld():
+            task.notes.append(
+                Note(env.seq, e.at, "held", f"{e.guardrail}: {e.reason}".strip(": "))
+            )
+        case TaskCancelled():
+            task.notes.append(Note(env.seq, e.at, "cancelled", e.reason))
+        case TaskReady():
+            if e.dispatch > 1:
+                task.notes.append(
+                    Note(env.seq, e.at, "ready again", f"dispatch {e.dispatch}")
+                )
+        case _:
+            pass
+
+
+def _goal_event(trace: Trace, env: Envelope) -> None:
+    e = env.event
+    match e:
+        case GoalSubmitted():
+            trace.submitted = e
+        case GoalHalted():
+            why = f"{e.guardrail}: limit {_num(e.limit)}, observed {_num(e.observed)}"
+            trace.notes.append(Note(env.seq, e.at, "halted", why))
+        case GoalResumed():
+            limits = ", ".join(
+                f"{k} {_num(v)}"
+                for k, v in (
+                    ("max_depth", e.limits.max_depth),
+                    ("max_tasks", e.limits.max_tasks),
+                    ("max_tokens", e.limits.max_tokens),
+                    ("max_cost_usd", e.limits.max_cost_usd),
+                )
+                if v is not None
+            )
+            trace.notes.append(Note(env.seq, e.at, "resumed", _by(e.by, limits)))
+        case GoalCancelled():
+            trace.notes.append(Note(env.seq, e.at, "cancelled", _by(e.by, e.reason)))
+        case GoalCompleted():
+            trace.notes.append(Note(env.seq, e.at, "completed", ""))
+        case GoalFailed():
+            trace.notes.append(Note(env.seq, e.at, "failed", e.reason))
+        case _:
+            trace.notes.append(Note(env.seq, e.at, kind(e), ""))
+
+
+def _end(attempt: Attempt | None, env: Envelope, outcome: str) -> None:
+    if attempt is not None and attempt.outcome == "running":
+        attempt.outcome = outcome
+        attempt.outcome_seq = env.seq
+        attempt.finished_at = env.event.at
+
+
+def _effect(attempt: Attempt | None, key: str) -> Effect | None:
+    if attempt is None:
+        return None
+    for effect in reversed(attempt.effects):
+        if effect.key == key:
+            return effect
+    return None
+
+
+def _total(trace: Trace, e: ModelCalled) -> None:
+    t = trace.totals.get((e.lane, e.model))
+    if t is None:
+        t = trace.totals[(e.lane, e.model)] = Total(e.lane, e.model)
+    t.calls += 1
+    t.failed += e.error is not None
+    t.tokens_in += e.tokens_in
+    t.tokens_out += e.tokens_out
+    t.tokens_cached += e.tokens_cached
+    t.cost_usd += e.cost_usd
+    t.latency_ms += e.latency_ms
+    t.scripted = t.scripted or e.scripted
+
+
+def _by(by: str, text: str) -> str:
+    return f"{text} (by {by})" if by else text
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
