@@ -58,11 +58,16 @@ class Outcome:
 @contextlib.asynccontextmanager
 async def _engine(
     store: Any, settings: Settings, projector_db: str | None
-) -> AsyncIterator[None]:
+) -> AsyncIterator[stack.Stack]:
     agents = Agents(settings)
     try:
-        async with stack.running(store, settings, {**BUILTIN, **agents.handlers()}):
-            yield
+        async with stack.running(
+            store,
+            settings,
+            {**BUILTIN, **agents.handlers()},
+            projector_db=projector_db,
+        ) as running:
+            yield running
     finally:
         await agents.aclose()
 
@@ -86,7 +91,7 @@ async def drive(
             if in_process
             else contextlib.nullcontext()
         )
-        async with engine:
+        async with engine as running:
             event = service.goal_submitted(
                 settings, text, overrides=overrides, submitted_by=submitted_by
             )
@@ -99,7 +104,10 @@ async def drive(
                     on_progress(goal)
 
             await client.wait_goal(store, event.goal_id, on_batch=progress)
-        envs = [env async for env in store.read_goal(event.goal_id)]
+            envs = [env async for env in store.read_goal(event.goal_id)]
+            if running is not None and running.projector is not None:
+                # Stop only once the goal is in the projection, for `bb sql`.
+                await running.projector.caught_up(envs[-1].seq)
     goal = fold(envs).goals[event.goal_id]
     return Outcome(goal, usage_by_lane_model(env.event for env in envs))
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -385,7 +386,7 @@ def replay(events: int = 100_000) -> dict[str, Any]:
     }
 
 
-def _synthetic_goal(events: int) -> list[Any]:
+def _synthetic_goal(events: int, first_seq: int = 1) -> list[Any]:
     from datetime import UTC, datetime, timedelta
 
     from blackboard.codec import Envelope
@@ -404,7 +405,7 @@ def _synthetic_goal(events: int) -> list[Any]:
 
     def add(event: Any) -> None:
         subject = f"bb.evt.{goal}.{event.task_id or '_'}.x"
-        out.append(Envelope(len(out) + 1, subject, event))
+        out.append(Envelope(first_seq + len(out), subject, event))
 
     add(GoalSubmitted(event_id="g", goal_id=goal, at=t0, actor="bench", text="bench"))
     n = 0
@@ -447,3 +448,57 @@ def _synthetic_goal(events: int) -> list[Any]:
         add(TaskCompleted(event_id=f"d{n}", result={"output": f"done {n}"}, **base))
         n += 1
     return out
+
+
+def projector(events: int = 1_000_000, batch: int = 10_000) -> dict[str, Any]:
+    """Events/s applied to DuckDB, beside DuckDB's own bulk load of them.
+
+    Applied means folded, turned into rows and loaded, one transaction per
+    batch. Also the latency of the cost views at that size.
+
+    The log is made in memory (goals of 10,000 events: tasks created, ready,
+    claimed, a model call, completed) and fed to the projector's apply path,
+    so the figure is the projection's cost without the network.
+    """
+    import msgspec
+
+    from blackboard.state import BoardState, evolve
+    from projections import rows as rowmod
+    from projections.duckdb_view import DuckDBView, bulk_load_rate
+
+    envs: list[Any] = []
+    while len(envs) < events:
+        envs += _synthetic_goal(min(10_000, events - len(envs)), len(envs) + 1)
+    # What the projector gets off the stream: each event's JSON body.
+    bodies = [msgspec.json.encode(env.event) for env in envs]
+    with tempfile.TemporaryDirectory() as tmp:
+        view = DuckDBView(Path(tmp) / "bench.duckdb")
+        state = BoardState()
+        t0 = time.perf_counter()
+        for i in range(0, len(envs), batch):
+            chunk = envs[i : i + batch]
+            r = rowmod.Rows()
+            for env, body in zip(chunk, bodies[i : i + batch], strict=True):
+                evolve(state, env)
+                rowmod.add_event(r, env, body)
+            view.apply(r, state, chunk[-1].seq)
+        applied_s = time.perf_counter() - t0
+        views: dict[str, float] = {}
+        for name in ("cost_by_goal_lane_model", "frontier_share", "lane_timings"):
+            q0 = time.perf_counter()
+            view.query(f"SELECT * FROM {name}")
+            views[name] = round((time.perf_counter() - q0) * 1000, 1)
+        view.close()
+        all_rows = rowmod.Rows()
+        for env, body in zip(envs, bodies, strict=True):
+            rowmod.add_event(all_rows, env, body)
+        bulk = bulk_load_rate(all_rows.events, Path(tmp) / "bulk.duckdb")
+    rate = len(envs) / applied_s
+    return {
+        "events": len(envs),
+        "batch": batch,
+        "applied_per_s": round(rate),
+        "duckdb_bulk_events_per_s": round(bulk),
+        "bulk_over_ours": round(bulk / rate, 1),
+        "view_latency_ms": views,
+    }

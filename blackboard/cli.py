@@ -205,7 +205,14 @@ async def _up(
 
     async with (
         runtime.open_store(s, url, name="bb-up") as store,
-        stack.running(store, s, handlers, lanes=lanes, scheduler=scheduler),
+        stack.running(
+            store,
+            s,
+            handlers,
+            lanes=lanes,
+            scheduler=scheduler,
+            projector_db=_db(s, None) if scheduler else None,
+        ),
     ):
         typer.echo(
             f"streams {store.events_stream}, {store.work_stream} ready; "
@@ -287,11 +294,174 @@ def _agent_handlers(s: config_mod.Settings) -> dict[str, Any]:
     return dict(agent_handlers.registry(s))
 
 
+# --- projections ------------------------------------------------------------
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help="DuckDB file (default <BB_DATA_DIR>/blackboard.duckdb)."),
+]
+
+
+def _db(s: config_mod.Settings, db: Path | None) -> Path:
+    return db or Path(s.data_dir) / "blackboard.duckdb"
+
+
+@app.command()
+def projector(
+    db: DbOpt = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Start over from sequence 1, fresh file.")
+    ] = False,
+    batch: Annotated[
+        int, typer.Option(min=1, help="Events applied per transaction, at most.")
+    ] = 2000,
+    config: ConfigOpt = None,
+) -> None:
+    """Project the log into DuckDB (exactly once) and answer SQL for `bb sql`."""
+    s = settings(config)
+    path = _db(s, db)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    serve(lambda stop: _projector(s, path, rebuild, batch, stop))
+
+
+async def _projector(
+    s: config_mod.Settings, path: Path, rebuild: bool, batch: int, stop: asyncio.Event
+) -> None:
+    from blackboard import runtime
+    from projections.runner import Projector
+
+    async with runtime.open_store(s, name="bb-projector") as store:
+        p = Projector(store, path, rebuild=rebuild, batch=batch)
+        typer.echo(f"projector: {path}{' (rebuilding)' if rebuild else ''}", err=True)
+        await p.run(stop)
+
+
+async def _ask_or_file(
+    s: config_mod.Settings, db: Path, request: dict[str, Any]
+) -> dict[str, Any]:
+    """The running projector answers; with none, the file is read directly."""
+    from blackboard import runtime
+    from blackboard.errors import ConfigError, NotConnected
+    from projections import query
+
+    url = runtime.resolve_url(s)
+    if url is not None:
+        try:
+            nc = await runtime.open_client(s, url, "bb-sql")
+        except NotConnected:
+            nc = None
+        if nc is not None:
+            try:
+                return await query.ask(nc, s.nats.prefix, request)
+            except query.NoProjector:
+                pass
+            finally:
+                await nc.drain()
+    if "sql" not in request:
+        raise ConfigError("no projector is running: start `bb projector`")
+    return query.query_file(db, str(request["sql"]))
+
+
+@app.command()
+def sql(
+    query_text: Annotated[str, typer.Argument(metavar="QUERY", help="One SQL query.")],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="table, json (objects) or csv.")
+    ] = "table",
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Query the projection (tables and views: see README, "Projections")."""
+    if fmt not in ("table", "json", "csv"):
+        fail(f"--format is table, json or csv, not {fmt!r}", 2)
+    s = settings(config)
+    answer = run(_ask_or_file(s, _db(s, db), {"sql": query_text}))
+    _print_rows(answer["columns"], answer["rows"], fmt)
+
+
+def _print_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
+    if fmt == "json":
+        emit_json([dict(zip(columns, r, strict=True)) for r in rows])
+    elif fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows(rows)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*columns)
+        for r in rows:
+            table.add_row(*("" if v is None else str(v) for v in r))
+        Console(width=200).print(table)
+
+
+@app.command()
+def cost(
+    goal: Annotated[str | None, typer.Argument(help="A goal; none: all goals.")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Cost by lane and model (of one goal, or of all)."""
+    s = settings(config)
+    where = "WHERE goal_id = '" + goal.replace("'", "''") + "'" if goal else ""
+    q = (
+        "SELECT lane, model, sum(calls) AS calls, sum(tokens_in) AS tokens_in, "
+        "sum(tokens_out) AS tokens_out, sum(tokens_cached) AS tokens_cached, "
+        "round(sum(cost_usd), 6) AS cost_usd "
+        f"FROM cost_by_goal_lane_model {where} "
+        "GROUP BY lane, model ORDER BY lane, model"
+    )
+    answer = run(_ask_or_file(s, _db(s, db), {"sql": q}))
+    if as_json:
+        _print_rows(answer["columns"], answer["rows"], "json")
+        return
+    if not answer["rows"]:
+        typer.echo("no model calls" + (f" in goal {goal}" if goal else ""))
+        return
+    _print_rows(answer["columns"], answer["rows"], "table")
+    total = sum(float(r[-1] or 0) for r in answer["rows"])
+    typer.echo(f"total ${total:.6f}")
+
+
+@app.command("export-parquet")
+def export_parquet(
+    directory: Annotated[Path, typer.Argument(help="Where the .parquet files go.")],
+    db: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write every projection table as Parquet (one file per table)."""
+    from blackboard.errors import ConfigError
+
+    s = settings(config)
+    out = directory.resolve()
+    path = _db(s, db)
+
+    async def go() -> list[str]:
+        try:
+            answer = await _ask_or_file(s, path, {"export_parquet": str(out)})
+            return list(answer["files"])
+        except ConfigError:
+            from projections.duckdb_view import DuckDBView
+
+            if not path.exists():
+                raise
+            view = DuckDBView(path, read_only=True)
+            try:
+                return [str(f) for f in view.export_parquet(out)]
+            finally:
+                view.close()
+
+    for f in run(go()):
+        typer.echo(f)
+
+
 # --- replay -----------------------------------------------------------------
 
-FormatOpt = Annotated[
-    str, typer.Option("--format", "-f", help="text, json or html.")
-]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="text, json or html.")]
 
 
 def _log_server(s: config_mod.Settings) -> Any:
@@ -556,9 +726,7 @@ def _drive(
     from blackboard import telemetry
 
     telemetry.configure_from_env(_service_name())
-    server = (
-        contextlib.nullcontext(url) if url else runtime.server_for(s, port=0)
-    )
+    server = contextlib.nullcontext(url) if url else runtime.server_for(s, port=0)
     try:
         with server as nats_url:
             outcome = run(
@@ -571,6 +739,7 @@ def _drive(
                     submitted_by=by,
                     on_submitted=submitted,
                     on_progress=progress,
+                    projector_db=str(_db(s, None)) if in_process else None,
                 )
             )
     except BlackboardError as e:
@@ -672,7 +841,6 @@ def _submit_only(s: config_mod.Settings, text: str, as_json: bool) -> None:
         typer.echo(event.goal_id)
 
 
-
 @app.command()
 def submit(
     text: Annotated[str, typer.Argument(help="The goal, in plain words.")],
@@ -751,7 +919,7 @@ async def _status(
             if as_json:
                 emit_json([display.goal_json(g, tasks=False) for g in goals])
             elif not goals:
-                typer.echo("no goals yet: bb submit \"<goal>\"")
+                typer.echo('no goals yet: bb submit "<goal>"')
             else:
                 for g in goals:
                     typer.echo(display.goal_row(g))
@@ -839,8 +1007,11 @@ def resume(
     s = settings(config)
     overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost)
     if not any(v is not None for v in overrides.values()):
-        fail("say which limit to raise: --max-tasks, --max-depth, --max-tokens or "
-             "--max-cost", 2)
+        fail(
+            "say which limit to raise: --max-tasks, --max-depth, --max-tokens or "
+            "--max-cost",
+            2,
+        )
 
     async def go() -> Any:
         from blackboard import runtime
@@ -1000,6 +1171,23 @@ def bench_engine(
         emit_json(result)
     else:
         bench.print_table(result)
+
+
+@bench_app.command("projector")
+def bench_projector(
+    events: Annotated[int, typer.Option(help="Events in the log.")] = 1_000_000,
+    batch: Annotated[int, typer.Option(help="Events per transaction.")] = 10_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Events/s applied to DuckDB beside DuckDB's bulk load; cost view latency."""
+    from blackboard import bench
+
+    result = bench.projector(events, batch)
+    if as_json:
+        emit_json(result)
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:>26}: {v}")
 
 
 @bench_app.command("replay")

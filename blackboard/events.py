@@ -11,6 +11,7 @@ Pure: no clock, no ids, no I/O. Times and ids are passed in by the writer.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from typing import Any, Final
@@ -23,6 +24,7 @@ SCHEMA_VERSION: Final = 1
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
+@functools.cache
 def kind_of(cls_name: str) -> str:
     """Return the snake_case tag for an event class name (``TaskCreated``)."""
     return _CAMEL.sub("_", cls_name).lower()

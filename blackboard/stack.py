@@ -20,10 +20,12 @@ from blackboard.worker import Worker, WorkerSettings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
+    from pathlib import Path
 
     from blackboard.config import Settings
     from blackboard.handlers import Handler
     from blackboard.store import JetStreamEventStore
+    from projections.runner import Projector
 
 log = logging.getLogger("blackboard.stack")
 
@@ -59,6 +61,7 @@ class Stack:
 
     scheduler: Scheduler | None
     workers: list[Worker] = field(default_factory=list)
+    projector: Projector | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -71,10 +74,16 @@ async def running(
     lanes: list[str] | None = None,
     scheduler: bool = True,
     concurrency: int | None = None,
+    projector_db: str | Path | None = None,
 ) -> AsyncIterator[Stack]:
-    """Run a scheduler and a worker per lane until the block exits."""
+    """Run a scheduler, a worker per lane (and a projector) until the block exits."""
     stack = Stack(scheduler=None)
     tasks: list[asyncio.Task[None]] = []
+    if projector_db is not None:
+        from projections.runner import Projector
+
+        stack.projector = Projector(store, projector_db)
+        tasks.append(asyncio.create_task(stack.projector.run(stack.stop)))
     if scheduler:
         decider = Decider(f"scheduler-{ids.new_id()[-8:]}", policy_from(settings))
         stack.scheduler = Scheduler(

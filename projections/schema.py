@@ -1,0 +1,132 @@
+"""The DuckDB schema of the projection: tables, their columns, and the views.
+
+Column lists are data, so the loader (projections/duckdb_view.py) reads the
+batch files with exactly these columns and types, and the README documents
+the same names.
+"""
+
+from __future__ import annotations
+
+__all__ = ["COLUMNS", "DDL", "KEYS", "SCHEMA_VERSION", "TABLES", "VIEWS"]
+
+SCHEMA_VERSION = 1
+
+COLUMNS: dict[str, dict[str, str]] = {
+    "events": {
+        "seq": "BIGINT", "at": "TIMESTAMPTZ", "goal_id": "VARCHAR",
+        "task_id": "VARCHAR", "kind": "VARCHAR", "actor": "VARCHAR", "body": "JSON",
+    },
+    "goals": {
+        "goal_id": "VARCHAR", "text": "VARCHAR", "status": "VARCHAR",
+        "tenant": "VARCHAR", "submitted_by": "VARCHAR",
+        "submitted_at": "TIMESTAMPTZ", "finished_at": "TIMESTAMPTZ",
+        "summary": "VARCHAR", "reason": "VARCHAR", "halted_by": "VARCHAR",
+        "tasks": "INTEGER", "tokens": "BIGINT", "cost_usd": "DOUBLE",
+        "max_depth": "INTEGER", "max_tasks": "INTEGER", "max_tokens": "BIGINT",
+        "max_cost_usd": "DOUBLE", "last_seq": "BIGINT",
+    },
+    "tasks": {
+        "goal_id": "VARCHAR", "task_id": "VARCHAR", "type": "VARCHAR",
+        "lane": "VARCHAR", "status": "VARCHAR", "parent_id": "VARCHAR",
+        "depth": "INTEGER", "attempts": "INTEGER", "failures": "INTEGER",
+        "worker": "VARCHAR", "created_at": "TIMESTAMPTZ",
+        "ready_at": "TIMESTAMPTZ", "claimed_at": "TIMESTAMPTZ",
+        "finished_at": "TIMESTAMPTZ", "tokens_in": "BIGINT", "tokens_out": "BIGINT",
+        "cost_usd": "DOUBLE", "model_calls": "INTEGER", "error": "VARCHAR",
+        "last_seq": "BIGINT",
+    },
+    "task_deps": {"goal_id": "VARCHAR", "task_id": "VARCHAR", "depends_on": "VARCHAR"},
+    "model_calls": {
+        "seq": "BIGINT", "at": "TIMESTAMPTZ", "goal_id": "VARCHAR",
+        "task_id": "VARCHAR", "attempt": "INTEGER", "call_index": "INTEGER",
+        "provider": "VARCHAR", "model": "VARCHAR", "lane": "VARCHAR",
+        "tokens_in": "BIGINT", "tokens_out": "BIGINT", "tokens_cached": "BIGINT",
+        "cost_usd": "DOUBLE", "latency_ms": "DOUBLE", "prompt_version": "VARCHAR",
+        "request_hash": "VARCHAR", "error": "VARCHAR", "scripted": "BOOLEAN",
+    },
+    "side_effects": {
+        "seq": "BIGINT", "at": "TIMESTAMPTZ", "goal_id": "VARCHAR",
+        "task_id": "VARCHAR", "name": "VARCHAR", "idempotency_key": "VARCHAR",
+        "status": "VARCHAR", "error": "VARCHAR",
+    },
+    "approvals": {
+        "seq": "BIGINT", "at": "TIMESTAMPTZ", "goal_id": "VARCHAR",
+        "task_id": "VARCHAR", "kind": "VARCHAR", "by": "VARCHAR", "note": "VARCHAR",
+        "reason": "VARCHAR", "policy": "VARCHAR",
+    },
+    "dead_letters": {
+        "seq": "BIGINT", "subject": "VARCHAR", "reason": "VARCHAR", "raw": "VARCHAR",
+    },
+}  # fmt: skip
+
+KEYS: dict[str, tuple[str, ...]] = {
+    "events": ("seq",),
+    "goals": ("goal_id",),
+    "tasks": ("goal_id", "task_id"),
+    "task_deps": ("goal_id", "task_id", "depends_on"),
+    "model_calls": ("seq",),
+    "side_effects": ("seq",),
+    "approvals": ("seq",),
+    "dead_letters": ("seq",),
+}
+"""Primary keys: a row applied twice would be refused, never doubled."""
+
+TABLES = tuple(COLUMNS)
+
+VIEWS: dict[str, str] = {
+    "cost_by_goal_lane_model": """
+        SELECT goal_id, lane, model, count(*) AS calls,
+               count(error) AS failed_calls,
+               sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
+               sum(tokens_cached) AS tokens_cached, sum(cost_usd) AS cost_usd,
+               bool_or(scripted) AS scripted
+        FROM model_calls GROUP BY goal_id, lane, model""",
+    "frontier_share": """
+        SELECT goal_id, frontier_tokens, total_tokens,
+               coalesce(frontier_tokens / nullif(total_tokens, 0), 0) AS token_share,
+               frontier_cost_usd, total_cost_usd,
+               coalesce(frontier_cost_usd / nullif(total_cost_usd, 0), 0) AS cost_share
+        FROM (
+          SELECT goal_id,
+                 coalesce(sum(tokens_in + tokens_out + tokens_cached)
+                   FILTER (WHERE lane = 'frontier'), 0) AS frontier_tokens,
+                 sum(tokens_in + tokens_out + tokens_cached) AS total_tokens,
+                 coalesce(sum(cost_usd) FILTER (WHERE lane = 'frontier'), 0)
+                   AS frontier_cost_usd,
+                 sum(cost_usd) AS total_cost_usd
+          FROM model_calls GROUP BY goal_id
+        )""",
+    "spawn_depth": """
+        SELECT depth, count(*) AS tasks, count(*) FILTER (WHERE parent_id IS NOT NULL)
+               AS spawned
+        FROM tasks GROUP BY depth""",
+    "task_type_rates": """
+        SELECT type, count(*) AS tasks,
+               sum(failures) AS retries,
+               count(*) FILTER (WHERE failures > 0) / count(*) AS retry_rate,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               count(*) FILTER (WHERE status = 'failed') / count(*) AS failure_rate
+        FROM tasks GROUP BY type""",
+    "lane_timings": """
+        SELECT lane, count(*) AS tasks,
+               avg(epoch(claimed_at) - epoch(ready_at)) AS queue_wait_s_avg,
+               quantile_cont(epoch(claimed_at) - epoch(ready_at), 0.95)
+                 AS queue_wait_s_p95,
+               avg(epoch(finished_at) - epoch(claimed_at)) AS run_s_avg,
+               quantile_cont(epoch(finished_at) - epoch(claimed_at), 0.95) AS run_s_p95
+        FROM tasks WHERE claimed_at IS NOT NULL GROUP BY lane""",
+}
+
+
+def _table(name: str) -> str:
+    cols = ", ".join(f'"{c}" {t}' for c, t in COLUMNS[name].items())
+    key = ", ".join(f'"{k}"' for k in KEYS[name])
+    return f"CREATE TABLE IF NOT EXISTS {name} ({cols}, PRIMARY KEY ({key}))"
+
+
+DDL: list[str] = [
+    "CREATE TABLE IF NOT EXISTS projector_state "
+    "(id INTEGER PRIMARY KEY, last_seq BIGINT, schema_version INTEGER)",
+    *(_table(t) for t in TABLES),
+    *(f"CREATE OR REPLACE VIEW {n} AS {q}" for n, q in VIEWS.items()),
+]
