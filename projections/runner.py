@@ -140,8 +140,13 @@ class Projector:
                 log.warning("projector: fetch failed (%s); retrying", e)
                 await asyncio.sleep(0.5)
                 continue
+            if not msgs:
+                continue
             await self.apply(msgs)
-            await msgs[-1].ack()  # AckPolicy.ALL: everything up to it
+            # AckPolicy.ALL: everything up to it. A lost ack costs nothing: a
+            # redelivered message is at or below the file's sequence, skipped.
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                await msgs[-1].ack()
 
     async def apply(self, msgs: list[Msg]) -> None:
         """Fold, turn into rows and apply one batch in one transaction."""

@@ -40,10 +40,11 @@ def fault_report() -> Iterator[None]:
     if not REPORT:
         return
     lines = [
-        "| fault | goals | tasks | side effects | lost | doubled |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| fault | goals | tasks | side effects | lost | doubled | projection |",
+        "|---|---:|---:|---:|---:|---:|---|",
         *(
-            f"| {r.fault} | {r.goals} | {r.tasks} | {r.effects} | {r.lost} | {r.doubled} |"
+            f"| {r.fault} | {r.goals} | {r.tasks} | {r.effects} | {r.lost} "
+            f"| {r.doubled} | {r.projection} |"
             for r in REPORT
         ),
     ]

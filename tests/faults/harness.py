@@ -45,6 +45,8 @@ class Row:
     doubled: int
     effects: int
     problems: list[str] = field(default_factory=list)
+    projection: str = "-"
+    """Whether the live projection equals a --rebuild from scratch."""
 
 
 REPORT: list[Row] = []
@@ -123,6 +125,26 @@ class Deployment:
                 "--handlers",
                 HANDLERS,
             )
+        self.start("projector", "projector", "--db", str(self.db))
+
+    @property
+    def db(self) -> Path:
+        return self.tmp / "live.duckdb"
+
+    def projection_equals_rebuild(self, last_seq: int) -> bool:
+        """Stop the live projector once caught up; rebuild; compare every table."""
+        from tests.projections.test_projector import caught_up, tables
+
+        env = self.env
+        self.wait(lambda: caught_up(env, self.db, last_seq), timeout=60)
+        self.procs["projector"].terminate()
+        self.procs["projector"].wait(timeout=30)
+        rebuilt = self.tmp / "rebuilt.duckdb"
+        self.start("rebuild", "projector", "--db", str(rebuilt), "--rebuild")
+        self.wait(lambda: caught_up(env, rebuilt, last_seq), timeout=60)
+        self.procs["rebuild"].terminate()
+        self.procs["rebuild"].wait(timeout=30)
+        return tables(self.db) == tables(rebuilt)
 
     def signal(self, name: str, sig: signal.Signals) -> None:
         self.procs[name].send_signal(sig)
@@ -208,6 +230,7 @@ async def audit(
     goal_ids: list[str],
     ledger: Path | None = None,
     expect: str = "done",
+    deployment: Deployment | None = None,
 ) -> Row:
     """Every goal at its right end; no task completed twice; no effect twice."""
     row = Row(fault, len(goal_ids), 0, 0, 0, 0)
@@ -228,5 +251,12 @@ async def audit(
     if ledger is not None:
         lines = Counter(ledger_lines(ledger))
         row.doubled += sum(n - 1 for n in lines.values())
+    if deployment is not None:
+        info = await store.js.stream_info(store.events_stream)
+        last = int(info.state.last_seq)
+        same = await asyncio.to_thread(deployment.projection_equals_rebuild, last)
+        row.projection = "equal" if same else "DIFFERS"
+        if not same:
+            row.problems.append("the projection differs from a --rebuild")
     REPORT.append(row)
     return row

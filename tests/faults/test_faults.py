@@ -41,7 +41,11 @@ async def test_worker_sigkilled_mid_goal(deployment, fstore):
     await until_ledger(deployment, 2)
     deployment.signal("worker-local-1", signal.SIGKILL)
     await wait_all(fstore, goals)
-    check(await audit("worker SIGKILL", fstore, goals, deployment.ledger))
+    check(
+        await audit(
+            "worker SIGKILL", fstore, goals, deployment.ledger, deployment=deployment
+        )
+    )
 
 
 async def test_scheduler_sigkilled_mid_goal(deployment, fstore):
@@ -50,7 +54,11 @@ async def test_scheduler_sigkilled_mid_goal(deployment, fstore):
     deployment.signal("scheduler-1", signal.SIGKILL)  # the leader
     await wait_all(fstore, goals)
     assert "leading" in deployment.log("scheduler-2")
-    check(await audit("scheduler SIGKILL", fstore, goals, deployment.ledger))
+    check(
+        await audit(
+            "scheduler SIGKILL", fstore, goals, deployment.ledger, deployment=deployment
+        )
+    )
 
 
 async def test_server_down_10s_mid_goal(deployment, fstore):
@@ -60,7 +68,29 @@ async def test_server_down_10s_mid_goal(deployment, fstore):
     await asyncio.sleep(10)
     deployment.server.start()  # same port, same store
     await wait_all(fstore, goals)
-    check(await audit("nats-server down 10 s", fstore, goals, deployment.ledger))
+    check(
+        await audit(
+            "nats-server down 10 s",
+            fstore,
+            goals,
+            deployment.ledger,
+            deployment=deployment,
+        )
+    )
+
+
+async def test_projector_sigkilled_mid_goal(deployment, fstore):
+    goals = await start_goals(deployment, fstore)
+    await until_ledger(deployment, 2)
+    deployment.signal("projector", signal.SIGKILL)
+    await asyncio.sleep(0.5)
+    deployment.start("projector", "projector", "--db", str(deployment.db))
+    await wait_all(fstore, goals)
+    check(
+        await audit(
+            "projector SIGKILL", fstore, goals, deployment.ledger, deployment=deployment
+        )
+    )
 
 
 async def test_paused_worker_lease_expires_late_result_refused(deployment, fstore):
@@ -97,7 +127,13 @@ async def test_paused_worker_lease_expires_late_result_refused(deployment, fstor
     }
     assert taken_over, "no task of the paused worker was taken over"
     check(
-        await audit("worker paused past its lease", fstore, [goal], deployment.ledger)
+        await audit(
+            "worker paused past its lease",
+            fstore,
+            [goal],
+            deployment.ledger,
+            deployment=deployment,
+        )
     )
 
 
@@ -107,6 +143,8 @@ async def test_fifty_goals_at_once(deployment, fstore):
         *(submit(fstore, s, f"write release notes for 2.{i}") for i in range(50))
     )
     await wait_all(fstore, list(goals), timeout=180)
-    row = await audit("50 goals submitted at once", fstore, list(goals))
+    row = await audit(
+        "50 goals submitted at once", fstore, list(goals), deployment=deployment
+    )
     check(row)
     assert row.tasks == 50 * 6
