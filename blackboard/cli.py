@@ -82,11 +82,14 @@ def serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     telemetry.configure_from_env(_service_name())
 
     async def wrapper() -> None:
+        from blackboard import health
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+        async with health.serving():
+            await main(stop)
 
     try:
         asyncio.run(wrapper())

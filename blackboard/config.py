@@ -129,6 +129,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         nats["url"] = env["BB_NATS_URL"]
     if env.get("BB_PREFIX"):
         nats["prefix"] = env["BB_PREFIX"]
+    if env.get("BB_NATS_REPLICAS"):
+        nats["replicas"] = int(env["BB_NATS_REPLICAS"])
     for key in (
         "user",
         "password",

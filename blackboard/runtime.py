@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blackboard import health
 from blackboard.config import Settings, store_settings
 from blackboard.errors import NotConnected
 from blackboard.server import EmbeddedServer
@@ -86,6 +87,7 @@ async def open_store(
     try:
         store = JetStreamEventStore(nc, store_settings(settings))
         await store.ensure()
+        health.STATE.client = nc  # ready: connected, streams in place
         yield store
     finally:
         with contextlib.suppress(Exception):

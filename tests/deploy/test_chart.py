@@ -1,0 +1,294 @@
+"""The Helm chart, rendered by Helm's own engine (helm-python-sdk), linted,
+validated against the Kubernetes schemas, and run: the scheduler, the
+projector and the lane workers as separate processes with exactly the args
+and env the chart gives their containers, against one nats-server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from blackboard.server import EmbeddedServer
+from blackboard.worker import consumer_name
+from tests.e2e.test_cli_basics import bb
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "blackboard"
+EXTERNAL = {
+    "nats": {"enabled": False},
+    "externalNats": {
+        "url": "nats://nats.example:4222",
+        "monitoringEndpoint": "nats.example:8222",
+    },
+}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(str(CHART))
+    out = chart.render(values or {}, name="rel", namespace="bb")
+    return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(c, dict)
+    return c
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def validate(docs: list[dict[str, Any]]) -> None:
+    for d in docs:
+        if d["apiVersion"].startswith("keda.sh/"):
+            continue  # a CRD: its fields are checked below
+        kubernetes_validate.validate(d, "1.30", strict=True)
+
+
+def test_default_values_render_valid_objects():
+    docs = render()
+    validate(docs)
+    deployments = by_kind(docs, "Deployment")
+    assert set(deployments) == {
+        "rel-blackboard-scheduler",
+        "rel-blackboard-projector",
+        "rel-blackboard-worker-frontier",
+        "rel-blackboard-worker-local",
+    }
+    assert deployments["rel-blackboard-scheduler"]["spec"]["replicas"] == 2
+    projector = deployments["rel-blackboard-projector"]
+    assert projector["spec"]["replicas"] == 1
+    assert projector["spec"]["strategy"]["type"] == "Recreate"
+    assert "rel-blackboard-projector" in by_kind(docs, "PersistentVolumeClaim")
+    for d in deployments.values():
+        c = container(d)
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["resources"]["requests"]
+        assert c["securityContext"]["runAsNonRoot"] is True
+        env = env_of(c)
+        assert env["BB_HEALTH_PORT"] == "8080"
+        assert env["BB_NATS_URL"] == "nats://rel-nats:4222"
+        assert env["BB_NATS_REPLICAS"] == "3"
+        assert env["BB_NATS_PASSWORD"]["secretKeyRef"]["name"] == "blackboard-nats-auth"
+    workers = [d for n, d in deployments.items() if "worker" in n]
+    for w in workers:
+        env = env_of(container(w))
+        assert (
+            env["ANTHROPIC_API_KEY"]["secretKeyRef"]["name"]
+            == "rel-blackboard-api-keys"
+        )
+        assert env["BB_NATS_USER"] == "worker"
+    assert "ANTHROPIC_API_KEY" not in env_of(
+        container(deployments["rel-blackboard-scheduler"])
+    )
+    assert by_kind(docs, "NetworkPolicy")
+
+
+def test_keda_scales_the_local_lane_on_the_consumer_the_code_creates():
+    (so,) = by_kind(render(), "ScaledObject").values()
+    assert so["spec"]["scaleTargetRef"]["name"] == "rel-blackboard-worker-local"
+    assert so["spec"]["minReplicaCount"] >= 1
+    assert so["spec"]["maxReplicaCount"] == 20
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "nats-jetstream"
+    meta = trigger["metadata"]
+    assert meta["stream"] == "BB_WORK"
+    assert meta["consumer"] == consumer_name("local")
+    assert meta["natsServerMonitoringEndpoint"] == "rel-nats.bb.svc.cluster.local:8222"
+    assert {"account", "lagThreshold"} <= set(meta)
+
+
+def test_custom_values_three_lanes_vllm_external_nats():
+    values = {
+        **EXTERNAL,
+        "scripted": True,
+        "streams": {"replicas": 1},
+        "lanes": {
+            "frontier": {
+                "replicas": 1,
+                "concurrency": 2,
+                "resources": {"requests": {"cpu": "100m"}},
+            },
+            "local": {
+                "replicas": 2,
+                "concurrency": 32,
+                "resources": {"requests": {"cpu": "100m"}},
+            },
+            "bulk": {
+                "replicas": 3,
+                "concurrency": 64,
+                "resources": {"requests": {"cpu": "1"}},
+            },
+        },
+        "vllm": {"enabled": True, "gpus": 2},
+        "keda": {"maxReplicas": 50},
+        "natsAuth": {"enabled": False},
+    }
+    docs = render(values)
+    validate(docs)
+    deployments = by_kind(docs, "Deployment")
+    bulk = container(deployments["rel-blackboard-worker-bulk"])
+    assert bulk["args"] == ["worker", "--lane", "bulk", "--concurrency", "64"]
+    assert deployments["rel-blackboard-worker-bulk"]["spec"]["replicas"] == 3
+    vllm = container(deployments["rel-blackboard-vllm"])
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert "rel-blackboard-vllm" in by_kind(docs, "Service")
+    env = env_of(bulk)
+    assert env["BB_LOCAL_BASE_URL"] == "http://rel-blackboard-vllm:8000/v1"
+    assert env["BB_NATS_URL"] == "nats://nats.example:4222"
+    assert env["BB_SCRIPTED"] == "1" and env["BB_NATS_REPLICAS"] == "1"
+    assert "BB_NATS_USER" not in env
+    (so,) = by_kind(docs, "ScaledObject").values()
+    assert so["spec"]["maxReplicaCount"] == 50
+    assert (
+        so["spec"]["triggers"][0]["metadata"]["natsServerMonitoringEndpoint"]
+        == "nats.example:8222"
+    )
+
+
+def test_external_nats_needs_a_url():
+    with pytest.raises(helm.HelmError, match=r"externalNats\.url is required"):
+        render({"nats": {"enabled": False}})
+
+
+def test_lint_finds_no_error():
+    report = helm.lint(str(CHART), EXTERNAL, strict=False)
+    assert report["errors"] == []
+    severe = [m for m in report["messages"] if m["severity"] >= 3]
+    assert severe == []
+    # Offline, the NATS dependency is not vendored (`helm dependency build`).
+    warnings = [m["error"] for m in report["messages"] if m["severity"] == 2]
+    assert all("dependencies: nats" in w for w in warnings)
+
+
+# --- the chart's processes, for real ------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_processes_with_the_charts_args_and_env_complete_a_goal(tmp_path):
+    docs = render({**EXTERNAL, "scripted": True, "streams": {"replicas": 1}})
+    secrets = {name: d["stringData"] for name, d in by_kind(docs, "Secret").items()}
+    users = secrets["blackboard-nats-auth"]
+    conf = (
+        "authorization { users = ["
+        + ", ".join(f'{{user: "{u}", password: "{p}"}}' for u, p in users.items())
+        + "] }\n"
+    )
+    server = EmbeddedServer(tmp_path / "nats", config=conf)
+    server.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    health: dict[str, int] = {}
+    try:
+        for name, d in sorted(by_kind(docs, "Deployment").items()):
+            c = container(d)
+            data = tmp_path / name
+            data.mkdir()
+            env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+            for e in c["env"]:
+                if "value" in e:
+                    env[e["name"]] = e["value"]
+                else:
+                    ref = e["valueFrom"]["secretKeyRef"]
+                    env[e["name"]] = secrets[ref["name"]][ref["key"]]
+            # What differs on one machine: the server's address, the paths,
+            # and a port per process (in the cluster each pod has its own).
+            env["BB_NATS_URL"] = server.url
+            env["BB_DATA_DIR"] = str(data)
+            health[name] = free_port()
+            env["BB_HEALTH_PORT"] = str(health[name])
+            args = [a.replace("/data", str(data)) for a in c["args"]]
+            with (tmp_path / f"{name}.log").open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "blackboard.cli", *args],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=ROOT,
+                    )
+                )
+        for name, port in health.items():
+            _until(lambda p=port: _get(p, "/readyz") == 200)
+            assert _get(port, "/healthz") == 200, name
+        reader = {
+            "PATH": "/usr/bin:/bin",
+            "BB_NATS_URL": server.url,
+            "BB_NATS_USER": "reader",
+            "BB_NATS_PASSWORD": users["reader"],
+            "BB_DATA_DIR": str(tmp_path / "cli"),
+        }
+        r = bb(["demo", "--detach", "--json"], reader)
+        assert r.returncode == 0, r.stderr
+        goal = json.loads(r.stdout)["goal_id"]
+        status: dict[str, Any] = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            status = json.loads(bb(["status", goal, "--json"], reader).stdout)
+            if status["status"] != "running":
+                break
+            time.sleep(0.3)
+        assert status["status"] == "done", status.get("reason")
+        # The projector answers SQL from its volume.
+        _until(lambda: _tasks_projected(reader, goal) == 30)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+        server.stop()
+    logs = "".join(f.read_text() for f in tmp_path.glob("*.log"))
+    assert "Traceback" not in logs
+
+
+def _tasks_projected(env: dict[str, str], goal: str) -> int:
+    r = bb(
+        [
+            "sql",
+            f"select count(*) as n from tasks where goal_id = '{goal}' and status = 'done'",
+            "--format",
+            "json",
+        ],
+        env,
+    )
+    return int(json.loads(r.stdout)[0]["n"]) if r.returncode == 0 else -1
+
+
+def _get(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}{path}", timeout=2
+        ) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
+
+
+def _until(predicate: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
