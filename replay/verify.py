@@ -37,7 +37,7 @@ from blackboard.events import (
     TaskSpec,
 )
 from blackboard.handlers import BUILTIN, Followup, NeedsApproval, RetryableError
-from blackboard.state import TaskState, fold, fold_task
+from blackboard.state import GoalState, TaskState, fold, fold_task
 from replay.trace import Attempt, TaskTrace, build_trace
 
 if TYPE_CHECKING:
@@ -199,9 +199,16 @@ class _ReplayContext(TaskContext):
         self._task = created
         self._goal = goal
         self.emitted: list[Event] = []
+        self._folded: GoalState | None = None
+
+    def _goal_state(self) -> GoalState | None:
+        # Folded once per attempt: handlers read results more than once.
+        if self._folded is None:
+            self._folded = fold(self._before).goals.get(self.goal_id)
+        return self._folded
 
     async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
-        state = fold(self._before).goals.get(self.goal_id)
+        state = self._goal_state()
         if state is None:
             return {}
         return {
@@ -219,7 +226,7 @@ class _ReplayContext(TaskContext):
         return self._history
 
     async def goal_results(self) -> dict[str, Any]:
-        state = fold(self._before).goals.get(self.goal_id)
+        state = self._goal_state()
         if state is None:
             return {}
         return {t.task_id: t.result for t in state.tasks.values() if t.status == "done"}
