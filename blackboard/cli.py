@@ -1051,11 +1051,14 @@ def cancel(
         async with runtime.open_store(s, name="bb-cancel") as store:
             return await client.cancel(store, goal, reason=reason, by=whoami(by))
 
-    g = run(go())
+    _, n = run(go())
     if as_json:
-        emit_json({"goal_id": goal, "open_tasks": g.open_tasks})
+        emit_json({"goal_id": goal, "cancelled_tasks": n})
     else:
-        typer.echo(f"cancelled {goal}; {g.open_tasks} open task(s) will be cancelled")
+        typer.echo(
+            f"cancelled {goal} and its {n} open task(s); running handlers stop "
+            "at their next step"
+        )
 
 
 # --- the log ----------------------------------------------------------------

@@ -16,11 +16,14 @@ from blackboard.errors import ConcurrencyConflict, ConfigError
 from blackboard.events import (
     ApprovalDenied,
     ApprovalGranted,
+    Event,
     GoalCancelled,
     GoalResumed,
+    TaskCancelled,
 )
 from blackboard.service import resolve_limits
 from blackboard.state import BoardState, GoalState, TaskState, evolve, fold, fold_task
+from blackboard.store import MAX_BATCH
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -165,21 +168,60 @@ async def resume(
 
 async def cancel(
     store: JetStreamEventStore, goal_id: str, *, reason: str = "", by: str = ""
-) -> GoalState:
-    """Cancel an open goal; the scheduler cancels its open tasks."""
-    goal = await goal_state(store, goal_id)
-    if goal.status in FINAL:
-        raise ConfigError(f"goal {goal_id} is already {goal.status}")
-    event = GoalCancelled(
-        event_id=ids.new_id(),
-        goal_id=goal_id,
-        at=ids.utcnow(),
-        actor=f"cli:{by}",
-        reason=reason or f"cancelled by {by}",
-        by=by,
-    )
-    try:
-        await store.append(event, expect=goal.last_seq)
-    except ConcurrencyConflict as e:
-        raise ConfigError(f"goal {goal_id} changed meanwhile; try again") from e
-    return goal
+) -> tuple[GoalState, int]:
+    """Cancel an open goal and every open task of it, at once.
+
+    The goal's cancellation and a ``TaskCancelled`` for each open task are
+    written as one atomic batch (claimed and ready tasks first when a goal has
+    more than one batch holds; the rest follow in the next batches). The task
+    events are written unguarded on purpose: they are a fence. Once they are
+    in the log every later guarded write of those tasks is refused by the
+    server: no claim, no dispatch, no side effect, no spawn, no completion.
+
+    Returns the goal as it was and how many open tasks were cancelled.
+    """
+    for _ in range(5):
+        goal = await goal_state(store, goal_id)
+        if goal.status in FINAL:
+            raise ConfigError(f"goal {goal_id} is already {goal.status}")
+        now = ids.utcnow()
+        why = reason or f"cancelled by {by}"
+        open_tasks = sorted(
+            (t for t in goal.tasks.values() if t.status not in FINAL),
+            key=lambda t: (t.status not in ("claimed", "ready"), t.ordinal),
+        )
+        items: list[tuple[Event, int | None]] = [
+            (
+                GoalCancelled(
+                    event_id=ids.new_id(),
+                    goal_id=goal_id,
+                    at=now,
+                    actor=f"cli:{by}",
+                    reason=why,
+                    by=by,
+                ),
+                goal.last_seq,
+            )
+        ]
+        items.extend(
+            (
+                TaskCancelled(
+                    event_id=f"cancel:{goal_id}:{t.task_id}",
+                    goal_id=goal_id,
+                    task_id=t.task_id,
+                    at=now,
+                    actor=f"cli:{by}",
+                    reason=f"goal cancelled: {why}",
+                ),
+                None,
+            )
+            for t in open_tasks
+        )
+        try:
+            await store.append_batch(items[:MAX_BATCH])
+        except ConcurrencyConflict:
+            continue  # a goal-level event landed meanwhile: look again
+        for start in range(MAX_BATCH, len(items), MAX_BATCH):
+            await store.append_batch(items[start : start + MAX_BATCH])
+        return goal, len(open_tasks)
+    raise ConfigError(f"goal {goal_id} kept changing; try again")

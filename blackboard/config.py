@@ -18,6 +18,7 @@ import msgspec
 from blackboard.errors import ConfigError
 from blackboard.events import Limits
 from blackboard.store import StoreSettings
+from blackboard.subjects import check_token
 
 
 class NatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -201,9 +202,16 @@ def load(
         base = _merge(base, data)
     base = _merge(base, _env_overrides(env))
     try:
-        return msgspec.convert(base, Settings)
+        settings = msgspec.convert(base, Settings)
     except msgspec.ValidationError as e:
         raise ConfigError(f"invalid settings: {e}") from e
+    for lane in settings.lanes:
+        # A lane's name is the last token of its work subject.
+        try:
+            check_token(lane, "lane name", id_like=False)
+        except ValueError as e:
+            raise ConfigError(f"[lanes]: {e}") from e
+    return settings
 
 
 def store_settings(settings: Settings) -> StoreSettings:

@@ -12,6 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from blackboard import dag, ids, telemetry
+from blackboard.errors import ConcurrencyConflict
 from blackboard.events import (
     Event,
     GoalSubmitted,
@@ -184,11 +185,24 @@ class TaskContext:
             self.writing = True
             try:
                 self.seq = await self.store.append(event, expect=self.seq)
+            except ConcurrencyConflict:
+                if isinstance(event, ModelCalled) and await self._cancelled():
+                    # The call was made and paid for before the cancellation
+                    # reached us: its cost stays in the ledger (unguarded, after
+                    # the fence); its answer is never used.
+                    await self.store.append(event)
+                raise
             finally:
                 self.writing = False
         if isinstance(event, ModelCalled):
             telemetry.get().model_call(event)
         return self.seq
+
+    async def _cancelled(self) -> bool:
+        last = await self.store.last_on(
+            self.store.subjects.task_events(self.goal_id, self.task_id)
+        )
+        return last is not None and last.subject.endswith(".task_cancelled")
 
     async def effect(
         self,

@@ -32,6 +32,7 @@ def order(specs: Sequence[TaskSpec], existing: Iterable[str] = ()) -> list[TaskS
     for spec in specs:
         try:
             check_token(spec.task_id, "task id")
+            check_token(spec.lane, f"lane of task {spec.task_id!r}", id_like=False)
         except ValueError as e:
             raise InvalidDag(str(e)) from e
         if spec.task_id in by_id or spec.task_id in known:

@@ -125,6 +125,9 @@ class Decider:
         if goal.status in ("done", "failed"):
             return []
         if goal.status == "cancelled":
+            # Unguarded, like the canceller's own: a fence that refuses every
+            # later guarded write of the task. `bb cancel` writes these with
+            # the goal's cancellation; this catches any task created after.
             return [
                 Append(
                     self._ev(
@@ -135,7 +138,7 @@ class Decider:
                         f"cancel:{goal.goal_id}:{t.task_id}",
                         reason=f"goal cancelled: {goal.reason}".strip(": "),
                     ),
-                    t.last_seq,
+                    None,
                 )
                 for t in goal.tasks.values()
                 if t.status not in TERMINAL and _key(t) not in busy

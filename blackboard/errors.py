@@ -10,6 +10,10 @@
     │   └── ServerStartFailed
     ├── StoreError                                      talking to JetStream
     │   ├── NotConnected(StoreError, ConnectionError)   no server reachable
+    │   ├── LogUnavailable(StoreError, TimeoutError)    JetStream did not answer in
+    │   │                                               time (after retries); transient
+    │   ├── InvalidEvent(StoreError, ValueError)        can never be written (an id
+    │   │                                               that is no subject token, size)
     │   ├── StreamConfigDrift                           a stream differs from ours
     │   ├── ConcurrencyConflict                         a guarded write lost
     │   └── BatchRejected                               an atomic batch was refused
@@ -49,6 +53,22 @@ class StoreError(BlackboardError):
 
 class NotConnected(StoreError, ConnectionError):
     """No NATS server answered at the configured URL."""
+
+
+class LogUnavailable(StoreError, TimeoutError):
+    """JetStream did not answer within the store's patience, retries included.
+
+    Transient by nature (a leader election, a paused or restarting node): the
+    caller may try again later. A read raises it rather than return part of
+    the history as if the log ended there.
+    """
+
+
+class InvalidEvent(StoreError, ValueError):
+    """An event that can never be written: retrying it would only loop.
+
+    Its ids are not legal subject tokens, or it is larger than the server takes.
+    """
 
 
 class StreamConfigDrift(StoreError):

@@ -147,6 +147,9 @@ class Scheduler:
             self._trace_goal_end(env)
         elif isinstance(event, _WAKES):
             tasks.add((event.goal_id, event.task_id))
+        elif (g := self.state.goals.get(event.goal_id)) and g.status == "cancelled":
+            # Anything a task of a cancelled goal does is a reason to fence it.
+            tasks.add((event.goal_id, event.task_id))
 
     def _trace_goal_end(self, env: Envelope) -> None:
         """The goal's root span and guardrail metrics, when the goal stops.

@@ -12,6 +12,7 @@ from blackboard import dag, ids
 from blackboard.errors import ConfigError
 from blackboard.events import GoalSubmitted, Limits, TaskSpec
 from blackboard.redact import Redactor
+from blackboard.subjects import check_token
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -32,6 +33,10 @@ def load_dag(path: Path) -> tuple[TaskSpec, ...]:
         raise ConfigError(f"DAG file {path} not found") from e
     except json.JSONDecodeError as e:
         raise ConfigError(f"DAG file {path} is not JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"DAG file {path} is not text: {e.reason}") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read DAG file {path}: {e.strerror or e}") from e
     if isinstance(raw, list):
         raw = {"tasks": raw}
     try:
@@ -70,6 +75,11 @@ def goal_submitted(
     """Build the GoalSubmitted event for a new goal."""
     if not text.strip():
         raise ConfigError("the goal text is empty")
+    if goal_id is not None:
+        try:
+            check_token(goal_id, "goal id")
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     ordered = tuple(dag.order(specs)) if specs else ()
     try:
         redactor = Redactor(settings.redact)

@@ -332,6 +332,10 @@ def _evolve_task(
                     c for c in event.waiting_on if c not in task.children
                 )
         case TaskCancelled():
+            if task.status in TERMINAL:
+                # A cancellation is a fence written without a guard: it may
+                # land just after the task finished. Nothing to undo then.
+                return
             if _move(state, env, task, "cancelled"):
                 task.error, task.finished_at = event.reason, event.at
         case TaskHeld():

@@ -1,25 +1,34 @@
 """The event store: the ``EventStore`` protocol and its JetStream adapter.
 
-This is the only core module that talks to NATS. It creates the streams, appends
-events (deduplicated by ``Nats-Msg-Id``; optionally guarded by the task-wide
-expected-sequence header; optionally as one atomic batch), reads them back in
-stream order, and moves bodies above a threshold into the object store.
+It creates the streams, appends events (deduplicated by ``Nats-Msg-Id``;
+optionally guarded by the task-wide expected-sequence header; optionally as one
+atomic batch), reads them back in stream order, and moves bodies above a
+threshold into the object store.
+
+Writers publish on ``<prefix>.in.evt...``; the stream stores each message under
+``<prefix>.evt...`` and re-publishes it there, so core NATS subscribers see only
+what was stored (see subjects.py).
 
 Readers never crash on a message they cannot decode: they hand a
-``MalformedEvent`` to ``on_bad`` (by default a logged warning) and go on.
+``MalformedEvent`` to ``on_bad`` (by default a logged warning) and go on. They
+never return part of the history silently either: a read goes on to the end of
+the log as it was when the read began, or raises LogUnavailable. Transient
+server trouble (a timeout, a 503 during a leader election) is retried with
+backoff for ``StoreSettings.transient_s`` first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import nats
 import nats.errors
@@ -29,9 +38,11 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
 
 from blackboard import codec, subjects
@@ -39,6 +50,8 @@ from blackboard.codec import Envelope
 from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
+    InvalidEvent,
+    LogUnavailable,
     MalformedEvent,
     NotConnected,
     StoreError,
@@ -54,6 +67,8 @@ if TYPE_CHECKING:
     from nats.js.object_store import ObjectStore
 
 log = logging.getLogger("blackboard.store")
+
+T = TypeVar("T")
 
 ERR_WRONG_LAST_SEQUENCE = 10071
 ERR_BATCH_DUPLICATE_MSG_ID = 10201
@@ -94,6 +109,10 @@ class StoreSettings:
     blob_threshold: int = 256 * 1024
     duplicate_window_s: float = 120.0
     work_max_age_s: float = 0.0
+    transient_s: float = 30.0
+    """How long transient server trouble is retried before LogUnavailable."""
+    stall_check_s: float = 5.0
+    """A follower idle this long checks that the log has not moved past it."""
 
 
 class EventStore(Protocol):
@@ -155,7 +174,15 @@ class JetStreamEventStore:
         """The configuration BB_EVENTS must have."""
         return StreamConfig(
             name=self.events_stream,
-            subjects=[self.subjects.events_all],
+            subjects=[self.subjects.events_in_all],
+            # Stored under the public subjects, and re-published there once
+            # stored: core subscribers never see a refused write.
+            subject_transform=SubjectTransform(
+                src=self.subjects.events_in_all, dest=self.subjects.events_all
+            ),
+            republish=RePublish(
+                src=self.subjects.events_all, dest=self.subjects.events_all
+            ),
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=self.settings.replicas,
@@ -202,6 +229,15 @@ class JetStreamEventStore:
             else:
                 return
             info = await self.js.stream_info(want.name)
+        if want.name == self.events_stream and _older_layout(want, info.config):
+            # A stream from before writers moved to the internal subjects:
+            # subjects, transform and re-publish can be changed in place, and
+            # the stored messages keep their (public) subjects.
+            info.config.subjects = want.subjects
+            info.config.subject_transform = want.subject_transform
+            info.config.republish = want.republish
+            log.info("moving stream %s to the re-published layout", want.name)
+            info = await self.js.update_stream(info.config)
         drift = _drift(want, info.config)
         if drift:
             raise StreamConfigDrift(
@@ -235,7 +271,18 @@ class JetStreamEventStore:
     ) -> tuple[str, bytes, dict[str, str]]:
         """Subject, body and headers of one event; large bodies go to blobs."""
         k = kind(event)
-        subject = self.subjects.event(event.goal_id, event.task_id, k)
+        try:
+            subjects.check_token(event.goal_id, "goal id")
+            if event.task_id is not None:
+                subjects.check_token(event.task_id, "task id")
+        except ValueError as e:
+            raise InvalidEvent(f"cannot write {k} {event.event_id[:80]!r}: {e}") from e
+        if len(event.event_id) > _MAX_EVENT_ID:
+            raise InvalidEvent(
+                f"cannot write {k}: event id of {len(event.event_id)} characters "
+                f"(at most {_MAX_EVENT_ID})"
+            )
+        subject = self.subjects.event_in(event.goal_id, event.task_id, k)
         body = codec.encode(event)
         headers = {
             subjects.H_MSG_ID: event.event_id,
@@ -247,7 +294,9 @@ class JetStreamEventStore:
             digest = codec.sha256(body)
             blobs = await self._blob_store()
             # The digest is the key, so a retried put of the same body is harmless.
-            await blobs.put(digest, body)
+            await self._retry(
+                f"storing blob {digest[:12]}", lambda: blobs.put(digest, body)
+            )
             headers[subjects.H_BLOB] = digest
             body = codec.encode(
                 codec.BlobStub(
@@ -286,7 +335,15 @@ class JetStreamEventStore:
         subject, body, headers = await self._prepare(event, traceparent)
         scope = self._guard(headers, event, expect) if expect is not None else None
         try:
-            ack = await self.js.publish(subject, body, headers=headers)
+            # A retry after a timeout is safe: unguarded, the message id
+            # deduplicates it; guarded, the guard refuses it and the check
+            # below finds our own event.
+            ack = await self._retry(
+                f"append to {subject}",
+                lambda: self.js.publish(subject, body, headers=headers),
+            )
+        except nats.errors.MaxPayloadError as e:
+            raise InvalidEvent(f"append to {subject}: {e}") from e
         except nats.js.errors.BadRequestError as e:
             if scope is None or e.err_code != ERR_WRONG_LAST_SEQUENCE:
                 raise StoreError(f"append to {subject} failed: {e}") from e
@@ -330,7 +387,10 @@ class JetStreamEventStore:
     async def last_on(self, scope: str) -> Last | None:
         """Sequence, event id and subject of the last message on a filter."""
         try:
-            msg = await self.js.get_last_msg(self.events_stream, scope)
+            msg = await self._retry(
+                f"last message on {scope}",
+                lambda: self.js.get_last_msg(self.events_stream, scope),
+            )
         except nats.js.errors.NotFoundError:
             return None
         msg_id = (msg.headers or {}).get(subjects.H_MSG_ID, "")
@@ -384,14 +444,35 @@ class JetStreamEventStore:
             headers[subjects.H_BATCH_SEQ] = str(i)
             prepared.append((subject, body, headers))
         prepared[-1][2][subjects.H_BATCH_COMMIT] = "1"
-        for subject, body, headers in prepared[:-1]:
-            await self.nc.publish(subject, body, headers=headers)
-        subject, body, headers = prepared[-1]
+        tries = 0
+
+        async def send() -> bytes:
+            # Each try is a batch of its own (a half-sent one is abandoned by
+            # the server); one that had landed is found by its message ids.
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                event, _ = items[-1]
+                exact = self.subjects.event(event.goal_id, event.task_id, kind(event))
+                landed = await self._landed(exact, event.event_id)
+                if landed is not None:
+                    return json.dumps({"seq": landed}).encode()
+            bid = f"{batch_id}{tries:02d}" if tries > 1 else batch_id
+            for subject, body, headers in prepared[:-1]:
+                await self.nc.publish(
+                    subject, body, headers={**headers, subjects.H_BATCH_ID: bid}
+                )
+            subject, body, headers = prepared[-1]
+            reply = await self.nc.request(
+                subject, body, headers={**headers, subjects.H_BATCH_ID: bid}, timeout=10
+            )
+            return reply.data
+
         try:
-            reply = await self.nc.request(subject, body, headers=headers, timeout=10)
-        except nats.errors.NoRespondersError as e:
-            raise StoreError(f"no stream takes {subject}: run `bb up` first") from e
-        resp = json.loads(reply.data)
+            data = await self._retry(f"atomic batch of {len(items)}", send)
+        except nats.errors.MaxPayloadError as e:
+            raise InvalidEvent(f"atomic batch of {len(items)}: {e}") from e
+        resp = json.loads(data)
         err = resp.get("error")
         if err is None:
             last = int(resp["seq"])
@@ -506,15 +587,44 @@ class JetStreamEventStore:
         on_bad: OnBad = _warn_bad,
         batch: int = 1000,
     ) -> AsyncGenerator[Envelope, None]:
-        """Yield every event stored so far on ``filter_subject``, in order."""
-        sub, pending = await self._reader(filter_subject, from_seq)
+        """Yield every event stored so far on ``filter_subject``, in order.
+
+        "So far" is the end of the log when the read began (the reader's
+        pending count): the read gets there, or raises LogUnavailable. A
+        reader that stops answering (its node paused, its consumer lost) is
+        recreated from the next sequence, so nothing is skipped or doubled.
+        """
+        what = f"reading {filter_subject or self.subjects.events_all}"
+        next_seq = max(1, from_seq)
+        sub, pending = await self._retry(
+            what, lambda: self._reader(filter_subject, next_seq)
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.transient_s
         try:
             while pending > 0:
                 try:
                     msgs = await sub.fetch(min(batch, pending), timeout=5)
-                except nats.errors.TimeoutError:
-                    break
+                except Exception as e:
+                    lost = isinstance(e, nats.js.errors.NotFoundError)
+                    if not (lost or _transient(e)):
+                        raise
+                    if loop.time() > deadline:
+                        raise LogUnavailable(
+                            f"{what}: stopped at seq {next_seq} with {pending} "
+                            f"event(s) still to read ({e})"
+                        ) from e
+                    log.info(
+                        "%s: reader lost at %d (%s); recreating", what, next_seq, e
+                    )
+                    await _quietly(sub.unsubscribe())
+                    sub, pending = await self._retry(
+                        what, functools.partial(self._reader, filter_subject, next_seq)
+                    )
+                    continue
+                deadline = loop.time() + self.settings.transient_s
                 for msg in msgs:
+                    next_seq = msg.metadata.sequence.stream + 1
                     pending = msg.metadata.num_pending
                     env = await self.decode(msg, on_bad)
                     if env is not None:
@@ -560,6 +670,9 @@ class JetStreamEventStore:
         """
         next_seq = from_seq
         sub: JetStreamContext.PullSubscription | None = None
+        scope = filter_subject or self.subjects.events_all
+        loop = asyncio.get_running_loop()
+        idle_since = loop.time()
         try:
             while True:
                 if sub is None:
@@ -572,9 +685,15 @@ class JetStreamEventStore:
                         await asyncio.sleep(0.5)
                         yield []
                         continue
+                    idle_since = loop.time()
                 try:
                     msgs = await sub.fetch(batch, timeout=idle_s)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    if loop.time() - idle_since >= self.settings.stall_check_s:
+                        idle_since = loop.time()
+                        if await self._stalled(scope, next_seq):
+                            await _quietly(sub.unsubscribe())
+                            sub = None
                     yield []
                     continue
                 except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
@@ -584,6 +703,7 @@ class JetStreamEventStore:
                     await asyncio.sleep(0.25)
                     yield []
                     continue
+                idle_since = loop.time()
                 envs: list[Envelope] = []
                 for msg in msgs:
                     next_seq = msg.metadata.sequence.stream + 1
@@ -595,14 +715,64 @@ class JetStreamEventStore:
             if sub is not None:
                 await _quietly(sub.unsubscribe())
 
+    async def _stalled(self, scope: str, next_seq: int | None) -> bool:
+        """Whether the log holds events on ``scope`` that a follower never got.
+
+        A reader whose node is paused or partitioned gets only timeouts, which
+        look like an idle log; the log's own last message tells them apart.
+        """
+        try:
+            last = await self.last_on(scope)
+        except StoreError as e:
+            log.warning("follower on %s: cannot check the log (%s)", scope, e)
+            return False
+        if last is None or next_seq is None or last.seq < next_seq:
+            return False
+        log.warning(
+            "follower on %s stopped receiving at seq %d while the log is at %d; "
+            "recreating its reader",
+            scope,
+            next_seq,
+            last.seq,
+        )
+        return True
+
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op``, retrying transient server trouble with backoff.
+
+        Gives up with LogUnavailable after ``transient_s``; any other error
+        is raised at once.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.transient_s
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except Exception as e:
+                if not _transient(e):
+                    raise
+                if loop.time() + delay > deadline:
+                    raise LogUnavailable(
+                        f"{what}: JetStream did not answer for "
+                        f"{self.settings.transient_s:g}s ({type(e).__name__}: {e})"
+                    ) from e
+                log.info("%s: %s; retrying in %.1fs", what, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def events_last_seq(self) -> int:
         """The last sequence of the events stream."""
-        info = await self.js.stream_info(self.events_stream)
+        info = await self._retry(
+            "stream info", lambda: self.js.stream_info(self.events_stream)
+        )
         return info.state.last_seq
 
     async def get(self, seq: int, on_bad: OnBad = _warn_bad) -> Envelope | None:
         """One event by its stream sequence."""
-        raw = await self.js.get_msg(self.events_stream, seq)
+        raw = await self._retry(
+            f"event {seq}", lambda: self.js.get_msg(self.events_stream, seq)
+        )
         assert raw.subject is not None
         return await self.decode_raw(
             raw.subject, raw.data or b"", raw.headers, seq, on_bad
@@ -623,7 +793,10 @@ class JetStreamEventStore:
             else self.subjects.task_events(goal_id, task_id)
         )
         try:
-            raw = await self.js.get_last_msg(self.events_stream, scope)
+            raw = await self._retry(
+                f"last event on {scope}",
+                lambda: self.js.get_last_msg(self.events_stream, scope),
+            )
         except nats.js.errors.NotFoundError:
             return None
         assert raw.subject is not None
@@ -644,7 +817,53 @@ def _drift(want: StreamConfig, have: StreamConfig) -> list[str]:
             w, h = bool(w), bool(h)
         if w != h:
             out.append(f"{name}: want {w!r}, found {h!r}")
+    for name in ("subject_transform", "republish"):
+        w, h = _mapping(getattr(want, name)), _mapping(getattr(have, name))
+        if w != h:
+            out.append(f"{name}: want {w!r}, found {h!r}")
     return out
+
+
+def _mapping(value: SubjectTransform | RePublish | None) -> tuple[str, str] | None:
+    if value is None or not value.src:
+        return None
+    return value.src, value.dest or ""
+
+
+def _older_layout(want: StreamConfig, have: StreamConfig) -> bool:
+    """Whether ``have`` is the events stream as created before re-publishing."""
+    assert want.subject_transform is not None
+    return (
+        have.subjects == [want.subject_transform.dest]
+        and _mapping(have.subject_transform) is None
+        and _mapping(have.republish) is None
+    )
+
+
+_MAX_EVENT_ID = 200
+"""Longest event id (its ``Nats-Msg-Id`` header): ids built from two legal ids
+and a few words stay well below it."""
+
+_TRANSIENT_API_CODES = frozenset({408, 503})
+_TRANSIENT_ERR_CODES = frozenset({10008})  # JetStream temporarily unavailable
+
+
+def _transient(e: BaseException) -> bool:
+    """Whether an error from nats-py may go away if the call is made again."""
+    if isinstance(
+        e,
+        nats.errors.TimeoutError
+        | nats.errors.NoRespondersError
+        | nats.errors.ConnectionReconnectingError
+        | nats.errors.StaleConnectionError
+        | nats.js.errors.ServiceUnavailableError
+        | nats.js.errors.NoStreamResponseError
+        | TimeoutError,
+    ):
+        return True
+    return isinstance(e, nats.js.errors.APIError) and (
+        e.code in _TRANSIENT_API_CODES or e.err_code in _TRANSIENT_ERR_CODES
+    )
 
 
 async def connect(

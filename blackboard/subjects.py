@@ -2,6 +2,13 @@
 
 ``<prefix>.evt.<goal>.<task>.<kind>`` carries events (``_`` as the task token for
 goal-level events); ``<prefix>.work.<lane>`` carries dispatched tasks. Pure.
+
+Writers never publish on ``<prefix>.evt.>`` themselves: they publish on
+``<prefix>.in.evt.<goal>.<task>.<kind>``, the events stream stores the message
+under ``<prefix>.evt...`` (a subject transform) and re-publishes what it stored
+there. So a core NATS subscriber on ``<prefix>.evt.>`` sees exactly the events
+in the log, never a write that JetStream refused (a stale worker's completion,
+a lost race).
 """
 
 from __future__ import annotations
@@ -25,17 +32,34 @@ H_BATCH_ID: Final = "Nats-Batch-Id"
 H_BATCH_SEQ: Final = "Nats-Batch-Sequence"
 H_BATCH_COMMIT: Final = "Nats-Batch-Commit"
 
+MAX_ID_LEN: Final = 64
+"""Longest goal id, task id or lane name: they become subject tokens and parts
+of message ids, and a subject longer than the server's control line (4 KiB)
+makes it close the connection of whoever publishes it."""
+
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-def check_token(value: str, what: str) -> str:
+def check_token(value: str, what: str, *, id_like: bool = True) -> str:
     """Return ``value`` if it is a legal subject token, else raise ValueError.
 
     Ids become subject tokens, so dots, spaces and wildcards are refused here
-    rather than silently publishing to the wrong subject.
+    rather than silently publishing to the wrong subject; so is anything
+    longer than ``MAX_ID_LEN`` and, for ids, the reserved goal-level token
+    ``_``, which would put a task's events on its goal's subjects.
     """
-    if not _TOKEN.match(value):
-        msg = f"invalid {what} {value!r}: use letters, digits, '-' or '_'"
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        shown = value if len(str(value)) <= 40 else f"{str(value)[:40]}..."
+        msg = f"invalid {what} {shown!r}: use letters, digits, '-' or '_'"
+        raise ValueError(msg)
+    if len(value) > MAX_ID_LEN:
+        msg = (
+            f"invalid {what} {value[:20]}... ({len(value)} characters): "
+            f"at most {MAX_ID_LEN}"
+        )
+        raise ValueError(msg)
+    if id_like and value == GOAL_TOKEN:
+        msg = f"invalid {what} {value!r}: '{GOAL_TOKEN}' is reserved for goal events"
         raise ValueError(msg)
     return value
 
@@ -45,13 +69,18 @@ class Subjects:
 
     def __init__(self, prefix: str = "bb") -> None:
         for part in prefix.split("."):
-            check_token(part, "prefix")
+            check_token(part, "prefix", id_like=False)
         self.prefix = prefix
 
     @property
     def events_all(self) -> str:
         """Every event subject."""
         return f"{self.prefix}.evt.>"
+
+    @property
+    def events_in_all(self) -> str:
+        """Every subject writers publish events on (the stream's subjects)."""
+        return f"{self.prefix}.in.evt.>"
 
     @property
     def work_all(self) -> str:
@@ -66,6 +95,10 @@ class Subjects:
     def event(self, goal_id: str, task_id: str | None, kind: str) -> str:
         """Subject of one event."""
         return f"{self.prefix}.evt.{goal_id}.{task_id or GOAL_TOKEN}.{kind}"
+
+    def event_in(self, goal_id: str, task_id: str | None, kind: str) -> str:
+        """Subject a writer publishes one event on; stored as ``event()``."""
+        return f"{self.prefix}.in.evt.{goal_id}.{task_id or GOAL_TOKEN}.{kind}"
 
     def goal_events(self, goal_id: str) -> str:
         """Every event of one goal, in a filter."""

@@ -107,6 +107,8 @@ class Worker:
         self.worker_id = worker_id or f"worker-{settings.lane}-{ids.new_id()[-8:]}"
         self.done = 0
         self._active: set[asyncio.Task[None]] = set()
+        # Running handlers by goal, each with the list its stop reason goes in.
+        self._running: dict[str, dict[asyncio.Task[object], list[str]]] = {}
 
     async def ensure_consumer(self) -> None:
         """Create the lane's durable consumer if it does not exist."""
@@ -141,6 +143,11 @@ class Worker:
         await self.ensure_consumer()
         sub = await self.store.js.pull_subscribe_bind(
             durable=consumer_name(self.settings.lane), stream=self.store.work_stream
+        )
+        # Stored goal cancellations are re-published here (see subjects.py):
+        # the handlers of a cancelled goal are stopped as soon as it lands.
+        cancels = await self.store.nc.subscribe(
+            self.store.subjects.kind_filter("goal_cancelled"), cb=self._on_cancel
         )
         next_lag = 0.0
         try:
@@ -180,6 +187,19 @@ class Worker:
                 await asyncio.gather(*self._active, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await cancels.unsubscribe()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        """Stop every running handler of a goal whose cancellation was stored."""
+        try:
+            goal_id = self.store.subjects.parse_event(msg.subject)[0]
+        except ValueError:
+            return
+        for run, why in list(self._running.get(goal_id, {}).items()):
+            if not why:
+                why.append("goal_cancelled")
+                run.cancel()
 
     async def _measure_lag(self) -> None:
         """Work messages waiting on the lane's consumer, for the lag gauge."""
@@ -192,6 +212,13 @@ class Worker:
         try:
             await self.handle(msg)
         except ConcurrencyConflict as e:
+            if await self._was_cancelled(msg):
+                # Cancelled under us: the write was refused by the fence, and
+                # the work message has nothing left to do.
+                log.info("%s: stopped: its task was cancelled", self.worker_id)
+                with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+                    await msg.ack()
+                return
             # Our lease expired and another worker holds the task: the work
             # message is theirs now, so it is neither acked nor nak'ed here.
             log.warning("%s: lost the task (%s); leaving it", self.worker_id, e)
@@ -206,6 +233,19 @@ class Worker:
             log.exception(
                 "%s: unexpected error handling a work message", self.worker_id
             )
+
+    async def _was_cancelled(self, msg: Msg) -> bool:
+        """Whether the task of a work message ends with its cancellation."""
+        try:
+            item = codec.decode_work(msg.data)
+            last = await self.store.last_on(
+                self.store.subjects.task_events(item.goal_id, item.task_id)
+            )
+        except (MalformedEvent, StoreError):
+            return False
+        if last is None:
+            return False
+        return self.store.subjects.parse_event(last.subject)[2] == "task_cancelled"
 
     async def handle(self, msg: Msg) -> None:
         """Run one work message to an outcome."""
@@ -271,9 +311,7 @@ class Worker:
         base: dict[str, str],
     ) -> None:
         """Run the attempt inside its span, and count its outcome."""
-        parent = (
-            (item.parent_id, item.parent_attempt or 1) if item.parent_id else None
-        )
+        parent = (item.parent_id, item.parent_attempt or 1) if item.parent_id else None
         started = time.monotonic()
         published = msg.metadata.timestamp
         wait_s = (ids.utcnow() - published).total_seconds() if published else None
@@ -305,8 +343,10 @@ class Worker:
         base: dict[str, str],
     ) -> str:
         """Run the handler to an outcome; return the task's status after it."""
-        run = asyncio.create_task(handler(ctx))
+        run: asyncio.Task[object] = asyncio.create_task(handler(ctx))
         preempted: list[str] = []
+        running = self._running.setdefault(item.goal_id, {})
+        running[run] = preempted
         heartbeat = asyncio.create_task(self._renew(msg, ctx, run, preempted))
         try:
             outcome = await run
@@ -315,7 +355,7 @@ class Worker:
                 raise  # the worker is shutting down
             heartbeat.cancel()
             log.info("%s: stopped %s: %s", self.worker_id, item.task_id, preempted[0])
-            if preempted[0] == "task_cancelled":
+            if preempted[0] in ("task_cancelled", "goal_cancelled"):
                 await msg.ack()
                 return "cancelled"
             return "preempted"
@@ -354,6 +394,9 @@ class Worker:
             return "failed"
         finally:
             heartbeat.cancel()
+            running.pop(run, None)
+            if not running:
+                self._running.pop(item.goal_id, None)
         await self._finish(item, ctx, outcome, base)
         await msg.ack()
         self.done += 1

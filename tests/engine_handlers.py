@@ -106,7 +106,27 @@ async def slow_effect(ctx: TaskContext) -> Any:
     return {"effect": await ctx.effect("ledger", perform), "pid": os.getpid()}
 
 
+async def churn(ctx: TaskContext) -> Any:
+    """Works, performs a side effect (a ledger line), maybe spawns, works again."""
+    payload = await ctx.payload()
+    seconds = float(payload.get("seconds", 0.2))
+    ledger = Path(payload["ledger"])
+    await asyncio.sleep(seconds)
+
+    async def perform() -> str:
+        _append(ledger, f"{ctx.task_id}\n")
+        return "performed"
+
+    await ctx.effect("ledger", perform)
+    if payload.get("spawn") and not (await ctx.history()).children:
+        child = ctx.new_task("churn", ctx.lane, {"ledger": str(ledger), "seconds": seconds})
+        return ctx.wait_for(child, reason="NEED: more")
+    await asyncio.sleep(seconds)
+    return {"pid": os.getpid()}
+
+
 HANDLERS: dict[str, Handler] = {
+    "churn": churn,
     "slow_effect": slow_effect,
     "echo": echo,
     "slow": slow,

@@ -80,7 +80,7 @@ async def test_garbage_on_event_subjects_is_skipped_and_goals_finish(store, engi
     goal_id = await submit(store, engine, [spec(f"t{i}", "execute", "local", title="t",
                                                  instruction="go") for i in range(5)])
     for i, body in enumerate(BAD_BODIES):
-        await store.js.publish(f"bb.evt.{goal_id}.t{i}.task_completed", body)
+        await store.js.publish(f"bb.in.evt.{goal_id}.t{i}.task_completed", body)
     goal = await client.wait_goal(store, goal_id, timeout_s=60)
     assert goal.status == "done", goal.reason
     bad: list[Any] = []

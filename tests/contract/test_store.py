@@ -160,9 +160,9 @@ async def test_garbage_on_an_event_subject_is_reported_and_skipped(
     await store.append(f.goal("G1"))
     other = await nats.connect(nats_url)
     js = other.jetstream()
-    await js.publish("bb.evt.G1._.goal_submitted", b"\x00not json")
-    await js.publish("bb.evt.G1._.goal_completed", b'{"type": "goal_completed"}')
-    await js.publish("bb.evt.G1.T1.task_created", codec.encode(f.goal("G1")))
+    await js.publish("bb.in.evt.G1._.goal_submitted", b"\x00not json")
+    await js.publish("bb.in.evt.G1._.goal_completed", b'{"type": "goal_completed"}')
+    await js.publish("bb.in.evt.G1.T1.task_created", codec.encode(f.goal("G1")))
     await other.close()
     await store.append(f.created("G1", "T9"))
 
@@ -217,7 +217,7 @@ async def test_batch_to_a_stream_without_atomic_is_a_typed_rejection(
 ):
     other = JetStreamEventStore(store.nc, StoreSettings(prefix="plain"))
     await store.js.add_stream(
-        StreamConfig(name=other.events_stream, subjects=["plain.evt.>"])
+        StreamConfig(name=other.events_stream, subjects=["plain.in.evt.>"])
     )
     with pytest.raises(BatchRejected) as err:
         await other.append_batch(

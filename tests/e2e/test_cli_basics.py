@@ -67,7 +67,7 @@ def test_submit_then_tail_from_start(cli_env):
 async def test_tail_skips_garbage_from_another_client(cli_env, nats_url):
     assert bb(["submit", "first"], cli_env).returncode == 0
     nc = await nats.connect(nats_url)
-    await nc.jetstream().publish("bb.evt.X._.goal_submitted", b"garbage")
+    await nc.jetstream().publish("bb.in.evt.X._.goal_submitted", b"garbage")
     await nc.close()
     assert bb(["submit", "second"], cli_env).returncode == 0
     r = bb(["tail", "--from-start", "--count", "2"], cli_env)

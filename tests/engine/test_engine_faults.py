@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING
 import pytest
 
 from blackboard import client
-from blackboard.events import TaskClaimed, TaskCompleted, TaskReady
+from blackboard.events import (
+    GoalCancelled,
+    SideEffectCompleted,
+    SideEffectStarted,
+    TaskCancelled,
+    TaskClaimed,
+    TaskCompleted,
+    TaskCreated,
+    TaskNeedsFollowup,
+    TaskReady,
+)
 from blackboard.stack import running
 from tests.engine.conftest import events_of, spec, submit
 from tests.engine_handlers import HANDLERS
@@ -170,3 +180,46 @@ async def test_scheduler_killed_mid_goal_standby_takes_over_nothing_twice(
     completed = Counter(e.task_id for e in events if isinstance(e, TaskCompleted))
     assert len(completed) == 60 and max(completed.values()) == 1
     assert "leading" in (tmp_path / "s2.log").read_text()
+
+
+async def test_cancel_mid_flight_across_workers_stops_everything(
+    store, settings, nats_url, tmp_path, procs
+):
+    """After the cancellation is in the log nothing of the goal moves on."""
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    procs.extend(worker_process(nats_url, tmp_path, f"w{i}.log") for i in range(2))
+    specs = [
+        spec(f"t{i:02d}", "churn", ledger=str(ledger), seconds=0.3, spawn=i % 3 == 0)
+        for i in range(30)
+    ]
+    async with running(store, settings, HANDLERS, lanes=[]):  # scheduler only
+        goal_id = await submit(store, settings, specs)
+        # Mid-flight: some effects performed, most tasks still to run.
+        await wait_for(lambda: len(ledger.read_text().splitlines()) >= 6)
+        before, cancelled_n = await client.cancel(store, goal_id, by="ana")
+        goal = await client.wait_goal(store, goal_id, timeout_s=30)
+        await asyncio.sleep(2.5)  # let any straggler's late write try to land
+    envs = [env async for env in store.read_goal(goal_id)]
+    cut = next(e.seq for e in envs if isinstance(e.event, GoalCancelled))
+    after = [e.event for e in envs if e.seq > cut]
+    moved_on = (TaskReady, TaskClaimed, SideEffectStarted, SideEffectCompleted,
+                TaskCreated, TaskCompleted, TaskNeedsFollowup)
+    assert [type(e).__name__ for e in after if isinstance(e, moved_on)] == []
+    assert goal.status == "cancelled"
+    open_before = [t for t in before.tasks.values()
+                   if t.status not in ("done", "failed", "cancelled")]
+    assert 0 < cancelled_n == len(open_before)
+    # Every open task was fenced in the same atomic batch as the goal.
+    fenced = [e.event.task_id for e in envs
+              if isinstance(e.event, TaskCancelled) and e.seq <= cut + cancelled_n]
+    assert sorted(fenced) == sorted(t.task_id for t in open_before)
+    assert all(t.status in ("done", "cancelled") for t in goal.tasks.values())
+    # Effects: every one performed was recorded as started before the cut.
+    started = [e.event.task_id for e in envs
+               if isinstance(e.event, SideEffectStarted) and e.seq < cut]
+    performed = ledger.read_text().split()
+    assert sorted(performed) == sorted(started) or set(performed) <= set(started)
+    assert len(performed) == len(set(performed))  # none doubled
+    logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
+    assert "goal_cancelled" in logs or "its task was cancelled" in logs

@@ -134,7 +134,7 @@ async def test_killed_mid_batch_then_restarted_equals_a_rebuild(
     last = await fill(store)
     garbage_at = last + 1
     await store.js.publish(
-        "bb.evt.01GARBAGE0000000000000000.t.task_completed", b"{oops"
+        "bb.in.evt.01GARBAGE0000000000000000.t.task_completed", b"{oops"
     )
     last = await fill(store, goals=1, noop_tasks=50)  # events after the garbage
     db, log = tmp_path / "inc.duckdb", tmp_path / "projector.log"
