@@ -19,10 +19,16 @@ from typing import TYPE_CHECKING
 
 from blackboard import codec, ids, subjects, telemetry
 from blackboard.decide import Append, AppendBatch, Decider, Dispatch
-from blackboard.errors import ConcurrencyConflict, StoreError
+from blackboard.errors import (
+    BatchRejected,
+    ConcurrencyConflict,
+    InvalidEvent,
+    StoreError,
+)
 from blackboard.events import (
     ApprovalDenied,
     ApprovalGranted,
+    Event,
     GoalCancelled,
     GoalCompleted,
     GoalFailed,
@@ -59,6 +65,9 @@ _WAKES = (
 # How often the tasks-by-status gauge is refreshed (only with metrics on).
 _COUNT_EVERY = timedelta(seconds=2)
 
+_MAX_SAME_CONFLICT = 20
+"""A write that meets the same conflict this many times can never win."""
+
 # Goal events after which a goal's root span is written.
 _GOAL_ENDS = (GoalCompleted, GoalFailed, GoalCancelled, GoalHalted)
 
@@ -87,6 +96,9 @@ class Scheduler:
         self._redo_goals: set[str] = set()
         self._unsent: list[codec.WorkItem] = []
         self._next_count = clock()
+        self._conflicts: dict[str, tuple[int | None, int]] = {}
+        self._dead: set[str] = set()
+        """Goals that cannot even record their failure: never decided again."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lead when possible, until ``stop`` is set."""
@@ -213,6 +225,9 @@ class Scheduler:
         await self._step({g.goal_id for g in open_goals}, set())
 
     async def _step(self, goals: set[str], tasks: set[tuple[str, str]]) -> None:
+        if self._dead:
+            goals = goals - self._dead
+            tasks = {k for k in tasks if k[0] not in self._dead}
         busy = {k for k, n in self._busy.items() if n > 0}
         actions = self.decider.decide(self.state, goals, tasks, self.clock(), busy)
         if not actions:
@@ -255,13 +270,32 @@ class Scheduler:
         for batch in batches:
             try:
                 await self.store.append_batch(batch.items)
-            except (ConcurrencyConflict, StoreError) as e:
+            except (InvalidEvent, BatchRejected) as e:
+                self._unhold(all_ids)
+                await self._give_up(goal_id, f"its tasks cannot be created: {e}")
+                return
+            except ConcurrencyConflict as e:
+                self._unhold(all_ids)
+                if self._same_conflict(goal_id, e.actual):
+                    await self._give_up(
+                        goal_id,
+                        f"its tasks cannot be created: {e} "
+                        f"({_MAX_SAME_CONFLICT} times)",
+                    )
+                    return
+                log.warning(
+                    "goal %s: creating tasks failed (%s); will retry", goal_id, e
+                )
+                self._redo_goals.add(goal_id)
+                return
+            except StoreError as e:
                 log.warning(
                     "goal %s: creating tasks failed (%s); will retry", goal_id, e
                 )
                 self._unhold(all_ids)
                 self._redo_goals.add(goal_id)
                 return
+        self._conflicts.pop(goal_id, None)
 
     async def _run(self, action: Append | Dispatch) -> None:
         event = action.ready if isinstance(action, Dispatch) else action.event
@@ -273,10 +307,20 @@ class Scheduler:
         self._hold(key, [event.event_id])
         try:
             seq = await self.store.append(event, expect=action.expect)
-        except ConcurrencyConflict:
+        except InvalidEvent as e:
+            self._unhold([event.event_id])
+            await self._give_up(event.goal_id, f"cannot record a decision: {e}")
+            return
+        except ConcurrencyConflict as e:
             # Someone wrote to the task since we folded; their event will
             # arrive and we decide again then.
             self._unhold([event.event_id])
+            if self._same_conflict(key, e.actual):
+                await self._give_up(
+                    event.goal_id,
+                    f"a write to {key} can never win: {e} "
+                    f"({_MAX_SAME_CONFLICT} times)",
+                )
             return
         except StoreError as e:
             log.warning("write of %s failed (%s); will retry", event.event_id, e)
@@ -292,6 +336,44 @@ class Scheduler:
                     )
                 ]
             )
+
+    def _same_conflict(self, key: str, found: int | None) -> bool:
+        """Count a conflict of ``key``; True once it repeated without change."""
+        prev = self._conflicts.get(key)
+        n = prev[1] + 1 if prev is not None and prev[0] == found else 1
+        self._conflicts[key] = (found, n)
+        return n >= _MAX_SAME_CONFLICT
+
+    async def _give_up(self, goal_id: str, reason: str) -> None:
+        """Fail a goal the scheduler cannot move on, instead of looping.
+
+        Only that goal stops; if even its failure cannot be recorded (its own
+        id is unusable), it is left out of every later decision, with a log
+        line, so the rest of the deployment goes on.
+        """
+        self._conflicts = {
+            k: v for k, v in self._conflicts.items() if not k.startswith(goal_id)
+        }
+        goal = self.state.goals.get(goal_id)
+        if goal is None or goal.status in ("done", "failed", "cancelled"):
+            return
+        log.warning("goal %s fails: %s", goal_id, reason)
+        failed: Event = GoalFailed(
+            event_id=f"GoalFailed:{goal_id}:{goal.last_seq}",
+            goal_id=goal_id,
+            at=self.clock(),
+            actor=self.decider.actor,
+            reason=reason[:2000],
+        )
+        try:
+            await self.store.append(failed)
+        except StoreError as e:
+            log.warning(
+                "goal %s: cannot record its failure either (%s); leaving it alone",
+                goal_id[:80],
+                e,
+            )
+            self._dead.add(goal_id)
 
     async def _send_work(self, items: list[codec.WorkItem]) -> None:
         """Publish work items; those that fail are kept and retried."""

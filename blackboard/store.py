@@ -271,18 +271,10 @@ class JetStreamEventStore:
     ) -> tuple[str, bytes, dict[str, str]]:
         """Subject, body and headers of one event; large bodies go to blobs."""
         k = kind(event)
-        try:
-            subjects.check_token(event.goal_id, "goal id")
-            if event.task_id is not None:
-                subjects.check_token(event.task_id, "task id")
-        except ValueError as e:
-            raise InvalidEvent(f"cannot write {k} {event.event_id[:80]!r}: {e}") from e
-        if len(event.event_id) > _MAX_EVENT_ID:
-            raise InvalidEvent(
-                f"cannot write {k}: event id of {len(event.event_id)} characters "
-                f"(at most {_MAX_EVENT_ID})"
-            )
         subject = self.subjects.event_in(event.goal_id, event.task_id, k)
+        bad = _unwritable(event, subject)
+        if bad:
+            raise InvalidEvent(f"cannot write {k} {event.event_id[:60]!r}: {bad}")
         body = codec.encode(event)
         headers = {
             subjects.H_MSG_ID: event.event_id,
@@ -840,9 +832,32 @@ def _older_layout(want: StreamConfig, have: StreamConfig) -> bool:
     )
 
 
-_MAX_EVENT_ID = 200
+_MAX_EVENT_ID = 300
 """Longest event id (its ``Nats-Msg-Id`` header): ids built from two legal ids
 and a few words stay well below it."""
+
+_MAX_SUBJECT = 512
+"""Longest subject the store writes. The server closes the connection of a
+client whose protocol line passes 4 KiB, which would stall every component
+sharing it; ids checked at the door are far shorter (``MAX_ID_LEN``), and this
+bound still lets an event of a goal written by another client be recorded."""
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _unwritable(event: Event, subject: str) -> str:
+    """Why an event can never be written ('' when it can)."""
+    if not _TOKEN.match(event.goal_id):
+        return "the goal id is not a subject token"
+    if event.task_id is not None and (
+        event.task_id == subjects.GOAL_TOKEN or not _TOKEN.match(event.task_id)
+    ):
+        return f"the task id {event.task_id[:40]!r} is not a legal subject token"
+    if len(subject) > _MAX_SUBJECT:
+        return f"its subject has {len(subject)} characters (at most {_MAX_SUBJECT})"
+    if len(event.event_id) > _MAX_EVENT_ID:
+        return f"its id has {len(event.event_id)} characters (at most {_MAX_EVENT_ID})"
+    return ""
 
 _TRANSIENT_API_CODES = frozenset({408, 503})
 _TRANSIENT_ERR_CODES = frozenset({10008})  # JetStream temporarily unavailable

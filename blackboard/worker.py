@@ -31,7 +31,12 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from blackboard import codec, ids, telemetry
 from blackboard.context import TaskContext
-from blackboard.errors import ConcurrencyConflict, MalformedEvent, StoreError
+from blackboard.errors import (
+    ConcurrencyConflict,
+    InvalidDag,
+    MalformedEvent,
+    StoreError,
+)
 from blackboard.events import (
     ApprovalRequested,
     Event,
@@ -397,7 +402,16 @@ class Worker:
             running.pop(run, None)
             if not running:
                 self._running.pop(item.goal_id, None)
-        await self._finish(item, ctx, outcome, base)
+        try:
+            await self._finish(item, ctx, outcome, base)
+        except InvalidDag as e:
+            # The handler asked for tasks that can never exist (a bad id, a
+            # cycle): a bug in the handler, not something a retry can fix.
+            await self._fail(
+                item, ctx.seq, ctx.attempt, retryable=False, error=f"spawn refused: {e}"
+            )
+            await msg.term()
+            return "failed"
         await msg.ack()
         self.done += 1
         return "needs_followup" if isinstance(outcome, Followup) else "done"

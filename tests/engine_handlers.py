@@ -125,7 +125,16 @@ async def churn(ctx: TaskContext) -> Any:
     return {"pid": os.getpid()}
 
 
+async def bad_spawn(ctx: TaskContext) -> Any:
+    """Spawns a child whose id is not allowed (from the payload)."""
+    from blackboard.events import TaskSpec
+
+    bad = (await ctx.payload())["child_id"]
+    return ctx.wait_for(TaskSpec(task_id=bad, type="echo", lane=ctx.lane))
+
+
 HANDLERS: dict[str, Handler] = {
+    "bad_spawn": bad_spawn,
     "churn": churn,
     "slow_effect": slow_effect,
     "echo": echo,

@@ -208,3 +208,87 @@ def test_cli_bad_input_is_one_line_and_non_zero(cli_env, tmp_path):
     r = bb(["status", "--config", str(bad_toml)], cli_env)
     assert r.returncode == 2 and "invalid settings" in r.stderr
     assert codec  # the codec is what decides a body is garbage above
+
+
+# --- ids that become subject tokens ------------------------------------------
+
+HOSTILE_IDS = [
+    ("x" * 4100, "at most 64"),
+    ("_", "reserved"),
+    ("a.b", "letters, digits"),
+    ("a b", "letters, digits"),
+]
+
+
+@pytest.mark.parametrize(("task_id", "says"), HOSTILE_IDS)
+def test_hostile_task_id_in_a_dag_is_refused_at_the_door(
+    cli_env, tmp_path, task_id, says
+):
+    dag = tmp_path / "dag.json"
+    dag.write_text(json.dumps([{"task_id": task_id, "type": "echo", "lane": "local"}]))
+    r = bb(["submit", "x", "--dag", str(dag)], cli_env)
+    assert r.returncode != 0
+    assert says in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_hostile_lane_in_a_dag_is_refused_at_the_door(cli_env, tmp_path):
+    dag = tmp_path / "dag.json"
+    dag.write_text(json.dumps([{"task_id": "t", "type": "echo", "lane": "lo.cal"}]))
+    r = bb(["submit", "x", "--dag", str(dag)], cli_env)
+    assert r.returncode != 0 and "lane" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(("task_id", "says"), HOSTILE_IDS[:2])
+async def test_hostile_dag_written_past_the_door_fails_that_goal_only(
+    store, engine, task_id, says
+):
+    """Another client writes the DAG straight to the log: the scheduler fails
+    that goal with the reason, and goes on serving the next one."""
+    from blackboard import ids
+    from blackboard.events import GoalSubmitted, TaskSpec
+
+    bad = GoalSubmitted(
+        event_id=ids.new_id(),
+        goal_id=ids.new_id(),
+        at=ids.utcnow(),
+        actor="foreign",
+        text="hostile",
+        tasks=(TaskSpec(task_id=task_id, type="echo", lane="local"),),
+    )
+    await store.append(bad)
+    goal = await client.wait_goal(store, bad.goal_id, timeout_s=30)
+    assert goal.status == "failed"
+    assert says in goal.reason
+    ok = await submit(store, engine, [spec("fine", "execute", "local", title="t",
+                                          instruction="go")])
+    assert (await client.wait_goal(store, ok, timeout_s=30)).status == "done"
+
+
+async def test_store_refuses_an_event_that_could_never_be_written(store):
+    from blackboard import ids
+    from blackboard.errors import InvalidEvent
+    from tests import factories as f
+
+    with pytest.raises(InvalidEvent, match="subject token"):
+        await store.append(f.created(ids.new_id(), "_"))
+    with pytest.raises(InvalidEvent, match="characters"):
+        await store.append(f.created(ids.new_id(), "t" * 4100))
+    # The connection survived: the server never saw the line.
+    await store.append(f.goal(ids.new_id()))
+
+
+@pytest.mark.parametrize("child_id", ["_", "c" * 200])
+async def test_handler_spawning_a_hostile_id_fails_its_task_once(store, child_id):
+    from tests.engine.conftest import engine_settings
+    from tests.engine_handlers import HANDLERS
+
+    s = engine_settings()
+    async with running(store, s, HANDLERS):
+        goal_id = await submit(store, s, [spec("p", "bad_spawn", child_id=child_id)])
+        goal = await client.wait_goal(store, goal_id, timeout_s=30)
+    assert goal.status == "failed"
+    events = await events_of(store, goal_id)
+    fails = [e for e in events if isinstance(e, TaskFailed)]
+    assert len(fails) == 1 and "spawn refused" in fails[0].error

@@ -223,3 +223,67 @@ async def test_cancel_mid_flight_across_workers_stops_everything(
     assert len(performed) == len(set(performed))  # none doubled
     logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
     assert "goal_cancelled" in logs or "its task was cancelled" in logs
+
+
+async def test_core_subscribers_see_exactly_what_the_stream_stored(
+    store, settings, nats_url, tmp_path, procs
+):
+    """A plain NATS subscriber on bb.evt.> and a stream reader agree, message for
+    message, through refused writes: a paused worker's late completion and
+    guarded writes that lose their race."""
+    import nats
+
+    from blackboard import ids
+    from blackboard.errors import ConcurrencyConflict
+
+    seen: list[tuple[str, str]] = []
+
+    async def got(msg) -> None:
+        seen.append((msg.subject, msg.headers["Nats-Msg-Id"]))
+
+    outsider = await nats.connect(nats_url)  # any service, not our code
+    await outsider.subscribe("bb.evt.>", cb=got)
+    await outsider.flush()
+    first = await store.events_last_seq() + 1
+    marker = tmp_path / "starts"
+    sleeper = worker_process(nats_url, tmp_path, "paused.log")
+    procs.append(sleeper)
+    async with running(store, settings, HANDLERS, lanes=[]):
+        goal_id = await submit(
+            store, settings, [spec("s", "slow", seconds=1.0, marker=str(marker))]
+        )
+        await wait_for(lambda: marker.exists() and str(sleeper.pid) in marker.read_text())
+        sleeper.send_signal(signal.SIGSTOP)
+        procs.append(worker_process(nats_url, tmp_path, "rescuer.log"))
+        goal = await client.wait_goal(store, goal_id, timeout_s=60)
+        sleeper.send_signal(signal.SIGCONT)  # its completion will be refused
+        await wait_for(
+            lambda: "lost the task" in (tmp_path / "paused.log").read_text()
+            or "stopped s" in (tmp_path / "paused.log").read_text()
+        )
+    assert goal.status == "done"
+    # Writers racing on one task: one wins, the others are refused.
+    from tests import factories as f
+
+    other = ids.new_id()
+    await store.append(f.goal(other))
+    created = await store.append(f.created(other, "t"))
+    refused = 0
+    for i in range(5):
+        try:
+            await store.append(f.claimed(other, "t", worker=f"w{i}"), expect=created)
+        except ConcurrencyConflict:
+            refused += 1
+    assert refused == 4
+    last = await store.events_last_seq()
+    stored = [
+        (env.subject, env.event.event_id)
+        async for env in store.read(from_seq=first)
+        if env.seq <= last
+    ]
+    await wait_for(lambda: len(seen) >= len(stored), timeout=10)
+    await asyncio.sleep(0.5)  # anything extra would arrive by now
+    await outsider.close()
+    assert seen == stored
+    completions = [s for s in seen if s[0].endswith(".s.task_completed")]
+    assert len(completions) == 1
