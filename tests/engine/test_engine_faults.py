@@ -211,15 +211,15 @@ async def test_cancel_mid_flight_across_workers_stops_everything(
                    if t.status not in ("done", "failed", "cancelled")]
     assert 0 < cancelled_n == len(open_before)
     # Every open task was fenced in the same atomic batch as the goal.
-    fenced = [e.event.task_id for e in envs
+    fenced = [e.event.task_id or "" for e in envs
               if isinstance(e.event, TaskCancelled) and e.seq <= cut + cancelled_n]
     assert sorted(fenced) == sorted(t.task_id for t in open_before)
     assert all(t.status in ("done", "cancelled") for t in goal.tasks.values())
     # Effects: every one performed was recorded as started before the cut.
-    started = [e.event.task_id for e in envs
-               if isinstance(e.event, SideEffectStarted) and e.seq < cut]
+    started = {e.event.task_id for e in envs
+               if isinstance(e.event, SideEffectStarted) and e.seq < cut}
     performed = ledger.read_text().split()
-    assert sorted(performed) == sorted(started) or set(performed) <= set(started)
+    assert set(performed) <= started
     assert len(performed) == len(set(performed))  # none doubled
     logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
     assert "goal_cancelled" in logs or "its task was cancelled" in logs
