@@ -12,7 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from blackboard import dag, ids, telemetry
-from blackboard.errors import ConcurrencyConflict
+from blackboard.errors import ConcurrencyConflict, LogUnavailable
 from blackboard.events import (
     Event,
     GoalSubmitted,
@@ -46,6 +46,7 @@ class TaskContext:
         attempt: int,
         seq: int,
         approved: bool = False,
+        spent: int | None = None,
     ) -> None:
         self.store = store
         self.goal_id = item.goal_id
@@ -54,6 +55,8 @@ class TaskContext:
         self.lane = item.lane
         self.worker = worker
         self.attempt = attempt
+        self.spent = attempt if spent is None else spent
+        """Attempts of this dispatch that count against max_attempts."""
         self.seq = seq
         """The task's last sequence: the guard of the next write."""
         self.approved = approved
@@ -75,8 +78,10 @@ class TaskContext:
             env = await self.store.last_event(
                 self.goal_id, self.task_id, "task_created"
             )
-            assert env is not None
-            assert isinstance(env.event, TaskCreated)
+            if env is None or not isinstance(env.event, TaskCreated):
+                # We hold its work item, so the creation is in the log: a
+                # read that cannot see it is the log's trouble, not the task's.
+                raise LogUnavailable(f"task {self.task_id}: creation not readable")
             self._task = env.event
         return self._task
 
@@ -88,8 +93,8 @@ class TaskContext:
         """The goal this task serves."""
         if self._goal is None:
             env = await self.store.last_event(self.goal_id, None, "goal_submitted")
-            assert env is not None
-            assert isinstance(env.event, GoalSubmitted)
+            if env is None or not isinstance(env.event, GoalSubmitted):
+                raise LogUnavailable(f"goal {self.goal_id}: submission not readable")
             self._goal = env.event
         return self._goal
 
@@ -121,7 +126,8 @@ class TaskContext:
                 )
             ]
             state = fold_task(self.goal_id, envs)
-            assert state is not None
+            if state is None:
+                raise LogUnavailable(f"task {self.task_id}: history not readable")
             self._history = state
         return self._history
 

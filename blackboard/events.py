@@ -178,6 +178,9 @@ class TaskFailed(Event, frozen=True, kw_only=True):
     error: str
     retryable: bool = False
     attempt: int = 1
+    transient: bool = False
+    """The log or the server was unavailable, not the task at fault: the
+    attempt does not count against ``max_attempts``."""
 
 
 class TaskNeedsFollowup(Event, frozen=True, kw_only=True):

@@ -109,6 +109,11 @@ class Scheduler:
             self.leading.set()
             try:
                 await self._lead(stop)
+            except StoreError as e:
+                # The log was unavailable past the store's patience: step
+                # down and lead again from a fresh rebuild, never on a part.
+                log.warning("%s: stepping down: %s", self.decider.actor, e)
+                await asyncio.sleep(1.0)
             finally:
                 self.leading.clear()
                 await self.lock.release()

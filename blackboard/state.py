@@ -111,6 +111,8 @@ class TaskState:
     ready_seq: int = 0
     dispatch: int = 0
     attempt: int = 0
+    transient: int = 0
+    """Attempts of this dispatch that ended in a transient failure (not spent)."""
     failures: int = 0
     worker: str | None = None
     claim_work_seq: int = 0
@@ -303,7 +305,7 @@ def _evolve_task(
                     env.seq,
                     event.at,
                 )
-                task.attempt = 0  # attempts are counted within a dispatch
+                task.attempt = task.transient = 0  # counted within a dispatch
         case TaskClaimed():
             if _move(state, env, task, "claimed"):
                 task.attempt, task.worker, task.claimed_at = (
@@ -321,6 +323,8 @@ def _evolve_task(
             if _move(state, env, task, to):
                 task.error = event.error
                 task.failures += 1
+                if event.transient:
+                    task.transient += 1
                 if not event.retryable:
                     task.finished_at = event.at
         case TaskNeedsFollowup():

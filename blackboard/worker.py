@@ -34,6 +34,7 @@ from blackboard.context import TaskContext
 from blackboard.errors import (
     ConcurrencyConflict,
     InvalidDag,
+    LogUnavailable,
     MalformedEvent,
     StoreError,
 )
@@ -93,6 +94,8 @@ class _Claim:
     seq: int
     attempt: int
     approved: bool
+    spent: int = 0
+    """Attempts of this dispatch that count against max_attempts, this one too."""
 
 
 class Worker:
@@ -299,6 +302,7 @@ class Worker:
             attempt=claim.attempt,
             seq=claim.seq,
             approved=claim.approved,
+            spent=claim.spent or claim.attempt,
         )
         tm = telemetry.get()
         if not tm.enabled:
@@ -379,6 +383,9 @@ class Worker:
             return await self._retry_or_fail(
                 msg, item, ctx, f"{type(e).__name__}: {e}", e.retry_after
             )
+        except LogUnavailable as e:
+            heartbeat.cancel()
+            return await self._transient(msg, item, ctx, e)
         except (ConcurrencyConflict, StoreError):
             raise
         except (TimeoutError, ConnectionError) as e:
@@ -474,7 +481,7 @@ class Worker:
             # Fast path: the task is as the scheduler left it when it dispatched.
             with contextlib.suppress(ConcurrencyConflict):
                 seq = await self.store.append(claim, expect=item.ready_seq)
-                return _Claim(seq, 1, approved=item.approved)
+                return _Claim(seq, 1, approved=item.approved, spent=1)
         for _ in range(5):
             envs = [
                 env
@@ -491,14 +498,16 @@ class Worker:
             if task.status != "ready" and not ours:
                 return "stale"
             # Either ready, or an earlier delivery's lease expired: take over.
+            # Attempts that ended because the log was unavailable are not spent.
             attempt = task.attempt + 1
-            if attempt > item.max_attempts:
+            spent = attempt - task.transient
+            if spent > item.max_attempts:
                 await self._fail(
                     item,
                     task.last_seq,
                     task.attempt,
                     retryable=False,
-                    error=f"attempts exhausted ({task.attempt} of "
+                    error=f"attempts exhausted ({spent - 1} of "
                     f"{item.max_attempts}); last error: {task.error}",
                 )
                 return "stale"
@@ -509,8 +518,46 @@ class Worker:
                 )
             except ConcurrencyConflict:
                 continue
-            return _Claim(seq, attempt, approved=task.approved)
+            return _Claim(seq, attempt, approved=task.approved, spent=spent)
         return "stale"
+
+    async def _transient(
+        self, msg: Msg, item: WorkItem, ctx: TaskContext, error: LogUnavailable
+    ) -> str:
+        """The log did not answer in time: try again later, spending nothing.
+
+        Recorded as a transient failure when the log takes the write (the next
+        claim then does not count this attempt); the message is nak'ed with a
+        backoff either way, never failed for good.
+        """
+        delay = min(
+            self.settings.backoff_cap_s,
+            self.settings.backoff_base_s * 2 ** min(ctx.attempt, 6),
+        )
+        log.warning(
+            "%s: %s: the log is unavailable (%s); again in %.0fs",
+            self.worker_id,
+            item.task_id,
+            error,
+            delay,
+        )
+        with contextlib.suppress(StoreError):
+            await self.store.append(
+                TaskFailed(
+                    event_id=f"failed:{item.goal_id}:{item.task_id}:{ctx.seq}",
+                    goal_id=item.goal_id,
+                    task_id=item.task_id,
+                    at=ids.utcnow(),
+                    actor=self.worker_id,
+                    error=f"LogUnavailable: {error}",
+                    retryable=True,
+                    attempt=ctx.attempt,
+                    transient=True,
+                ),
+                expect=ctx.seq,
+            )
+        await msg.nak(delay=delay)
+        return "retrying"
 
     async def _retry_or_fail(
         self,
@@ -520,7 +567,7 @@ class Worker:
         error: str,
         retry_after: float | None,
     ) -> str:
-        if ctx.attempt < item.max_attempts:
+        if ctx.spent < item.max_attempts:
             await self._fail(item, ctx.seq, ctx.attempt, retryable=True, error=error)
             delay = (
                 retry_after
@@ -537,7 +584,7 @@ class Worker:
             ctx.seq,
             ctx.attempt,
             retryable=False,
-            error=f"{error} (attempt {ctx.attempt} of {item.max_attempts})",
+            error=f"{error} (attempt {ctx.spent} of {item.max_attempts})",
         )
         await msg.term()
         return "failed"

@@ -133,7 +133,17 @@ async def bad_spawn(ctx: TaskContext) -> Any:
     return ctx.wait_for(TaskSpec(task_id=bad, type="echo", lane=ctx.lane))
 
 
+async def log_blip(ctx: TaskContext) -> Any:
+    """Meets an unavailable log on its first two attempts (a paused node)."""
+    from blackboard.errors import LogUnavailable
+
+    if ctx.attempt <= 2:
+        raise LogUnavailable("reading the task's history: JetStream did not answer")
+    return {"attempt": ctx.attempt}
+
+
 HANDLERS: dict[str, Handler] = {
+    "log_blip": log_blip,
     "bad_spawn": bad_spawn,
     "churn": churn,
     "slow_effect": slow_effect,

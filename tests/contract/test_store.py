@@ -224,3 +224,49 @@ async def test_batch_to_a_stream_without_atomic_is_a_typed_rejection(
             [(f.created("G1", "T1"), None), (f.created("G1", "T2"), None)]
         )
     assert err.value.err_code > 0
+
+
+# --- reads never return part of the history silently -----------------------
+
+
+async def test_read_whose_reader_vanishes_mid_way_still_reads_to_the_end(
+    store: JetStreamEventStore,
+):
+    await store.append(f.goal("G1"))
+    await store.append_many([f.created("G1", f"T{i:03d}") for i in range(120)])
+    got = []
+    async for env in store.read(store.subjects.goal_events("G1"), batch=10):
+        got.append(env)
+        if len(got) == 5:
+            # Every consumer of the stream is deleted under the reader (an
+            # ephemeral one is lost like this when its node restarts).
+            names = [c.name async for c in _consumers(store)]
+            for name in names:
+                await store.js.delete_consumer(store.events_stream, name)
+    assert [e.seq for e in got] == list(range(1, 122))
+
+
+async def _consumers(store: JetStreamEventStore):
+    for info in await store.js.consumers_info(store.events_stream):
+        yield info
+
+
+async def test_read_from_a_server_that_went_away_raises_instead_of_ending(
+    nats_server, tmp_path
+):
+    from blackboard.errors import LogUnavailable
+    from blackboard.store import connect
+
+    nc = await connect(nats_server.url, name="test")
+    s = JetStreamEventStore(nc, StoreSettings(transient_s=1.5))
+    await s.ensure()
+    await s.append(f.goal("G1"))
+    await s.append_many([f.created("G1", f"T{i:03d}") for i in range(50)])
+    got = []
+    with pytest.raises(LogUnavailable, match="still to read"):
+        async for env in s.read(s.subjects.goal_events("G1"), batch=10):
+            got.append(env)
+            if len(got) == 1:
+                nats_server.kill()
+    assert 0 < len(got) < 51
+    await nc.close()

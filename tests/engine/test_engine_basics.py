@@ -158,3 +158,19 @@ async def test_exhausted_attempts_fail_the_task_for_good(store, settings, engine
     assert "provider busy (attempt 3 of 3)" in (task.error or "")
     claims = [e for e in await events_of(store, goal_id) if isinstance(e, TaskClaimed)]
     assert [c.attempt for c in claims] == [1, 2, 3]
+
+
+async def test_unavailable_log_is_retried_without_spending_attempts(
+    store, settings, engine
+):
+    import msgspec
+
+    from blackboard.events import TaskFailed
+
+    one = msgspec.structs.replace(spec("t", "log_blip"), max_attempts=1)
+    goal_id = await submit(store, settings, [one])
+    goal = await client.wait_goal(store, goal_id, timeout_s=60)
+    assert goal.status == "done", goal.reason  # one attempt allowed, three made
+    fails = [e for e in await events_of(store, goal_id) if isinstance(e, TaskFailed)]
+    assert [(f.transient, f.retryable) for f in fails] == [(True, True)] * 2
+    assert goal.tasks["t"].result == {"attempt": 3}
