@@ -177,6 +177,10 @@ class ModelError(Exception):
     """Base of every error raised by a model client."""
 
     message: str
+    scripted: bool = False
+    """True when :class:`agents.scripted.ScriptedModel` raised it (as
+    :attr:`ModelResponse.scripted` marks its answers): a failed call is
+    recorded as scripted too."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

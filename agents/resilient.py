@@ -27,6 +27,7 @@ from agents.cost import PriceTable, cost_usd
 from agents.models import (
     CallRecord,
     ModelClient,
+    ModelError,
     ModelRequest,
     ModelResponse,
     RetryableModelError,
@@ -210,6 +211,7 @@ class _CallContext(msgspec.Struct, frozen=True, kw_only=True):
             request_hash=self.request_hash,
             prompt_version=self.prompt_version,
             error=str(error) or type(error).__name__,
+            scripted=isinstance(error, ModelError) and error.scripted,
         )
 
     def succeeded(

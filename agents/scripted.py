@@ -180,7 +180,8 @@ class ScriptedModel(ModelClient):
             RetryableModelError: The rule is scripted to fail with 408, 409,
                 429 or 5xx for this call.
             TerminalModelError: No rule matches, or the rule is scripted to
-                fail with another status.
+                fail with another status. Either error has ``scripted`` set,
+                so a failed call is recorded as scripted too.
         """
         text = input_text(request)
         for index, (rule, pattern) in enumerate(
@@ -203,9 +204,11 @@ class ScriptedModel(ModelClient):
                         f"scripted failure {rule.fail_status} from rule {index}"
                         f" (call {served + 1} of {rule.fail_times})"
                     )
-                    raise error_for_status(
+                    error = error_for_status(
                         rule.fail_status, msg, retry_after=rule.retry_after
                     )
+                    error.scripted = True
+                    raise error
             reply = render_reply(rule.reply, match)
             return ModelResponse(
                 provider=self.provider,
@@ -225,4 +228,6 @@ class ScriptedModel(ModelClient):
             f" (model={request.model!r},"
             f" task_type={request.metadata.get('task_type')!r}): {last_user[:200]!r}"
         )
-        raise TerminalModelError(msg)
+        error = TerminalModelError(msg)
+        error.scripted = True
+        raise error

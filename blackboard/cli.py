@@ -1131,10 +1131,10 @@ async def _tail(
 
 @app.command()
 def schema() -> None:
-    """Print the JSON Schema of every event."""
-    from blackboard.events import json_schema
+    """Print the JSON Schema (2020-12) of every event body, blob stubs included."""
+    from blackboard.codec import wire_schema
 
-    typer.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+    typer.echo(json.dumps(wire_schema(), indent=2, sort_keys=True))
 
 
 # --- benchmarks ---------------------------------------------------------------

@@ -7,12 +7,12 @@ Bodies are JSON so any language and the nats CLI can read them.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
 from blackboard.errors import MalformedEvent
-from blackboard.events import AnyEvent, Event
+from blackboard.events import KINDS, AnyEvent, Event, json_schema
 
 
 class Envelope(msgspec.Struct, frozen=True):
@@ -45,14 +45,18 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BlobStub(msgspec.Struct, frozen=True, kw_only=True):
-    """Body published in place of an event too large for a message."""
+    """Body published in place of an event too large for a message.
+
+    The message carries the ``Bb-Blob`` header; the event itself is in the
+    object store under ``blob_sha256``.
+    """
 
     type: str
     event_id: str
     goal_id: str
     task_id: str | None
-    blob_sha256: str
-    blob_size: int
+    blob_sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    blob_size: Annotated[int, msgspec.Meta(ge=0)]
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -91,6 +95,22 @@ def decode_stub(data: bytes, subject: str, seq: int | None) -> BlobStub:
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise MalformedEvent(subject, seq, f"bad blob stub: {e}") from e
     return stub
+
+
+def wire_schema() -> dict[str, Any]:
+    """Return the JSON Schema of a body on the events subjects (``bb schema``).
+
+    A body is an event or, with the ``Bb-Blob`` header, a :class:`BlobStub`
+    whose ``type`` is the kind of the event it stands for.
+    """
+    schema = json_schema()
+    (stub,), defs = msgspec.json.schema_components(
+        (BlobStub,), ref_template="#/$defs/{name}"
+    )
+    defs["BlobStub"]["properties"]["type"] = {"enum": sorted(KINDS)}
+    schema["$defs"].update(defs)
+    schema["anyOf"].append(stub)
+    return schema
 
 
 def sha256(data: bytes) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from datetime import datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -22,6 +22,27 @@ SCHEMA_VERSION: Final = 1
 """Bumped only for a breaking change, which also gets a new tag or an upcaster."""
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+TIMESTAMP_PATTERN: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+"""An RFC 3339 timestamp with its offset, as msgspec writes an aware datetime.
+
+The schema says so with a ``pattern``, not ``format: date-time``: every
+validator enforces a pattern, while ajv's strict mode refuses a schema whose
+format it does not know (``date-time`` needs the ajv-formats plugin).
+"""
+
+Timestamp = Annotated[
+    datetime,
+    msgspec.Meta(
+        extra_json_schema={
+            "pattern": TIMESTAMP_PATTERN,
+            "description": "RFC 3339 timestamp with offset (UTC: Z).",
+        }
+    ),
+]
 
 
 @functools.cache
@@ -65,7 +86,7 @@ class Event(
     event_id: str
     goal_id: str
     task_id: str | None = None
-    at: datetime
+    at: Timestamp
     actor: str
 
 
@@ -328,7 +349,16 @@ def kind(event: Event) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    """Return the JSON Schema of the whole catalogue."""
+    """Return the JSON Schema (draft 2020-12) of the whole catalogue.
+
+    msgspec adds OpenAPI's ``discriminator`` to a tagged union; it is not a
+    JSON Schema keyword, and strict validators (ajv) refuse it. Without it the
+    ``anyOf`` says the same thing: each branch admits one ``type`` value.
+    """
     schema: dict[str, Any] = msgspec.json.schema(AnyEvent)
-    schema["$comment"] = f"Blackboard events, schema version {SCHEMA_VERSION}"
-    return schema
+    schema.pop("discriminator", None)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": f"Blackboard events, schema version {SCHEMA_VERSION}",
+        **schema,
+    }

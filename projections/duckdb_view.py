@@ -120,13 +120,24 @@ class DuckDBView:
             raise QueryError(str(e).splitlines()[0]) from e
 
     def export_parquet(self, out: Path) -> list[Path]:
-        """Write every table as ``<out>/<table>.parquet``."""
+        """Write every table and view as ``<out>/<name>.parquet``.
+
+        JSON columns (``events.body``) are written as VARCHAR: Parquet's JSON
+        annotation is read as binary by polars and pandas, a string by all.
+        """
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in schema.TABLES:
+        for name in (*schema.TABLES, *schema.VIEWS):
             target = out / f"{name}.parquet"
             escaped = str(target).replace("'", "''")
-            self.con.execute(f"COPY {name} TO '{escaped}' (FORMAT parquet)")
+            columns = schema.COLUMNS.get(name, {})
+            casts = ", ".join(
+                f'"{c}"::VARCHAR AS "{c}"' for c, t in columns.items() if t == "JSON"
+            )
+            select = f"SELECT * REPLACE ({casts})" if casts else "SELECT *"
+            self.con.execute(
+                f"COPY ({select} FROM {name}) TO '{escaped}' (FORMAT parquet)"
+            )
             written.append(target)
         return written
 

@@ -73,12 +73,16 @@ KEYS: dict[str, tuple[str, ...]] = {
 
 TABLES = tuple(COLUMNS)
 
+# Sums of integers are cast to BIGINT: DuckDB's sum is a HUGEINT, which pandas
+# reads as float64 and polars as Decimal(38, 0).
 VIEWS: dict[str, str] = {
     "cost_by_goal_lane_model": """
         SELECT goal_id, lane, model, count(*) AS calls,
                count(error) AS failed_calls,
-               sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out,
-               sum(tokens_cached) AS tokens_cached, sum(cost_usd) AS cost_usd,
+               sum(tokens_in)::BIGINT AS tokens_in,
+               sum(tokens_out)::BIGINT AS tokens_out,
+               sum(tokens_cached)::BIGINT AS tokens_cached,
+               sum(cost_usd) AS cost_usd,
                bool_or(scripted) AS scripted
         FROM model_calls GROUP BY goal_id, lane, model""",
     "frontier_share": """
@@ -89,8 +93,8 @@ VIEWS: dict[str, str] = {
         FROM (
           SELECT goal_id,
                  coalesce(sum(tokens_in + tokens_out + tokens_cached)
-                   FILTER (WHERE lane = 'frontier'), 0) AS frontier_tokens,
-                 sum(tokens_in + tokens_out + tokens_cached) AS total_tokens,
+                   FILTER (WHERE lane = 'frontier'), 0)::BIGINT AS frontier_tokens,
+                 sum(tokens_in + tokens_out + tokens_cached)::BIGINT AS total_tokens,
                  coalesce(sum(cost_usd) FILTER (WHERE lane = 'frontier'), 0)
                    AS frontier_cost_usd,
                  sum(cost_usd) AS total_cost_usd
@@ -100,10 +104,14 @@ VIEWS: dict[str, str] = {
         SELECT depth, count(*) AS tasks, count(*) FILTER (WHERE parent_id IS NOT NULL)
                AS spawned
         FROM tasks GROUP BY depth""",
+    # Every failure is retried but a task's last one when it ended failed: only
+    # a non-retryable TaskFailed, which counts in `failures`, makes it failed.
     "task_type_rates": """
         SELECT type, count(*) AS tasks,
-               sum(failures) AS retries,
-               count(*) FILTER (WHERE failures > 0) / count(*) AS retry_rate,
+               sum(greatest(failures - (status = 'failed')::INTEGER, 0))::BIGINT
+                 AS retries,
+               count(*) FILTER (WHERE failures > (status = 'failed')::INTEGER)
+                 / count(*) AS retry_rate,
                count(*) FILTER (WHERE status = 'failed') AS failed,
                count(*) FILTER (WHERE status = 'failed') / count(*) AS failure_rate
         FROM tasks GROUP BY type""",

@@ -219,6 +219,12 @@ async def test_model_call_totals_equal_sums_from_the_raw_events(store, tmp_path)
                 "SELECT status, tasks FROM goals WHERE goal_id = ?", [g]
             ).fetchone()
             assert status == ("done", 30)
+        # The demo's scripted 429s are recorded, and as scripted like the rest.
+        failed, unscripted = con.execute(
+            "SELECT count(error), count(*) FILTER (WHERE NOT scripted) "
+            "FROM model_calls"
+        ).fetchone() or (0, 0)
+        assert failed > 0 and unscripted == 0
     finally:
         con.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import TYPE_CHECKING
@@ -257,6 +258,37 @@ async def test_scripted_model_drives_resilient_retries() -> None:
     assert [r.error is None for r in records] == [False, True]
     assert records[-1].scripted
     assert records[-1].cost_usd == 0.0
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"reply": "done", "fail_status": 429, "fail_times": 1},
+        {"reply": "done", "fail_status": 400, "fail_times": 1},
+        {"task_type": "nothing-matches"},
+    ],
+    ids=["429", "400", "no-rule"],
+)
+async def test_a_failed_scripted_call_is_recorded_as_scripted(rule) -> None:
+    records: list[CallRecord] = []
+
+    async def on_call(record: CallRecord) -> None:
+        records.append(record)
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    model = ResilientModel(
+        [(ScriptedModel([rule]), "scripted-1")],
+        PriceTable(),
+        on_call=on_call,
+        sleep=sleep,
+    )
+    with contextlib.suppress(TerminalModelError):
+        await model.complete(req("go"))
+
+    assert records[0].error is not None
+    assert all(r.scripted for r in records), records
 
 
 def test_request_hash_is_stable_and_sensitive() -> None:
