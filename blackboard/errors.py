@@ -5,6 +5,7 @@
     BlackboardError
     ├── ConfigError(BlackboardError, ValueError)        bad settings or input
     │   └── InvalidDag                                  cycle, unknown dependency
+    ├── ComponentFailed                                 an in-process component died
     ├── ServerError                                     the embedded nats-server
     │   ├── ServerBinaryMissing(ServerError, FileNotFoundError)
     │   └── ServerStartFailed
@@ -33,6 +34,13 @@ class ConfigError(BlackboardError, ValueError):
 
 class InvalidDag(ConfigError):
     """A submitted DAG has a cycle or names a task that does not exist."""
+
+
+class ComponentFailed(BlackboardError):
+    """A component running in this process (scheduler, worker, projector) died.
+
+    The command that ran it fails with this, rather than go on without it.
+    """
 
 
 class ServerError(BlackboardError):

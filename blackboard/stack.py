@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from blackboard import ids
 from blackboard.decide import Decider, Policy
+from blackboard.errors import ComponentFailed
 from blackboard.scheduler import Scheduler
 from blackboard.worker import Worker, WorkerSettings
 
@@ -76,32 +77,64 @@ async def running(
     concurrency: int | None = None,
     projector_db: str | Path | None = None,
 ) -> AsyncIterator[Stack]:
-    """Run a scheduler, a worker per lane (and a projector) until the block exits."""
+    """Run a scheduler, a worker per lane (and a projector) until the block exits.
+
+    If a component dies, the others are stopped, the block is interrupted and
+    ComponentFailed is raised naming it: a command never goes on (or exits 0)
+    without a part it started.
+    """
     stack = Stack(scheduler=None)
     tasks: list[asyncio.Task[None]] = []
+    body = asyncio.current_task()
+    failed: list[tuple[str, BaseException]] = []
+    inside = False  # the block is running: a failure interrupts it
+
+    def watch(name: str, task: asyncio.Task[None]) -> None:
+        def done(t: asyncio.Task[None]) -> None:
+            if t.cancelled() or t.exception() is None or failed:
+                return
+            error = t.exception()
+            assert error is not None
+            failed.append((name, error))
+            stack.stop.set()
+            if body is not None and inside:
+                body.cancel()
+
+        task.add_done_callback(done)
+        tasks.append(task)
+
     if projector_db is not None:
         from projections.runner import Projector
 
         stack.projector = Projector(store, projector_db)
-        tasks.append(asyncio.create_task(stack.projector.run(stack.stop)))
+        watch("projector", asyncio.create_task(stack.projector.run(stack.stop)))
     if scheduler:
         decider = Decider(f"scheduler-{ids.new_id()[-8:]}", policy_from(settings))
         stack.scheduler = Scheduler(
             store, decider, lock_ttl_s=settings.engine.lock_ttl_s
         )
-        tasks.append(asyncio.create_task(stack.scheduler.run(stack.stop)))
+        watch("scheduler", asyncio.create_task(stack.scheduler.run(stack.stop)))
     for lane in lanes if lanes is not None else list(settings.lanes):
         worker = Worker(store, worker_settings(settings, lane, concurrency), handlers)
         await worker.ensure_consumer()
         stack.workers.append(worker)
-        tasks.append(asyncio.create_task(worker.run(stack.stop)))
+        watch(f"{lane} worker", asyncio.create_task(worker.run(stack.stop)))
     try:
+        inside = True
+        if failed:  # one died while the others were starting
+            raise asyncio.CancelledError
         yield stack
+    except asyncio.CancelledError:
+        if not failed:
+            raise
+        if body is not None:
+            body.uncancel()  # our own interruption, answered below
     finally:
+        inside = False
         stack.stop.set()
-        done, pending = await asyncio.wait(tasks, timeout=15)
+        _, pending = await asyncio.wait(tasks, timeout=15)
         for task in pending:
             task.cancel()
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("component failed: %r", task.exception())
+    if failed:
+        name, error = failed[0]
+        raise ComponentFailed(f"{name} failed: {error}") from error

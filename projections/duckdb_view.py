@@ -43,9 +43,13 @@ class DuckDBView:
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = Path(path)
         try:
+            if not read_only:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self.con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.Error as e:
             raise ConfigError(f"cannot open {self.path}: {e}") from e
+        except OSError as e:
+            raise ConfigError(f"cannot open {self.path}: {e.strerror or e}") from e
         self._tmp = Path(tempfile.mkdtemp(prefix="bb-projector-"))
         if not read_only:
             for stmt in schema.DDL:

@@ -101,3 +101,33 @@ def test_bb_demo_detach_submits_to_a_running_deployment(cli_env, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert "Traceback" not in log.read_text()
+
+
+def test_bb_demo_against_an_external_server_with_a_fresh_data_dir(cli_env, tmp_path):
+    """BB_NATS_URL set (cli_env points at the test's server), data dir not there."""
+    import duckdb
+
+    env = {**cli_env, "BB_DATA_DIR": str(tmp_path / "not" / "yet" / "there")}
+    r = bb(["demo", "--json"], env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "component failed" not in r.stderr and "failed:" not in r.stderr
+    goal_id = json.loads(r.stdout)["goal_id"]
+    db = tmp_path / "not" / "yet" / "there" / "blackboard.duckdb"
+    con = duckdb.connect(str(db), read_only=True)
+    (status,) = con.execute(
+        "SELECT status FROM goals WHERE goal_id = ?", [goal_id]
+    ).fetchone()
+    assert status == "done"
+
+
+def test_a_component_that_dies_fails_the_command_in_one_line(cli_env, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the data dir should be")
+    env = {**cli_env, "BB_DATA_DIR": str(blocker / "data")}
+    r = bb(["demo"], env, timeout=120)
+    assert r.returncode != 0
+    assert "projector failed: cannot open" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert [line for line in r.stderr.splitlines() if "failed" in line] == [
+        r.stderr.strip().splitlines()[-1]
+    ]
