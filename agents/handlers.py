@@ -434,6 +434,7 @@ def _model_called(
         latency_ms=call.latency_ms,
         call_index=index,
         attempt=ctx.attempt,
+        dispatch=ctx.dispatch,
         request_hash=call.request_hash,
         prompt_version=call.prompt_version,
         error=call.error,

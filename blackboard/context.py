@@ -45,6 +45,7 @@ class TaskContext:
         attempt: int,
         seq: int,
         approved: bool = False,
+        dispatch: int | None = None,
     ) -> None:
         self.store = store
         self.goal_id = item.goal_id
@@ -53,6 +54,8 @@ class TaskContext:
         self.lane = item.lane
         self.worker = worker
         self.attempt = attempt
+        self.dispatch = item.dispatch if dispatch is None else dispatch
+        """The dispatch this attempt belongs to: ``(dispatch, attempt)`` is the run."""
         self.seq = seq
         """The task's last sequence: the guard of the next write."""
         self.approved = approved
@@ -277,6 +280,7 @@ class TaskContext:
                 depends_on=s.depends_on,
                 parent_id=self.task_id,
                 parent_attempt=self.attempt,
+                parent_dispatch=self.dispatch,
                 depth=me.depth + 1,
                 priority=s.priority,
                 dedupe_key=s.dedupe_key,

@@ -106,6 +106,7 @@ class TaskState:
     max_attempts: int
     ordinal: int
     created_at: datetime
+    parent_dispatch: int = 1
     status: TaskStatus = "pending"
     last_seq: int = 0
     ready_seq: int = 0
@@ -270,6 +271,7 @@ def _create(goal: GoalState, event: TaskCreated, env: Envelope) -> None:
         depends_on=event.depends_on,
         parent_id=event.parent_id,
         parent_attempt=event.parent_attempt,
+        parent_dispatch=event.parent_dispatch,
         depth=event.depth,
         priority=event.priority,
         requires_approval=event.requires_approval,

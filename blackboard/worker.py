@@ -88,6 +88,7 @@ class _Claim:
     seq: int
     attempt: int
     approved: bool
+    dispatch: int = 1
 
 
 class Worker:
@@ -254,6 +255,7 @@ class Worker:
             attempt=claim.attempt,
             seq=claim.seq,
             approved=claim.approved,
+            dispatch=claim.dispatch,
         )
         tm = telemetry.get()
         if not tm.enabled:
@@ -272,7 +274,9 @@ class Worker:
     ) -> None:
         """Run the attempt inside its span, and count its outcome."""
         parent = (
-            (item.parent_id, item.parent_attempt or 1) if item.parent_id else None
+            (item.parent_id, item.parent_attempt or 1, item.parent_dispatch)
+            if item.parent_id
+            else None
         )
         started = time.monotonic()
         published = msg.metadata.timestamp
@@ -284,6 +288,7 @@ class Worker:
             lane=item.lane,
             worker=self.worker_id,
             attempt=ctx.attempt,
+            dispatch=ctx.dispatch,
             carrier=msg.headers,
             parent_task=parent,
         ) as span:
@@ -417,7 +422,7 @@ class Worker:
             # Fast path: the task is as the scheduler left it when it dispatched.
             with contextlib.suppress(ConcurrencyConflict):
                 seq = await self.store.append(claim, expect=item.ready_seq)
-                return _Claim(seq, 1, approved=item.approved)
+                return _Claim(seq, 1, approved=item.approved, dispatch=item.dispatch)
         for _ in range(5):
             envs = [
                 env
@@ -452,7 +457,9 @@ class Worker:
                 )
             except ConcurrencyConflict:
                 continue
-            return _Claim(seq, attempt, approved=task.approved)
+            # The task's own dispatch, not the message's: an old copy of the
+            # message may claim a task that was dispatched again since.
+            return _Claim(seq, attempt, approved=task.approved, dispatch=task.dispatch)
         return "stale"
 
     async def _retry_or_fail(
