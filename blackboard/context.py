@@ -150,8 +150,13 @@ class TaskContext:
         depends_on: Sequence[str] = (),
         requires_approval: bool = False,
         priority: int = 0,
+        dedupe_key: str | None = None,
     ) -> TaskSpec:
-        """A spec for a new task of this goal, with a fresh id."""
+        """A spec for a new task of this goal, with a fresh id.
+
+        A ``dedupe_key`` an earlier task of the goal has makes this task a
+        duplicate: it does not run, and gets that task's result.
+        """
         return TaskSpec(
             task_id=ids.new_id(),
             type=task_type,
@@ -160,6 +165,7 @@ class TaskContext:
             depends_on=tuple(depends_on),
             requires_approval=requires_approval,
             priority=priority,
+            dedupe_key=dedupe_key,
         )
 
     def spawn(self, spec: TaskSpec) -> str:

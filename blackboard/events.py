@@ -168,10 +168,15 @@ class TaskClaimed(Event, frozen=True, kw_only=True):
 
 
 class TaskCompleted(Event, frozen=True, kw_only=True):
-    """The task's handler finished with a result."""
+    """The task's handler finished with a result.
+
+    With ``duplicate_of`` the task never ran: the scheduler found an earlier
+    task of the goal with the same ``dedupe_key`` done, and this is its result.
+    """
 
     result: Any = None
     attempt: int = 1
+    duplicate_of: str | None = None
 
 
 class TaskFailed(Event, frozen=True, kw_only=True):

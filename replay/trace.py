@@ -278,7 +278,12 @@ def _apply(trace: Trace, env: Envelope) -> None:
                 else:
                     effect.status, effect.error = "failed", e.error
         case TaskCompleted():
-            _end(attempt, env, "done")
+            if e.duplicate_of is not None:
+                task.notes.append(
+                    Note(env.seq, e.at, "duplicate", f"of {e.duplicate_of}: its result")
+                )
+            else:
+                _end(attempt, env, "done")
         case TaskNeedsFollowup():
             _end(attempt, env, "needs_followup")
             if e.reason.startswith("NEED:"):
