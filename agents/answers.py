@@ -121,7 +121,6 @@ def plan_specs(
     plan: PlanAnswer,
     *,
     lanes: Sequence[str],
-    max_tasks: int | None,
     new_id: Callable[[], str],
     goal: str,
 ) -> list[TaskSpec]:
@@ -129,14 +128,14 @@ def plan_specs(
 
     The planner's ids are local to its answer; each task gets a fresh id and
     its dependencies are renamed to match. Raises InvalidAnswer for an empty
-    plan, an unknown lane, a repeated or unknown id, a cycle, or too many tasks.
+    plan, an unknown lane, a repeated or unknown id, or a cycle.
+
+    A plan larger than the goal's ``max_tasks`` is not an invalid answer: its
+    tasks are all created, and the scheduler's guardrail holds the excess and
+    halts the goal, which ``bb resume --max-tasks`` continues.
     """
     if not plan.tasks:
         raise InvalidAnswer("the plan has no tasks")
-    if max_tasks is not None and len(plan.tasks) + 1 > max_tasks:
-        raise InvalidAnswer(
-            f"the plan has {len(plan.tasks)} tasks; at most {max_tasks - 1} fit"
-        )
     bad_lanes = sorted({t.lane for t in plan.tasks} - set(lanes))
     if bad_lanes:
         raise InvalidAnswer(

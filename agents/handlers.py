@@ -199,13 +199,9 @@ class Agents:
         specs: list[TaskSpec] = []
 
         def check(plan: PlanAnswer) -> None:
-            specs[:] = plan_specs(
-                plan,
-                lanes=lanes,
-                max_tasks=max_tasks,
-                new_id=ids.new_id,
-                goal=goal.text,
-            )
+            # Not checked against max_tasks: the scheduler's guardrail holds
+            # what is over it and halts the goal, resumably.
+            specs[:] = plan_specs(plan, lanes=lanes, new_id=ids.new_id, goal=goal.text)
 
         plan = await self.ask_json(
             ctx,
@@ -434,6 +430,7 @@ def _model_called(
         latency_ms=call.latency_ms,
         call_index=index,
         attempt=ctx.attempt,
+        dispatch=ctx.dispatch,
         request_hash=call.request_hash,
         prompt_version=call.prompt_version,
         error=call.error,

@@ -40,8 +40,9 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 3
     approved: bool = False
     parent_id: str | None = None
-    """The task that spawned this one, and its attempt: for trace links."""
+    """The task that spawned this one, and its run: for trace links."""
     parent_attempt: int = 0
+    parent_dispatch: int = 1
 
 
 class BlobStub(msgspec.Struct, frozen=True, kw_only=True):

@@ -47,6 +47,7 @@ class TaskContext:
         seq: int,
         approved: bool = False,
         spent: int | None = None,
+        dispatch: int | None = None,
     ) -> None:
         self.store = store
         self.goal_id = item.goal_id
@@ -57,6 +58,8 @@ class TaskContext:
         self.attempt = attempt
         self.spent = attempt if spent is None else spent
         """Attempts of this dispatch that count against max_attempts."""
+        self.dispatch = item.dispatch if dispatch is None else dispatch
+        """The dispatch this attempt belongs to: ``(dispatch, attempt)`` is the run."""
         self.seq = seq
         """The task's last sequence: the guard of the next write."""
         self.approved = approved
@@ -154,8 +157,13 @@ class TaskContext:
         depends_on: Sequence[str] = (),
         requires_approval: bool = False,
         priority: int = 0,
+        dedupe_key: str | None = None,
     ) -> TaskSpec:
-        """A spec for a new task of this goal, with a fresh id."""
+        """A spec for a new task of this goal, with a fresh id.
+
+        A ``dedupe_key`` an earlier task of the goal has makes this task a
+        duplicate: it does not run, and gets that task's result.
+        """
         return TaskSpec(
             task_id=ids.new_id(),
             type=task_type,
@@ -164,6 +172,7 @@ class TaskContext:
             depends_on=tuple(depends_on),
             requires_approval=requires_approval,
             priority=priority,
+            dedupe_key=dedupe_key,
         )
 
     def spawn(self, spec: TaskSpec) -> str:
@@ -297,6 +306,7 @@ class TaskContext:
                 depends_on=s.depends_on,
                 parent_id=self.task_id,
                 parent_attempt=self.attempt,
+                parent_dispatch=self.dispatch,
                 depth=me.depth + 1,
                 priority=s.priority,
                 dedupe_key=s.dedupe_key,

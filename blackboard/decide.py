@@ -21,6 +21,7 @@ from blackboard.events import (
     GoalFailed,
     GoalHalted,
     TaskCancelled,
+    TaskCompleted,
     TaskCreated,
     TaskFailed,
     TaskHeld,
@@ -154,6 +155,11 @@ class Decider:
                 considered.update(task.dependents)
                 if task.parent_id:
                     considered.add(task.parent_id)
+                # An original's end settles the duplicates that wait for it.
+                if task.dedupe_key is not None:
+                    same = goal.dedupe.get(task.dedupe_key, [])
+                    if same and same[0] == task.task_id:
+                        considered.update(same[1:])
         actions: list[Action] = []
         halting = goal.goal_id in busy
         for tid in sorted(considered, key=lambda t: _order(goal, t)):
@@ -285,6 +291,10 @@ class Decider:
                 ]
         if not all(goal.tasks[d].status == "done" for d in task.depends_on):
             return []
+        original = _original(goal, task)
+        if original is not None:
+            # Before guardrails and approval: a duplicate runs nothing.
+            return self._duplicate(goal, task, original, now)
         breach = _breach(goal, task)
         if breach is not None:
             guardrail, limit, observed = breach
@@ -332,6 +342,48 @@ class Decider:
                 )
             ]
         return [self._dispatch(goal, task, now)]
+
+    def _duplicate(
+        self, goal: GoalState, task: TaskState, original: TaskState, now: datetime
+    ) -> list[Action]:
+        """Settle a task whose dedupe key an earlier task of the goal has.
+
+        The original done: the duplicate completes with its result. Failed or
+        cancelled: the duplicate is cancelled. Still open: wait; its end wakes
+        the duplicate (see ``_goal``).
+        """
+        if original.status == "done":
+            return [
+                Append(
+                    self._ev(
+                        TaskCompleted,
+                        goal,
+                        task,
+                        now,
+                        f"duplicate:{goal.goal_id}:{task.task_id}",
+                        result=original.result,
+                        attempt=0,
+                        duplicate_of=original.task_id,
+                    ),
+                    task.last_seq,
+                )
+            ]
+        if original.status in TERMINAL:
+            return [
+                Append(
+                    self._ev(
+                        TaskCancelled,
+                        goal,
+                        task,
+                        now,
+                        f"cancel:{goal.goal_id}:{task.task_id}",
+                        reason=f"duplicate of {original.task_id} (dedupe key "
+                        f"{task.dedupe_key!r}), which {original.status}",
+                    ),
+                    task.last_seq,
+                )
+            ]
+        return []
 
     def _approval_policy(self, task: TaskState) -> str:
         if task.requires_approval:
@@ -436,6 +488,16 @@ def _key(task: TaskState) -> str:
 def _order(goal: GoalState, task_id: str) -> tuple[int, int]:
     task = goal.tasks.get(task_id)
     return (0, 0) if task is None else (-task.priority, task.ordinal)
+
+
+def _original(goal: GoalState, task: TaskState) -> TaskState | None:
+    """The goal's first task with this task's dedupe key, if it is another."""
+    if task.dedupe_key is None:
+        return None
+    same = goal.dedupe.get(task.dedupe_key, [])
+    if not same or same[0] == task.task_id:
+        return None
+    return goal.tasks.get(same[0])
 
 
 def _breach(goal: GoalState, task: TaskState) -> tuple[str, float, float] | None:

@@ -158,6 +158,8 @@ class TaskCreated(Event, frozen=True, kw_only=True):
     parent_id: str | None = None
     parent_attempt: int = 0
     """The parent's attempt that spawned this task (0: not spawned)."""
+    parent_dispatch: int = 1
+    """The dispatch of that attempt (attempts restart at 1 in each dispatch)."""
     depth: int = 0
     priority: int = 0
     dedupe_key: str | None = None
@@ -187,10 +189,15 @@ class TaskClaimed(Event, frozen=True, kw_only=True):
 
 
 class TaskCompleted(Event, frozen=True, kw_only=True):
-    """The task's handler finished with a result."""
+    """The task's handler finished with a result.
+
+    With ``duplicate_of`` the task never ran: the scheduler found an earlier
+    task of the goal with the same ``dedupe_key`` done, and this is its result.
+    """
 
     result: Any = None
     attempt: int = 1
+    duplicate_of: str | None = None
 
 
 class TaskFailed(Event, frozen=True, kw_only=True):
@@ -280,6 +287,13 @@ class ModelCalled(Event, frozen=True, kw_only=True):
     latency_ms: float = 0.0
     call_index: int = 0
     attempt: int = 1
+    dispatch: int = 1
+    """The task's dispatch the call belongs to (``TaskReady.dispatch``).
+
+    Attempts restart at 1 in each dispatch, so ``(dispatch, attempt)`` names one
+    run of the task and ``(dispatch, attempt, call_index)`` one call. Logs
+    written before this field existed read as 1.
+    """
     request_hash: str = ""
     prompt_version: str = ""
     error: str | None = None

@@ -416,6 +416,7 @@ def _work_item(
         approved=task.approved,
         parent_id=task.parent_id,
         parent_attempt=task.parent_attempt,
+        parent_dispatch=task.parent_dispatch,
     )
 
 

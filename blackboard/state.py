@@ -64,7 +64,11 @@ TERMINAL: Final[frozenset[str]] = frozenset({"done", "failed", "cancelled"})
 OPEN_GOAL: Final[frozenset[str]] = frozenset({"running", "halted"})
 
 LEGAL: Final[dict[str, frozenset[str]]] = {
-    "pending": frozenset({"ready", "held", "awaiting_approval", "cancelled", "failed"}),
+    # pending -> done only for a duplicate (TaskCompleted.duplicate_of): it
+    # takes an earlier task's result and never runs; the fold checks which.
+    "pending": frozenset(
+        {"ready", "held", "awaiting_approval", "cancelled", "failed", "done"}
+    ),
     "held": frozenset({"pending", "cancelled"}),
     "awaiting_approval": frozenset({"pending", "cancelled"}),
     # A retryable failure leaves the task ready: its work item is redelivered.
@@ -106,6 +110,8 @@ class TaskState:
     max_attempts: int
     ordinal: int
     created_at: datetime
+    parent_dispatch: int = 1
+    dedupe_key: str | None = None
     status: TaskStatus = "pending"
     last_seq: int = 0
     ready_seq: int = 0
@@ -146,6 +152,8 @@ class GoalState:
     submitted: GoalSubmitted
     status: GoalStatus = "running"
     tasks: dict[str, TaskState] = field(default_factory=dict)
+    dedupe: dict[str, list[str]] = field(default_factory=dict)
+    """Dedupe key -> its tasks in creation order; the first is the original."""
     open_tasks: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
@@ -272,6 +280,8 @@ def _create(goal: GoalState, event: TaskCreated, env: Envelope) -> None:
         depends_on=event.depends_on,
         parent_id=event.parent_id,
         parent_attempt=event.parent_attempt,
+        parent_dispatch=event.parent_dispatch,
+        dedupe_key=event.dedupe_key,
         depth=event.depth,
         priority=event.priority,
         requires_approval=event.requires_approval,
@@ -282,6 +292,8 @@ def _create(goal: GoalState, event: TaskCreated, env: Envelope) -> None:
     )
     goal.tasks[task.task_id] = task
     goal.open_tasks += 1
+    if event.dedupe_key is not None:
+        goal.dedupe.setdefault(event.dedupe_key, []).append(task.task_id)
     for dep in event.depends_on:
         if dep in goal.tasks:
             goal.tasks[dep].dependents.append(task.task_id)
@@ -316,7 +328,19 @@ def _evolve_task(
                 task.claim_work_seq = event.work_seq
                 task.claim_delivery = event.delivery
         case TaskCompleted():
-            if _move(state, env, task, "done"):
+            if (task.status == "pending") != (event.duplicate_of is not None):
+                # Only a duplicate completes without running, and only a task
+                # that never ran can be one.
+                dup = event.duplicate_of
+                state.anomalies.append(
+                    Anomaly(
+                        env.seq,
+                        event.event_id,
+                        f"{task.task_id}: {task.status} -> done"
+                        + (f" (duplicate of {dup})" if dup else ""),
+                    )
+                )
+            elif _move(state, env, task, "done"):
                 task.result, task.finished_at, task.error = event.result, event.at, None
         case TaskFailed():
             to: TaskStatus = "ready" if event.retryable else "failed"

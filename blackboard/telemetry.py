@@ -1,8 +1,8 @@
 """OpenTelemetry traces and metrics: the only module that talks to the SDK.
 
 **One trace per goal.** Its trace id is the goal's ULID (both are 128 bits),
-and every span id is derived from what the span stands for (the goal; a task
-attempt; a model call), so every process (the submitter, a scheduler and its
+and every span id is derived from what the span stands for (the goal; a run
+of a task; a model call), so every process (the submitter, a scheduler and its
 standby, workers anywhere) and ``bb replay --otlp`` long after agree on them
 without asking anyone. The goal's context travels in the W3C ``traceparent``
 header: on GoalSubmitted, and on every work message, from which a worker takes
@@ -11,11 +11,17 @@ the parent of its attempt span.
 Spans::
 
     goal <text>                    scheduler, from submission to the goal's end
-    ├── task <type>                worker, one per attempt (goal, task, lane,
-    │   │                          worker, attempt, status); a spawned task's
-    │   │                          span links to the attempt that spawned it
+    ├── task <type>                worker, one per run (goal, task, lane,
+    │   │                          worker, dispatch, attempt, status); a
+    │   │                          spawned task's span links to the run that
+    │   │                          spawned it
     │   └── chat <model>           one per model call, GenAI conventions + cost
     └── ...
+
+A run is one attempt of one dispatch: a task made ready again (after the
+children it waited for) starts its attempts at 1 again, so ``(dispatch,
+attempt)`` is what tells its runs apart, in span ids as in the projection's
+``model_calls`` and in replay.
 
 Export is configured by the standard ``OTEL_*`` variables. With none set,
 nothing is installed and every call here returns at once.
@@ -97,14 +103,23 @@ def root_span_id(goal_id: str) -> int:
     return _span_id("goal", goal_id)
 
 
-def task_span_id(goal_id: str, task_id: str, attempt: int) -> int:
-    """The span id of one attempt of a task."""
-    return _span_id("task", goal_id, task_id, attempt)
+def _run(attempt: int, dispatch: int) -> tuple[int, ...]:
+    # A task's first dispatch keeps the ids it always had (so spans recorded
+    # before dispatches were told apart still line up); later dispatches, whose
+    # attempts start at 1 again, add the dispatch.
+    return (attempt,) if dispatch <= 1 else (dispatch, attempt)
 
 
-def model_span_id(goal_id: str, task_id: str, attempt: int, index: int) -> int:
-    """The span id of one model call of an attempt."""
-    return _span_id("call", goal_id, task_id, attempt, index)
+def task_span_id(goal_id: str, task_id: str, attempt: int, dispatch: int = 1) -> int:
+    """The span id of one run of a task: an attempt of one of its dispatches."""
+    return _span_id("task", goal_id, task_id, *_run(attempt, dispatch))
+
+
+def model_span_id(
+    goal_id: str, task_id: str, attempt: int, index: int, dispatch: int = 1
+) -> int:
+    """The span id of one model call of a run."""
+    return _span_id("call", goal_id, task_id, *_run(attempt, dispatch), index)
 
 
 def traceparent(goal_id: str) -> str:
@@ -250,11 +265,15 @@ class Telemetry:
         worker: str,
         attempt: int,
         carrier: Mapping[str, str] | None,
-        parent_task: tuple[str, int] | None = None,
+        dispatch: int = 1,
+        parent_task: tuple[str, int, int] | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> Iterator[Span | None]:
-        """The span of one task attempt; its parent comes from ``carrier``."""
+        """The span of one task run; its parent comes from ``carrier``.
+
+        ``parent_task`` is the (task, attempt, dispatch) that spawned this task.
+        """
         if self.tracer is None:
             yield None
             return
@@ -266,19 +285,19 @@ class Telemetry:
         )
         links = []
         if parent_task is not None:
-            ptask, pattempt = parent_task
+            ptask, pattempt, pdispatch = parent_task
             links.append(
                 Link(
                     SpanContext(
                         trace_id_of(goal_id),
-                        task_span_id(goal_id, ptask, pattempt),
+                        task_span_id(goal_id, ptask, pattempt, pdispatch),
                         is_remote=True,
                         trace_flags=TraceFlags(TraceFlags.SAMPLED),
                     ),
                     {"bb.link": "spawned_by"},
                 )
             )
-        token = _NEXT_SPAN_ID.set(task_span_id(goal_id, task_id, attempt))
+        token = _NEXT_SPAN_ID.set(task_span_id(goal_id, task_id, attempt, dispatch))
         try:
             span = self.tracer.start_span(
                 f"task {task_type}",
@@ -293,6 +312,7 @@ class Telemetry:
                     "bb.lane": lane,
                     "bb.worker": worker,
                     "bb.attempt": attempt,
+                    "bb.dispatch": dispatch,
                 },
             )
         finally:
@@ -314,7 +334,8 @@ class Telemetry:
         status: str,
         start: datetime,
         end: datetime,
-        parent_task: tuple[str, int] | None = None,
+        dispatch: int = 1,
+        parent_task: tuple[str, int, int] | None = None,
     ) -> None:
         """An attempt's span from the log (``bb replay --otlp``), same ids."""
         if self.tracer is None:
@@ -327,6 +348,7 @@ class Telemetry:
             worker=worker,
             attempt=attempt,
             carrier=None,
+            dispatch=dispatch,
             parent_task=parent_task,
             start=start,
             end=end,
@@ -349,36 +371,55 @@ class Telemetry:
                 tokens.add(event.tokens_cached, {**attrs, "kind": "cached"})
             self._instruments["cost"].add(event.cost_usd, attrs)
 
-    def model_span(self, e: ModelCalled) -> None:
-        """The span of one model call, from its recorded event."""
+    def model_span(self, e: ModelCalled, dispatch: int | None = None) -> None:
+        """The span of one model call, from its recorded event.
+
+        ``dispatch`` overrides the event's (replay knows it from the log even
+        for events recorded before ModelCalled carried it).
+
+        Attributes follow the OpenTelemetry GenAI conventions: the provider is
+        ``gen_ai.provider.name`` (``gen_ai.system``, which it replaced, is not
+        written); input tokens include cached ones, which are also given alone
+        as ``gen_ai.usage.cache_read.input_tokens``.
+        """
         assert self.tracer is not None
         assert e.task_id is not None
-        parent = _parent(e.goal_id, task_span_id(e.goal_id, e.task_id, e.attempt))
+        run = e.dispatch if dispatch is None else dispatch
+        parent = _parent(e.goal_id, task_span_id(e.goal_id, e.task_id, e.attempt, run))
         end = _ns(e.at)
         start = end - int(e.latency_ms * 1_000_000)
         token = _NEXT_SPAN_ID.set(
-            model_span_id(e.goal_id, e.task_id, e.attempt, e.call_index)
+            model_span_id(e.goal_id, e.task_id, e.attempt, e.call_index, run)
         )
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": e.provider,
+            "gen_ai.request.model": e.model,
+            "gen_ai.response.model": str(e.response.get("model", e.model)),
+            "gen_ai.usage.input_tokens": e.tokens_in + e.tokens_cached,
+            "gen_ai.usage.output_tokens": e.tokens_out,
+            "gen_ai.response.finish_reasons": (e.stop_reason or "",),
+            "bb.cost_usd": e.cost_usd,
+            "bb.lane": e.lane,
+            "bb.prompt_version": e.prompt_version,
+            "bb.attempt": e.attempt,
+            "bb.dispatch": run,
+            "bb.call_index": e.call_index,
+            "bb.scripted": e.scripted,
+        }
+        if e.tokens_cached:
+            attributes["gen_ai.usage.cache_read.input_tokens"] = e.tokens_cached
+        if e.error is not None:
+            # The recorded error is a message, not a class: the conventions'
+            # fallback value says so.
+            attributes["error.type"] = "_OTHER"
         try:
             span = self.tracer.start_span(
                 f"chat {e.model}",
                 context=parent,
                 kind=SpanKind.CLIENT,
                 start_time=start,
-                attributes={
-                    "gen_ai.operation.name": "chat",
-                    "gen_ai.system": e.provider,
-                    "gen_ai.request.model": e.model,
-                    "gen_ai.response.model": str(e.response.get("model", e.model)),
-                    "gen_ai.usage.input_tokens": e.tokens_in + e.tokens_cached,
-                    "gen_ai.usage.output_tokens": e.tokens_out,
-                    "gen_ai.response.finish_reasons": (e.stop_reason or "",),
-                    "bb.cost_usd": e.cost_usd,
-                    "bb.lane": e.lane,
-                    "bb.prompt_version": e.prompt_version,
-                    "bb.call_index": e.call_index,
-                    "bb.scripted": e.scripted,
-                },
+                attributes=attributes,
             )
         finally:
             _NEXT_SPAN_ID.reset(token)

@@ -96,6 +96,7 @@ class _Claim:
     approved: bool
     spent: int = 0
     """Attempts of this dispatch that count against max_attempts, this one too."""
+    dispatch: int = 1
 
 
 class Worker:
@@ -303,6 +304,7 @@ class Worker:
             seq=claim.seq,
             approved=claim.approved,
             spent=claim.spent or claim.attempt,
+            dispatch=claim.dispatch,
         )
         tm = telemetry.get()
         if not tm.enabled:
@@ -320,7 +322,11 @@ class Worker:
         base: dict[str, str],
     ) -> None:
         """Run the attempt inside its span, and count its outcome."""
-        parent = (item.parent_id, item.parent_attempt or 1) if item.parent_id else None
+        parent = (
+            (item.parent_id, item.parent_attempt or 1, item.parent_dispatch)
+            if item.parent_id
+            else None
+        )
         started = time.monotonic()
         published = msg.metadata.timestamp
         wait_s = (ids.utcnow() - published).total_seconds() if published else None
@@ -331,6 +337,7 @@ class Worker:
             lane=item.lane,
             worker=self.worker_id,
             attempt=ctx.attempt,
+            dispatch=ctx.dispatch,
             carrier=msg.headers,
             parent_task=parent,
         ) as span:
@@ -481,7 +488,9 @@ class Worker:
             # Fast path: the task is as the scheduler left it when it dispatched.
             with contextlib.suppress(ConcurrencyConflict):
                 seq = await self.store.append(claim, expect=item.ready_seq)
-                return _Claim(seq, 1, approved=item.approved, spent=1)
+                return _Claim(
+                    seq, 1, approved=item.approved, spent=1, dispatch=item.dispatch
+                )
         for _ in range(5):
             envs = [
                 env
@@ -518,7 +527,15 @@ class Worker:
                 )
             except ConcurrencyConflict:
                 continue
-            return _Claim(seq, attempt, approved=task.approved, spent=spent)
+            # The task's own dispatch, not the message's: an old copy of the
+            # message may claim a task that was dispatched again since.
+            return _Claim(
+                seq,
+                attempt,
+                approved=task.approved,
+                spent=spent,
+                dispatch=task.dispatch,
+            )
         return "stale"
 
     async def _transient(

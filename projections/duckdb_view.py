@@ -58,6 +58,11 @@ class DuckDBView:
                 "INSERT INTO projector_state VALUES (1, 0, ?) ON CONFLICT DO NOTHING",
                 [schema.SCHEMA_VERSION],
             )
+            # The DDL brought an older file up to date (schema.MIGRATIONS).
+            self.con.execute(
+                "UPDATE projector_state SET schema_version = ? WHERE id = 1",
+                [schema.SCHEMA_VERSION],
+            )
 
     def close(self) -> None:
         """Close the file."""

@@ -91,6 +91,7 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
                     "request_hash": e.request_hash,
                     "error": e.error,
                     "scripted": e.scripted,
+                    "dispatch": e.dispatch,
                 }
             )
         case SideEffectStarted() | SideEffectCompleted() | SideEffectFailed():

@@ -7,9 +7,18 @@ the same names.
 
 from __future__ import annotations
 
-__all__ = ["COLUMNS", "DDL", "KEYS", "SCHEMA_VERSION", "TABLES", "VIEWS"]
+__all__ = [
+    "COLUMNS",
+    "DDL",
+    "KEYS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "VIEWS",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``model_calls.dispatch``."""
 
 COLUMNS: dict[str, dict[str, str]] = {
     "events": {
@@ -43,6 +52,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "tokens_in": "BIGINT", "tokens_out": "BIGINT", "tokens_cached": "BIGINT",
         "cost_usd": "DOUBLE", "latency_ms": "DOUBLE", "prompt_version": "VARCHAR",
         "request_hash": "VARCHAR", "error": "VARCHAR", "scripted": "BOOLEAN",
+        # Last, so a file made before it existed gains it by ALTER TABLE (see
+        # MIGRATIONS) and rows still load by position.
+        "dispatch": "INTEGER",
     },
     "side_effects": {
         "seq": "BIGINT", "at": "TIMESTAMPTZ", "goal_id": "VARCHAR",
@@ -132,9 +144,18 @@ def _table(name: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {name} ({cols}, PRIMARY KEY ({key}))"
 
 
+MIGRATIONS: list[str] = [
+    # 1 -> 2: calls of a task's later dispatches were told apart by nothing;
+    # rows projected before (from events that did not carry it) read as 1.
+    "ALTER TABLE model_calls ADD COLUMN IF NOT EXISTS dispatch INTEGER DEFAULT 1",
+]
+"""Run on every open: each brings a file of an older schema up to date, and is
+a no-op on a current one."""
+
 DDL: list[str] = [
     "CREATE TABLE IF NOT EXISTS projector_state "
     "(id INTEGER PRIMARY KEY, last_seq BIGINT, schema_version INTEGER)",
     *(_table(t) for t in TABLES),
+    *MIGRATIONS,
     *(f"CREATE OR REPLACE VIEW {n} AS {q}" for n, q in VIEWS.items()),
 ]

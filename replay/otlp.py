@@ -24,7 +24,11 @@ def emit(trace: Trace, tm: Telemetry) -> int:
     last = s.at
     for task in trace.tasks.values():
         c = task.created
-        parent = (c.parent_id, c.parent_attempt or 1) if c.parent_id else None
+        parent = (
+            (c.parent_id, c.parent_attempt or 1, c.parent_dispatch)
+            if c.parent_id
+            else None
+        )
         for a in task.attempts:
             end = a.finished_at or a.claimed_at
             last = max(last, end)
@@ -38,11 +42,12 @@ def emit(trace: Trace, tm: Telemetry) -> int:
                 status=a.outcome,
                 start=a.claimed_at,
                 end=end,
+                dispatch=a.dispatch,
                 parent_task=parent,
             )
             n += 1
             for call in a.calls:
-                tm.model_span(call.event)
+                tm.model_span(call.event, dispatch=a.dispatch)
                 n += 1
     tm.goal_span(
         trace.goal_id,

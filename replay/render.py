@@ -13,8 +13,8 @@ JSON (``format_version`` 1) is an object::
      "notes": [{seq, at, what, detail}],            goal-level: halts, resumes...
      "tasks": [{task_id, type, lane, parent_id, depth, depends_on, payload,
                 status, result, error, children, needs, notes,
-                attempts: [{n, worker, claimed_at, finished_at, outcome,
-                            error, spawned,
+                attempts: [{n, dispatch, worker, claimed_at, finished_at,
+                            outcome, error, spawned,
                             calls: [{seq, index, provider, model, lane,
                                      prompt_version, request, text, error,
                                      tokens_in, tokens_out, tokens_cached,
@@ -78,6 +78,7 @@ def _call_json(c: Call) -> dict[str, Any]:
 def _attempt_json(a: Attempt) -> dict[str, Any]:
     return {
         "n": a.n,
+        "dispatch": a.dispatch,
         "worker": a.worker,
         "claimed_at": _ts(a.claimed_at),
         "finished_at": _ts(a.finished_at),
@@ -241,8 +242,11 @@ def _task_head(t: TaskTrace) -> str:
 def _task_lines(t: TaskTrace, pad: str, full: bool) -> list[str]:
     out: list[str] = []
     for a in t.attempts:
+        # Attempts restart at 1 when a task is dispatched again (after the
+        # children it waited for): the dispatch tells those runs apart.
+        run = f"attempt {a.n}" + (f" (dispatch {a.dispatch})" if a.dispatch > 1 else "")
         out.append(
-            f"{pad}attempt {a.n}  {a.worker}  {_clock(a.claimed_at)}"
+            f"{pad}{run}  {a.worker}  {_clock(a.claimed_at)}"
             f"{_ms(a.claimed_at, a.finished_at)}  {a.outcome}"
         )
         if a.error:
@@ -441,7 +445,7 @@ function show(id) {{
   let h = `<h2>${{esc(t.type)}}@${{esc(t.lane)}} ${{esc(t.task_id)}}</h2><p>status <b>${{esc(t.status)}}</b></p>`;
   h += `<pre>${{esc(JSON.stringify(t.payload, null, 1))}}</pre>`;
   for (const a of t.attempts) {{
-    h += `<h3>attempt ${{a.n}} — ${{esc(a.worker)}} — ${{esc(a.outcome)}}</h3>`;
+    h += `<h3>attempt ${{a.n}}${{a.dispatch > 1 ? ` (dispatch ${{a.dispatch}})` : ""}} — ${{esc(a.worker)}} — ${{esc(a.outcome)}}</h3>`;
     if (a.error) h += `<p>error: ${{esc(a.error)}}</p>`;
     for (const c of a.calls) {{
       h += `<h4>call ${{c.index}}: ${{esc(c.provider)}} ${{esc(c.model)}} ${{esc(c.prompt_version)}} — in ${{c.tokens_in}} out ${{c.tokens_out}} $${{c.cost_usd}}</h4>`;

@@ -82,12 +82,18 @@ class Effect:
 
 @dataclass(slots=True)
 class Attempt:
-    """One claim of a task and what came of it."""
+    """One claim of a task and what came of it.
+
+    ``n`` counts claims within the task's dispatch ``dispatch`` (a task made
+    ready again after its children starts at 1 again): ``(dispatch, n)`` names
+    the run, as span ids and the projection's ``model_calls`` do.
+    """
 
     n: int
     worker: str
     claimed_seq: int
     claimed_at: datetime
+    dispatch: int = 1
     finished_at: datetime | None = None
     outcome: str = "running"
     """done, needs_followup, failed, retrying, awaiting_approval, abandoned
@@ -126,6 +132,8 @@ class TaskTrace:
     """What this task said it was missing (NEED), in order."""
     events: list[int] = field(default_factory=list)
     """Sequences of every event of the task."""
+    dispatch: int = 0
+    """The task's latest dispatch (its last TaskReady) so far in the fold."""
 
     @property
     def calls(self) -> list[Call]:
@@ -249,7 +257,9 @@ def _apply(trace: Trace, env: Envelope) -> None:
                 # Claimed again with no outcome in between: the holder died or
                 # was paused past its lease, and its lease went to this claim.
                 attempt.outcome = "abandoned"
-            task.attempts.append(Attempt(e.attempt, e.worker, env.seq, e.at))
+            task.attempts.append(
+                Attempt(e.attempt, e.worker, env.seq, e.at, max(task.dispatch, 1))
+            )
         case ModelCalled():
             if attempt is not None:
                 attempt.calls.append(Call(env.seq, e))
@@ -268,7 +278,12 @@ def _apply(trace: Trace, env: Envelope) -> None:
                 else:
                     effect.status, effect.error = "failed", e.error
         case TaskCompleted():
-            _end(attempt, env, "done")
+            if e.duplicate_of is not None:
+                task.notes.append(
+                    Note(env.seq, e.at, "duplicate", f"of {e.duplicate_of}: its result")
+                )
+            else:
+                _end(attempt, env, "done")
         case TaskNeedsFollowup():
             _end(attempt, env, "needs_followup")
             if e.reason.startswith("NEED:"):
@@ -293,6 +308,7 @@ def _apply(trace: Trace, env: Envelope) -> None:
         case TaskCancelled():
             task.notes.append(Note(env.seq, e.at, "cancelled", e.reason))
         case TaskReady():
+            task.dispatch = e.dispatch
             if e.dispatch > 1:
                 task.notes.append(
                     Note(env.seq, e.at, "ready again", f"dispatch {e.dispatch}")

@@ -60,6 +60,8 @@ class Divergence:
     where: str
     recorded: Any
     today: Any
+    dispatch: int = 1
+    """With ``attempt``, the run (attempts restart at 1 in each dispatch)."""
 
     def diff(self) -> str:
         """A unified diff of the two, as indented JSON."""
@@ -92,6 +94,7 @@ class Report:
                 {
                     "task_id": d.task_id,
                     "attempt": d.attempt,
+                    "dispatch": d.dispatch,
                     "where": d.where,
                     "recorded": d.recorded,
                     "today": d.today,
@@ -112,7 +115,10 @@ class Report:
         if not self.divergences:
             out.append("OK: today's code does what was recorded")
         for d in self.divergences:
-            out.append(f"DIVERGES: task {d.task_id} attempt {d.attempt}: {d.where}")
+            run = f"attempt {d.attempt}" + (
+                f" (dispatch {d.dispatch})" if d.dispatch > 1 else ""
+            )
+            out.append(f"DIVERGES: task {d.task_id} {run}: {d.where}")
             out += ["  " + line for line in d.diff().splitlines()]
         return "\n".join(out) + "\n"
 
@@ -182,7 +188,7 @@ class _ReplayContext(TaskContext):
             task_id=task.task_id,
             lane=created.lane,
             task_type=created.task_type,
-            dispatch=1,
+            dispatch=attempt.dispatch,
             ready_seq=0,
         )
         super().__init__(
@@ -305,7 +311,9 @@ async def _check(
     model: _RecordedModel,
 ) -> Divergence | None:
     def diverge(where: str, recorded: Any, today: Any) -> Divergence:
-        return Divergence(task.task_id, attempt.n, where, recorded, today)
+        return Divergence(
+            task.task_id, attempt.n, where, recorded, today, attempt.dispatch
+        )
 
     outcome: Any
     try:
@@ -360,7 +368,12 @@ def _first_call_difference(attempt: Attempt, ctx: _ReplayContext) -> Divergence 
         a, b = _request_of(r.request), _request_of(t.request)
         if a != b:
             return Divergence(
-                ctx.task_id, attempt.n, f"model call {i}: the request", a, b
+                ctx.task_id,
+                attempt.n,
+                f"model call {i}: the request",
+                a,
+                b,
+                attempt.dispatch,
             )
     return None
 
@@ -415,7 +428,9 @@ def _children_difference(
     a = [_child(c.task_type, c.lane, c.payload, c.depends_on, {}) for c in recorded]
     b = [_child(s.type, s.lane, s.payload, s.depends_on, rename) for s in today]
     if a != b:
-        return Divergence(task.task_id, attempt.n, "the tasks it spawns", a, b)
+        return Divergence(
+            task.task_id, attempt.n, "the tasks it spawns", a, b, attempt.dispatch
+        )
     return None
 
 

@@ -114,10 +114,8 @@ def test_bb_demo_against_an_external_server_with_a_fresh_data_dir(cli_env, tmp_p
     goal_id = json.loads(r.stdout)["goal_id"]
     db = tmp_path / "not" / "yet" / "there" / "blackboard.duckdb"
     con = duckdb.connect(str(db), read_only=True)
-    (status,) = con.execute(
-        "SELECT status FROM goals WHERE goal_id = ?", [goal_id]
-    ).fetchone()
-    assert status == "done"
+    row = con.execute("SELECT status FROM goals WHERE goal_id = ?", [goal_id]).fetchone()
+    assert row == ("done",)
 
 
 def test_a_component_that_dies_fails_the_command_in_one_line(cli_env, tmp_path):

@@ -235,3 +235,47 @@ def test_sql_errors_and_formats(cli_env, tmp_path):
     assert r.returncode == 1 and "no projection at" in r.stderr
     r = bb(["sql", "select 1", "--format", "xml"], cli_env)
     assert r.returncode == 2 and "--format" in r.stderr
+
+
+def test_a_file_of_schema_1_gains_model_calls_dispatch(tmp_path):
+    import msgspec
+
+    from blackboard import events as ev
+    from blackboard.codec import Envelope
+    from blackboard.state import BoardState, evolve
+    from projections.duckdb_view import DuckDBView
+    from projections.rows import Rows, add_event
+    from tests.samples import sample
+
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    old = {c: t for c, t in schema.COLUMNS["model_calls"].items() if c != "dispatch"}
+    con.execute(
+        "CREATE TABLE model_calls ("
+        + ", ".join(f'"{c}" {t}' for c, t in old.items())
+        + ', PRIMARY KEY ("seq"))'
+    )
+    con.execute(
+        "CREATE TABLE projector_state "
+        "(id INTEGER PRIMARY KEY, last_seq BIGINT, schema_version INTEGER)"
+    )
+    con.execute("INSERT INTO projector_state VALUES (1, 0, 1)")
+    con.close()
+
+    view = DuckDBView(db)
+    try:
+        state, rows = BoardState(), Rows()
+        call = msgspec.structs.replace(sample(ev.ModelCalled, "G1"), dispatch=2)
+        for i, e in enumerate(
+            (sample(ev.GoalSubmitted), sample(ev.TaskCreated), call)
+        ):
+            env = Envelope(i + 1, "s", e)
+            evolve(state, env)
+            add_event(rows, env)
+        view.apply(rows, state, 3)
+        _, got = view.query("SELECT dispatch FROM model_calls")
+        _, version = view.query("SELECT schema_version FROM projector_state")
+    finally:
+        view.close()
+    assert got == [(2,)]
+    assert version == [(schema.SCHEMA_VERSION,)]

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import msgspec
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -38,6 +39,8 @@ from blackboard import client, config, telemetry
 from blackboard.events import ModelCalled, TaskClaimed, TaskCompleted
 from blackboard.handlers import BUILTIN
 from blackboard.stack import running
+from replay import otlp
+from replay.trace import build_trace
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import events_of, submit
 
@@ -102,9 +105,9 @@ async def test_one_goal_is_one_trace_with_the_right_tree(store, otel):
         assert span.parent.span_id == root.context.span_id
         attrs = span.attributes
         assert {"bb.goal_id", "bb.task_id", "bb.task_type", "bb.lane", "bb.worker",
-                "bb.attempt", "bb.status"} <= set(attrs)
+                "bb.attempt", "bb.dispatch", "bb.status"} <= set(attrs)
         assert span.context.span_id == telemetry.task_span_id(
-            goal_id, attrs["bb.task_id"], attrs["bb.attempt"]
+            goal_id, attrs["bb.task_id"], attrs["bb.attempt"], attrs["bb.dispatch"]
         )
 
     calls = [e for e in events if isinstance(e, ModelCalled)]
@@ -114,7 +117,8 @@ async def test_one_goal_is_one_trace_with_the_right_tree(store, otel):
         parent = by_id[span.parent.span_id]
         assert parent.name.startswith("task ")
         a = span.attributes
-        assert a["gen_ai.system"] == "scripted"
+        assert a["gen_ai.provider.name"] == "scripted"
+        assert "gen_ai.system" not in a  # deprecated by the conventions
         assert a["gen_ai.request.model"] in ("claude-sonnet-4-5", "qwen2.5-7b-instruct")
         if span.status.is_ok:
             assert a["gen_ai.usage.input_tokens"] > 0
@@ -133,6 +137,94 @@ async def test_one_goal_is_one_trace_with_the_right_tree(store, otel):
         (link,) = span.links
         assert link.context.span_id in by_id
         assert by_id[link.context.span_id].name.startswith("task ")
+
+
+async def test_every_run_of_a_task_has_its_own_ids(store, otel, tmp_path):
+    """A task run again after its NEED children starts its attempts at 1 again:
+    spans, the projection's model_calls and replay must still tell its runs
+    (and their calls) apart, and agree on them."""
+    exporter, _ = otel
+    s = scripted_settings()
+    agents = Agents(s)
+    db = tmp_path / "p.duckdb"
+    async with running(
+        store, s, {**BUILTIN, **agents.handlers()}, projector_db=db
+    ) as stack:
+        goal_id = await submit(store, s, [], DEMO_GOAL)
+        goal = await client.wait_goal(store, goal_id, timeout_s=60)
+        assert goal.status == "done", goal.reason
+        await _settle()
+        info = await store.js.stream_info(store.events_stream)
+        assert stack.projector is not None
+        await stack.projector.caught_up(info.state.last_seq)
+    await agents.aclose()
+    envs = [env async for env in store.read_goal(goal_id)]
+    events = [env.event for env in envs]
+    claims = [e for e in events if isinstance(e, TaskClaimed)]
+    calls = [e for e in events if isinstance(e, ModelCalled)]
+    # The demo has tasks that run again after NEED answers and fix-ups.
+    assert len({(c.task_id, c.attempt) for c in claims}) < len(claims)
+
+    live = exporter.get_finished_spans()
+    ids = [sp.context.span_id for sp in live]
+    assert len(ids) == len(set(ids)) == 1 + len(claims) + len(calls)
+    assert any(c.dispatch > 1 for c in calls)
+    by_id = {sp.context.span_id: sp for sp in live}
+    for chat in (sp for sp in live if sp.name.startswith("chat ")):
+        task = by_id[chat.parent.span_id]
+        for key in ("bb.attempt", "bb.dispatch"):
+            assert chat.attributes[key] == task.attributes[key]
+    keys = {(c.task_id, c.dispatch, c.attempt, c.call_index) for c in calls}
+    assert len(keys) == len(calls)
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT task_id, dispatch, attempt, call_index FROM model_calls "
+            "WHERE goal_id = ?",
+            [goal_id],
+        ).fetchall()
+    finally:
+        con.close()
+    assert len(rows) == len(set(rows)) == len(calls)
+    assert set(rows) == keys
+
+    trace = build_trace(envs, goal_id)
+    replayed = {
+        (t.task_id, a.dispatch, a.n, c.event.call_index)
+        for t in trace.tasks.values()
+        for a in t.attempts
+        for c in a.calls
+    }
+    assert replayed == keys
+    assert sum(len(t.calls) for t in trace.tasks.values()) == len(calls)
+
+    # `bb replay --otlp` gives every span the id it had live.
+    again = InMemorySpanExporter()
+    tp = telemetry.tracer_provider("bb-replay")
+    tp.add_span_processor(SimpleSpanProcessor(again))
+    emitted = otlp.emit(trace, telemetry.install(tp))
+    replay_ids = [sp.context.span_id for sp in again.get_finished_spans()]
+    assert emitted == len(replay_ids) == len(set(replay_ids))
+    assert set(replay_ids) == set(ids)
+    replay_links = {
+        sp.context.span_id: [link.context.span_id for link in sp.links]
+        for sp in again.get_finished_spans()
+    }
+    assert replay_links == {
+        sp.context.span_id: [link.context.span_id for link in sp.links] for sp in live
+    }
+
+
+def test_first_dispatch_keeps_its_span_ids():
+    # Spans recorded before dispatches were told apart keep their ids.
+    g = "01J0000000000000000000000G"
+    old_task = telemetry._span_id("task", g, "t", 1)
+    old_call = telemetry._span_id("call", g, "t", 1, 0)
+    assert telemetry.task_span_id(g, "t", 1) == old_task
+    assert telemetry.model_span_id(g, "t", 1, 0) == old_call
+    assert telemetry.task_span_id(g, "t", 1, dispatch=2) != old_task
+    assert telemetry.model_span_id(g, "t", 1, 0, dispatch=2) != old_call
 
 
 def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:

@@ -46,6 +46,7 @@ KINDS: list[tuple[type[ev.Event], dict[str, Any]]] = [
     (ev.GoalHalted, {"guardrail": "max_tasks", "limit": 1, "observed": 2}),
     (ev.GoalResumed, {"limits": {}}),
     (ev.GoalCancelled, {}),
+    (ev.TaskCompleted, {"result": 1, "duplicate_of": "a"}),
 ]
 
 steps = st.lists(
@@ -112,6 +113,18 @@ def test_illegal_transition_is_an_anomaly_not_applied():
     assert [a.reason for a in state.anomalies] == [
         "a: pending -> done",
         "a: pending -> claimed",
+    ]
+
+
+def test_only_a_task_that_never_ran_completes_as_a_duplicate():
+    dup = len(KINDS) - 1
+    state = fold(build([(0, "b"), (dup, "b")]))  # created, duplicate of a
+    task = state.goals["G"].tasks["b"]
+    assert (task.status, task.result, state.anomalies) == ("done", 1, [])
+    state = fold(build([(0, "c"), (1, "c"), (2, "c"), (dup, "c")]))  # claimed
+    assert state.goals["G"].tasks["c"].status == "claimed"
+    assert [a.reason for a in state.anomalies] == [
+        "c: claimed -> done (duplicate of a)"
     ]
 
 
