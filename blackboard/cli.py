@@ -858,7 +858,13 @@ def submit(
     tenant: Annotated[
         str, typer.Option(help="Tenant the goal belongs to.")
     ] = "default",
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    priority: Annotated[
+        int,
+        typer.Option(
+            help="Higher is dispatched first among work made ready at the same "
+            "moment; a lane's queue is first-in first-out beyond that."
+        ),
+    ] = 0,
     by: ByOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,

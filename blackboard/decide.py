@@ -116,7 +116,9 @@ class Decider:
             goal = state.goals.get(goal_id)
             if goal is not None:
                 actions.extend(self._goal(goal, task_ids, now, busy))
-        return actions
+        # Work made ready together is dispatched by priority: the goal's, then
+        # the task's, then the oldest first (sorted() is stable for the rest).
+        return sorted(actions, key=lambda a: _dispatch_order(state, a))
 
     # --- per goal -----------------------------------------------------------
 
@@ -479,6 +481,20 @@ class Decider:
             actor=self.actor,
             **fields,
         )
+
+
+def _dispatch_order(state: BoardState, action: Action) -> tuple[int, int, int, str]:
+    if not isinstance(action, Dispatch):
+        return (0, 0, 0, "")
+    goal = state.goals[action.ready.goal_id]
+    task = goal.tasks[action.ready.task_id or ""]
+    # Goal ids are ULIDs: their order is submission order.
+    return (
+        1,
+        -goal.submitted.priority,
+        -task.priority,
+        f"{goal.goal_id}{task.ordinal:09d}",
+    )
 
 
 def _key(task: TaskState) -> str:

@@ -244,10 +244,15 @@ class Scheduler:
                 by_goal.setdefault(action.items[0][0].goal_id, []).append(action)
             else:
                 singles.append(action)
-        await asyncio.gather(
+        results = await asyncio.gather(
             *(self._run_batches(batches) for batches in by_goal.values()),
             *(self._run(a) for a in singles),
         )
+        # Work goes out in the order decide() gave (priority first), one
+        # pipelined burst: the lane queues receive it in that order.
+        work = [item for item in results if item is not None]
+        if work:
+            await self._send_work(work)
 
     def _hold(self, key: str, event_ids: list[str]) -> None:
         for event_id in event_ids:
@@ -269,6 +274,7 @@ class Scheduler:
                 self._release(key)
 
     async def _run_batches(self, batches: list[AppendBatch]) -> None:
+        """Write a goal's creation batches in order; stop at the first failure."""
         goal_id = batches[0].items[0][0].goal_id
         all_ids = [e.event_id for b in batches for e, _ in b.items]
         self._hold(goal_id, all_ids)
@@ -302,7 +308,8 @@ class Scheduler:
                 return
         self._conflicts.pop(goal_id, None)
 
-    async def _run(self, action: Append | Dispatch) -> None:
+    async def _run(self, action: Append | Dispatch) -> codec.WorkItem | None:
+        """Write one decision; a dispatch returns the work item to send."""
         event = action.ready if isinstance(action, Dispatch) else action.event
         key = (
             event.goal_id
@@ -315,7 +322,7 @@ class Scheduler:
         except InvalidEvent as e:
             self._unhold([event.event_id])
             await self._give_up(event.goal_id, f"cannot record a decision: {e}")
-            return
+            return None
         except ConcurrencyConflict as e:
             # Someone wrote to the task since we folded; their event will
             # arrive and we decide again then.
@@ -323,24 +330,20 @@ class Scheduler:
             if self._same_conflict(key, e.actual):
                 await self._give_up(
                     event.goal_id,
-                    f"a write to {key} can never win: {e} "
-                    f"({_MAX_SAME_CONFLICT} times)",
+                    f"a write to {key} can never win: {e} ({_MAX_SAME_CONFLICT} times)",
                 )
-            return
+            return None
         except StoreError as e:
             log.warning("write of %s failed (%s); will retry", event.event_id, e)
             self._unhold([event.event_id])
             self._redo_goals.add(event.goal_id)
-            return
+            return None
         if isinstance(action, Dispatch):
             task = self.state.goals[event.goal_id].tasks[event.task_id or ""]
-            await self._send_work(
-                [
-                    _work_item(
-                        task, action.lane, action.task_type, action.ready.dispatch, seq
-                    )
-                ]
+            return _work_item(
+                task, action.lane, action.task_type, action.ready.dispatch, seq
             )
+        return None
 
     def _same_conflict(self, key: str, found: int | None) -> bool:
         """Count a conflict of ``key``; True once it repeated without change."""

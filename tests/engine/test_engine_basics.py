@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from blackboard import client
 from blackboard.events import TaskClaimed, TaskCompleted
 from tests.engine.conftest import events_of, spec, submit
@@ -174,3 +176,30 @@ async def test_unavailable_log_is_retried_without_spending_attempts(
     fails = [e for e in await events_of(store, goal_id) if isinstance(e, TaskFailed)]
     assert [(f.transient, f.retryable) for f in fails] == [(True, True)] * 2
     assert goal.tasks["t"].result == {"attempt": 3}
+
+
+async def test_ready_work_is_dispatched_by_priority(store, settings):
+    """Work that becomes ready together reaches the lane queue by priority: the
+    goal's, then the task's, then creation order."""
+    import msgspec
+
+    from blackboard.stack import running
+    from tests.engine_handlers import HANDLERS
+
+    prios = [0, 5, 1, 9, 0, 3]
+    specs = [msgspec.structs.replace(spec(f"t{i}", "echo"), priority=p)
+             for i, p in enumerate(prios)]
+    async with running(store, settings, HANDLERS, lanes=[]):  # no worker yet
+        goal_id = await submit(store, settings, specs)
+        for _ in range(200):
+            goal = (await client.goals(store))[0]
+            if all(t.status == "ready" for t in goal.tasks.values()) and goal.tasks:
+                break
+            await asyncio.sleep(0.05)
+        async with running(store, settings, HANDLERS, scheduler=False,
+                           lanes=["local"], concurrency=1):
+            goal = await client.wait_goal(store, goal_id, timeout_s=30)
+    assert goal.status == "done"
+    claims = [e.task_id for e in await events_of(store, goal_id)
+              if isinstance(e, TaskClaimed)]
+    assert claims == ["t3", "t1", "t5", "t2", "t0", "t4"]
