@@ -914,6 +914,11 @@ async def connect(
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
+                # A server that hangs (a paused node, a frozen VM) keeps its
+                # socket open: only missed pings reveal it, and nats-py's default
+                # (2 min x 2) would stall every reader that long. ~15 s here.
+                ping_interval=5,
+                max_outstanding_pings=3,
                 error_cb=remember,
                 **options,
             ),
