@@ -132,16 +132,12 @@ class Decider:
             # later guarded write of the task. `bb cancel` writes these with
             # the goal's cancellation; this catches any task created after.
             return [
-                Append(
-                    self._ev(
-                        TaskCancelled,
-                        goal,
-                        t,
-                        now,
-                        f"cancel:{goal.goal_id}:{t.task_id}",
-                        reason=f"goal cancelled: {goal.reason}".strip(": "),
-                    ),
-                    None,
+                self._cancel(
+                    goal,
+                    t,
+                    now,
+                    f"goal cancelled: {goal.reason}".strip(": "),
+                    expect=None,
                 )
                 for t in goal.tasks.values()
                 if t.status not in TERMINAL and _key(t) not in busy
@@ -279,16 +275,12 @@ class Decider:
                 return [self._fail(goal, task, now, f"unknown dependency {dep!r}")]
             if d.status in ("failed", "cancelled"):
                 return [
-                    Append(
-                        self._ev(
-                            TaskCancelled,
-                            goal,
-                            task,
-                            now,
-                            f"cancel:{goal.goal_id}:{task.task_id}",
-                            reason=f"dependency {dep} {d.status}",
-                        ),
-                        task.last_seq,
+                    self._cancel(
+                        goal,
+                        task,
+                        now,
+                        f"dependency {dep} {d.status}",
+                        expect=task.last_seq,
                     )
                 ]
         if not all(goal.tasks[d].status == "done" for d in task.depends_on):
@@ -372,17 +364,13 @@ class Decider:
             ]
         if original.status in TERMINAL:
             return [
-                Append(
-                    self._ev(
-                        TaskCancelled,
-                        goal,
-                        task,
-                        now,
-                        f"cancel:{goal.goal_id}:{task.task_id}",
-                        reason=f"duplicate of {original.task_id} (dedupe key "
-                        f"{task.dedupe_key!r}), which {original.status}",
-                    ),
-                    task.last_seq,
+                self._cancel(
+                    goal,
+                    task,
+                    now,
+                    f"duplicate of {original.task_id} (dedupe key "
+                    f"{task.dedupe_key!r}), which {original.status}",
+                    expect=task.last_seq,
                 )
             ]
         return []
@@ -408,6 +396,26 @@ class Decider:
         )
         assert isinstance(ready, TaskReady)
         return Dispatch(ready, task.last_seq, task.lane, task.task_type)
+
+    def _cancel(
+        self,
+        goal: GoalState,
+        task: TaskState,
+        now: datetime,
+        reason: str,
+        *,
+        expect: int | None,
+    ) -> Append:
+        """Cancel a task; ``cancel:<goal>:<task>`` whoever decides it."""
+        event = self._ev(
+            TaskCancelled,
+            goal,
+            task,
+            now,
+            f"cancel:{goal.goal_id}:{task.task_id}",
+            reason=reason,
+        )
+        return Append(event, expect)
 
     def _fail(
         self, goal: GoalState, task: TaskState, now: datetime, error: str

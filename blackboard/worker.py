@@ -559,19 +559,13 @@ class Worker:
             delay,
         )
         with contextlib.suppress(StoreError):
-            await self.store.append(
-                TaskFailed(
-                    event_id=f"failed:{item.goal_id}:{item.task_id}:{ctx.seq}",
-                    goal_id=item.goal_id,
-                    task_id=item.task_id,
-                    at=ids.utcnow(),
-                    actor=self.worker_id,
-                    error=f"LogUnavailable: {error}",
-                    retryable=True,
-                    attempt=ctx.attempt,
-                    transient=True,
-                ),
-                expect=ctx.seq,
+            await self._fail(
+                item,
+                ctx.seq,
+                ctx.attempt,
+                retryable=True,
+                error=f"LogUnavailable: {error}",
+                transient=True,
             )
         await msg.nak(delay=delay)
         return "retrying"
@@ -607,7 +601,14 @@ class Worker:
         return "failed"
 
     async def _fail(
-        self, item: WorkItem, expect: int, attempt: int, *, retryable: bool, error: str
+        self,
+        item: WorkItem,
+        expect: int,
+        attempt: int,
+        *,
+        retryable: bool,
+        error: str,
+        transient: bool = False,
     ) -> None:
         await self.store.append(
             TaskFailed(
@@ -618,6 +619,7 @@ class Worker:
                 actor=self.worker_id,
                 error=error,
                 retryable=retryable,
+                transient=transient,
                 attempt=attempt,
             ),
             expect=expect,
