@@ -1,0 +1,71 @@
+"""A node of a 3-node cluster paused mid-goal, past every timeout.
+
+The node paused is the one that hosts the readers: the events stream's leader,
+where the engine's ephemeral R1 consumers live. Before reads knew where the
+log ends, a fetch timeout there handed the scheduler and the workers a partial
+history (a task failed for good on it), and a follower on the hung node stalled
+without a word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import pytest
+
+from blackboard import client
+from blackboard.events import SideEffectCompleted, TaskCompleted
+from blackboard.stack import running
+from blackboard.store import JetStreamEventStore, StoreSettings, connect
+from tests.engine.conftest import engine_settings, events_of, spec, submit
+from tests.engine_handlers import HANDLERS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from blackboard.server import EmbeddedCluster
+
+pytestmark = pytest.mark.integration
+
+PAUSE_S = 20.0
+"""Longer than the lease (2 s), the store's patience (8 s here), the stall
+check (2 s) and the clients' ping timeout (~15 s)."""
+
+
+async def test_goals_end_right_when_the_readers_node_is_paused(
+    nats_cluster: EmbeddedCluster, tmp_path: Path
+):
+    nc = await connect(nats_cluster.url, name="test")
+    store = JetStreamEventStore(
+        nc, StoreSettings(replicas=3, transient_s=8.0, stall_check_s=2.0)
+    )
+    await store.ensure()
+    settings = engine_settings(backoff_base_s=0.2)
+    ledger = tmp_path / "ledger"
+    ledger.touch()
+    specs = [
+        spec(f"t{i}", "slow_effect", seconds=0.4, ledger=str(ledger)) for i in range(8)
+    ]
+    async with running(store, settings, HANDLERS, concurrency=4):
+        goals = [await submit(store, settings, specs) for _ in range(3)]
+        await asyncio.sleep(1.0)  # mid-goal
+        info = await store.js.stream_info(store.events_stream)
+        assert info.cluster is not None and info.cluster.leader
+        node = nats_cluster.server_names.index(info.cluster.leader)
+        nats_cluster.pause(node)
+        await asyncio.sleep(PAUSE_S)
+        nats_cluster.resume(node)
+        ends = [await client.wait_goal(store, g, timeout_s=120) for g in goals]
+    assert [g.status for g in ends] == ["done"] * 3, [g.reason for g in ends]
+    for goal_id in goals:
+        events = await events_of(store, goal_id)
+        done = Counter(e.task_id for e in events if isinstance(e, TaskCompleted))
+        assert sorted(done) == sorted(s.task_id for s in specs)
+        assert set(done.values()) == {1}  # nothing completed twice
+        effects = [e for e in events if isinstance(e, SideEffectCompleted)]
+        assert len(effects) == len(specs)
+    lines = ledger.read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 3 * len(specs)  # performed once each
+    await nc.drain()
