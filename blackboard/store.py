@@ -656,11 +656,14 @@ async def connect(
 ) -> NatsClient:
     """Connect to NATS, or raise NotConnected with what to do about it.
 
-    Once connected, reconnection never gives up (a restarted server is picked
-    up again). nats-py would also retry the first connection forever with that
-    setting, so the first connection gets a deadline and a CLI can fail in
-    one line.
+    ``url`` may list several servers separated by commas (the nodes of a
+    cluster); nats-py takes them as its server pool and fails over between
+    them. Once connected, reconnection never gives up (a restarted server is
+    picked up again). nats-py would also retry the first connection forever
+    with that setting, so the first connection gets a deadline and a CLI can
+    fail in one line.
     """
+    servers = [u.strip() for u in url.split(",") if u.strip()]
     seen: list[Exception] = []
     given_cb = options.pop("error_cb", None)
 
@@ -674,7 +677,7 @@ async def connect(
     try:
         return await asyncio.wait_for(
             nats.connect(
-                url,
+                servers,
                 name=name,
                 connect_timeout=min(timeout, 2.0),
                 allow_reconnect=True,
