@@ -2,11 +2,14 @@
 
 ``bb up``, ``bb run``, ``bb demo`` and the test fixtures all start the server
 through :class:`EmbeddedServer`, so what the tests exercise is what users run.
+:class:`EmbeddedCluster` runs several of them as one JetStream cluster on
+loopback, for the tests that need replicas, leaders and failing nodes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,11 +21,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from blackboard.errors import ServerBinaryMissing, ServerStartFailed
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from types import TracebackType
 
 BINARY = "nats-server"
@@ -108,8 +112,13 @@ class EmbeddedServer:
         """The HTTP monitoring URL (``/healthz``, ``/jsz``)."""
         return f"http://{self.host}:{self.monitor_port}"
 
-    def start(self) -> EmbeddedServer:
-        """Start the server and wait until /healthz says JetStream is ready."""
+    def start(self, *, wait: bool = True) -> EmbeddedServer:
+        """Start the server and wait until /healthz says JetStream is ready.
+
+        Args:
+            wait: Wait for /healthz; a cluster starts all its nodes first and
+                waits afterwards, since a node alone never elects a leader.
+        """
         binary = self.binary or find_binary()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -154,13 +163,20 @@ class EmbeddedServer:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        self._wait_healthy()
+        if wait:
+            self.wait_healthy()
         return self
 
-    def _wait_healthy(self) -> None:
+    def wait_healthy(self, query: str = "js-enabled-only=true") -> None:
+        """Wait until ``/healthz?<query>`` answers 200, or raise ServerStartFailed.
+
+        Args:
+            query: The health check's parameters; an empty one also requires a
+                JetStream meta leader and every stream and consumer current.
+        """
         assert self.proc is not None
         deadline = time.monotonic() + self.startup_timeout_s
-        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
+        url = f"{self.monitor_url}/healthz" + (f"?{query}" if query else "")
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 proc, self.proc = self.proc, None
@@ -215,6 +231,223 @@ class EmbeddedServer:
             self.proc = None
 
     def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _get_json(url: str, timeout: float = 0.5) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        body: dict[str, Any] = json.loads(r.read())
+        return body
+
+
+class EmbeddedCluster:
+    """A JetStream cluster of nats-server child processes on one host.
+
+    Each node is an :class:`EmbeddedServer` with its own store, client port,
+    monitoring port and route port, routed to every other node. Nodes can be
+    paused, resumed, killed and restarted on the same ports and store, which
+    is what the fault tests need. Use as a context manager, or call
+    :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        size: int = 3,
+        name: str = "bb",
+        server_names: Sequence[str] | None = None,
+        host: str = "127.0.0.1",
+        binary: Path | None = None,
+        startup_timeout_s: float = 30.0,
+        config: str | None = None,
+    ) -> None:
+        if server_names is not None and len(server_names) != size:
+            msg = f"{size} nodes need {size} server names, got {len(server_names)}"
+            raise ValueError(msg)
+        self.data_dir = Path(data_dir)
+        self.name = name
+        """The cluster's name, shared by every node."""
+        self.server_names = list(server_names or [f"n{i}" for i in range(size)])
+        """Each node's ``server_name``: what JetStream reports as a leader."""
+        self.host = host
+        self.config = config
+        """Extra configuration given to every node (accounts, authorization)."""
+        self.startup_timeout_s = startup_timeout_s
+        self.route_ports = [free_port() for _ in range(size)]
+        self.nodes = [
+            EmbeddedServer(
+                self.data_dir / server_name,
+                host=host,
+                port=free_port(),
+                monitor_port=free_port(),
+                binary=binary,
+                startup_timeout_s=startup_timeout_s,
+                config=self._node_config(i),
+            )
+            for i, server_name in enumerate(self.server_names)
+        ]
+        self._paused: set[int] = set()
+
+    def _node_config(self, i: int) -> str:
+        routes = ", ".join(f"nats-route://{self.host}:{p}" for p in self.route_ports)
+        return (
+            f"server_name: {self.server_names[i]}\n"
+            "cluster {\n"
+            f"  name: {self.name}\n"
+            f"  listen: {self.host}:{self.route_ports[i]}\n"
+            f"  routes: [{routes}]\n"
+            "}\n" + (self.config or "")
+        )
+
+    @property
+    def urls(self) -> list[str]:
+        """The client URL of every node, in node order."""
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """All client URLs, comma-separated (what ``BB_NATS_URL`` accepts)."""
+        return ",".join(self.urls)
+
+    @property
+    def monitor_urls(self) -> list[str]:
+        """The HTTP monitoring URL of every node."""
+        return [node.monitor_url for node in self.nodes]
+
+    def start(self) -> EmbeddedCluster:
+        """Start every node, then wait until the cluster has formed.
+
+        Formed means: every node answers /healthz (JetStream current), is
+        routed to all the others, and they all name the same meta leader.
+        """
+        try:
+            for node in self.nodes:
+                node.start(wait=False)
+            self.wait_formed()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_formed(self, timeout_s: float | None = None) -> None:
+        """Wait until every running node is healthy, routed and agrees on a leader.
+
+        Raises:
+            ServerStartFailed: The cluster did not form in time.
+        """
+        deadline = time.monotonic() + (timeout_s or self.startup_timeout_s)
+        up = [
+            i
+            for i, node in enumerate(self.nodes)
+            if node.proc is not None and i not in self._paused
+        ]
+        for i in up:
+            self.nodes[i].wait_healthy("")
+        why = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                why = self._not_formed(up)
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                why = str(e)
+            if not why:
+                return
+            time.sleep(0.05)
+        raise ServerStartFailed(
+            f"cluster {self.name} did not form in time ({why}); "
+            f"see the logs under {self.data_dir}"
+        )
+
+    def _not_formed(self, up: list[int]) -> str:
+        """Why the running nodes are not a formed cluster yet ("" if they are)."""
+        leaders = set()
+        for i in up:
+            me = self.server_names[i]
+            base = self.nodes[i].monitor_url
+            routes = _get_json(f"{base}/routez")
+            routed = {r.get("remote_name") for r in routes.get("routes", [])}
+            missing = {self.server_names[j] for j in up if j != i} - routed
+            if missing:
+                return f"{me} has no route to {sorted(missing)}"
+            meta = _get_json(f"{base}/jsz").get("meta_cluster") or {}
+            if not meta.get("leader"):
+                return f"{me} knows no meta leader"
+            leaders.add(meta["leader"])
+            if meta["leader"] == me:
+                # Only the leader knows whether each follower has caught up.
+                current = {
+                    r["name"] for r in meta.get("replicas") or [] if r.get("current")
+                }
+                behind = {self.server_names[j] for j in up if j != i} - current
+                if behind:
+                    return f"{sorted(behind)} not current with meta leader {me}"
+        if len(leaders) > 1:
+            return f"nodes disagree on the meta leader: {sorted(leaders)}"
+        if not leaders & {self.server_names[i] for i in up}:
+            return f"meta leader {leaders} is not a running node"
+        return ""
+
+    def meta_leader(self) -> str:
+        """The server name of the JetStream meta leader, as a running node sees it."""
+        for i, node in enumerate(self.nodes):
+            if node.proc is not None and i not in self._paused:
+                leader: str = _get_json(f"{node.monitor_url}/jsz")["meta_cluster"][
+                    "leader"
+                ]
+                return leader
+        msg = "no running node to ask"
+        raise ServerStartFailed(msg)
+
+    def pause(self, i: int) -> None:
+        """Freeze node ``i`` (SIGSTOP): it keeps its sockets but answers nothing."""
+        proc = self.nodes[i].proc
+        assert proc is not None, f"node {i} is not running"
+        proc.send_signal(signal.SIGSTOP)
+        self._paused.add(i)
+
+    def resume(self, i: int) -> None:
+        """Let a paused node ``i`` run again (SIGCONT)."""
+        proc = self.nodes[i].proc
+        if proc is not None:
+            proc.send_signal(signal.SIGCONT)
+        self._paused.discard(i)
+
+    def kill(self, i: int) -> None:
+        """Kill node ``i`` at once (SIGKILL); its store stays for a restart."""
+        self.nodes[i].kill()
+        self._paused.discard(i)
+
+    def restart(self, i: int, *, wait: bool = True) -> None:
+        """Start node ``i`` again on the same ports and store.
+
+        Args:
+            i: The node's index.
+            wait: Wait until the cluster has formed again with the node in it.
+        """
+        node = self.nodes[i]
+        if node.proc is not None:
+            self.resume(i)
+            node.stop()
+        node.start(wait=False)
+        if wait:
+            self.wait_formed()
+
+    def stop(self) -> None:
+        """Stop every node cleanly; paused ones are resumed first."""
+        for i in list(self._paused):
+            self.resume(i)
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(

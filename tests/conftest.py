@@ -1,4 +1,4 @@
-"""Shared fixtures: a real nats-server per test, on a free port, in tmp_path."""
+"""Shared fixtures: a real nats-server (or cluster) per test, on loopback, in tmp_path."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from blackboard.server import EmbeddedServer
+from blackboard.server import EmbeddedCluster, EmbeddedServer
 from blackboard.store import JetStreamEventStore, StoreSettings, connect
 
 if TYPE_CHECKING:
@@ -25,6 +25,17 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A real 3-node JetStream cluster on loopback, formed, with a meta leader."""
+    cluster = EmbeddedCluster(tmp_path / "nats-cluster")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
