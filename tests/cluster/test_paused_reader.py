@@ -61,7 +61,7 @@ async def test_goals_end_right_when_the_readers_node_is_paused(
     assert [g.status for g in ends] == ["done"] * 3, [g.reason for g in ends]
     for goal_id in goals:
         events = await events_of(store, goal_id)
-        done = Counter(e.task_id for e in events if isinstance(e, TaskCompleted))
+        done = Counter(e.task_id or "" for e in events if isinstance(e, TaskCompleted))
         assert sorted(done) == sorted(s.task_id for s in specs)
         assert set(done.values()) == {1}  # nothing completed twice
         effects = [e for e in events if isinstance(e, SideEffectCompleted)]
