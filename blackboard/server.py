@@ -269,6 +269,7 @@ class EmbeddedCluster:
         binary: Path | None = None,
         startup_timeout_s: float = 30.0,
         config: str | None = None,
+        no_advertise: bool = False,
     ) -> None:
         if server_names is not None and len(server_names) != size:
             msg = f"{size} nodes need {size} server names, got {len(server_names)}"
@@ -281,6 +282,9 @@ class EmbeddedCluster:
         self.host = host
         self.config = config
         """Extra configuration given to every node (accounts, authorization)."""
+        self.no_advertise = no_advertise
+        """Do not tell clients the other nodes' URLs (the official Helm chart's
+        setting): /varz then has no ``connect_urls``."""
         self.startup_timeout_s = startup_timeout_s
         self.route_ports = [free_port() for _ in range(size)]
         self.nodes = [
@@ -305,6 +309,7 @@ class EmbeddedCluster:
             f"  name: {self.name}\n"
             f"  listen: {self.host}:{self.route_ports[i]}\n"
             f"  routes: [{routes}]\n"
+            f"  no_advertise: {str(self.no_advertise).lower()}\n"
             "}\n" + (self.config or "")
         )
 

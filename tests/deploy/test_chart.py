@@ -34,9 +34,11 @@ EXTERNAL = {
 }
 
 
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def render(
+    values: dict[str, Any] | None = None, name: str = "rel", namespace: str = "bb"
+) -> list[dict[str, Any]]:
     chart = helm.Chart.load(str(CHART))
-    out = chart.render(values or {}, name="rel", namespace="bb")
+    out = chart.render(values or {}, name=name, namespace=namespace)
     return [d for text in out.values() for d in yaml.safe_load_all(text) if d]
 
 
@@ -111,8 +113,56 @@ def test_keda_scales_the_local_lane_on_the_consumer_the_code_creates():
     meta = trigger["metadata"]
     assert meta["stream"] == "BB_WORK"
     assert meta["consumer"] == consumer_name("local")
-    assert meta["natsServerMonitoringEndpoint"] == "rel-nats.bb.svc.cluster.local:8222"
+    # The NATS chart's headless Service: the plain one has no 8222 by default,
+    # and only under the headless one does <pod>.<endpoint> resolve.
+    assert (
+        meta["natsServerMonitoringEndpoint"]
+        == "rel-nats-headless.bb.svc.cluster.local:8222"
+    )
+    assert meta["account"] == "$G"  # the chart's users: no `accounts` block
+    assert "useHttps" not in meta
     assert {"account", "lagThreshold"} <= set(meta)
+    # KEDA's HPA owns the scaled lane's replica count, the others keep theirs.
+    workers = by_kind(render(), "Deployment")
+    assert "replicas" not in workers["rel-blackboard-worker-local"]["spec"]
+    assert workers["rel-blackboard-worker-frontier"]["spec"]["replicas"] == 1
+    unscaled = by_kind(render({"keda": {"enabled": False}}), "Deployment")
+    assert unscaled["rel-blackboard-worker-local"]["spec"]["replicas"] == 1
+
+
+def test_keda_endpoint_follows_the_nats_charts_names_and_settings():
+    def trigger(values: dict[str, Any], name: str = "rel") -> dict[str, str]:
+        (so,) = by_kind(render(values, name, "ns"), "ScaledObject").values()
+        meta: dict[str, str] = so["spec"]["triggers"][0]["metadata"]
+        return meta
+
+    # The NATS chart's fullname drops "-nats" when the release name has it.
+    assert trigger({}, name="my-nats")["natsServerMonitoringEndpoint"] == (
+        "my-nats-headless.ns.svc.cluster.local:8222"
+    )
+    scheduler = by_kind(render({}, "my-nats", "ns"), "Deployment")[
+        "my-nats-blackboard-scheduler"
+    ]
+    assert env_of(container(scheduler))["BB_NATS_URL"] == "nats://my-nats:4222"
+    custom = trigger(
+        {
+            "nats": {
+                "fullnameOverride": "queue",
+                "config": {
+                    "monitor": {"port": 9222, "tls": {"enabled": True}},
+                    "cluster": {"routeURLs": {"k8sClusterDomain": "corp.local"}},
+                },
+            }
+        }
+    )
+    assert custom["natsServerMonitoringEndpoint"] == (
+        "queue-headless.ns.svc.corp.local:9222"
+    )
+    assert custom["useHttps"] == "true"
+    with pytest.raises(helm.HelmError, match=r"config\.monitor\.enabled"):
+        trigger({"nats": {"config": {"monitor": {"enabled": False}}}})
+    with pytest.raises(helm.HelmError, match="serverNamePrefix"):
+        trigger({"nats": {"config": {"serverNamePrefix": "east-"}}})
 
 
 def test_custom_values_three_lanes_vllm_external_nats():

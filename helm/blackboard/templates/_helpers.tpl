@@ -6,12 +6,40 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end -}}
 
-{{- define "bb.natsUrl" -}}
-{{- if .Values.nats.enabled -}}nats://{{ .Release.Name }}-nats:4222{{- else -}}{{ required "externalNats.url is required when nats.enabled is false" .Values.externalNats.url }}{{- end -}}
+{{/* The NATS subchart's fullname, computed as its "nats.fullname" does
+(nats-io/k8s helm/charts/nats/templates/_helpers.tpl): its Service, its
+StatefulSet and its pods (<fullname>-0, -1, ...) are named after it. */}}
+{{- define "bb.natsFullname" -}}
+{{- if .Values.nats.fullnameOverride -}}
+{{- .Values.nats.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default "nats" .Values.nats.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
+{{- define "bb.natsUrl" -}}
+{{- if .Values.nats.enabled -}}nats://{{ include "bb.natsFullname" . }}:4222{{- else -}}{{ required "externalNats.url is required when nats.enabled is false" .Values.externalNats.url }}{{- end -}}
+{{- end -}}
+
+{{/* Where KEDA's nats-jetstream scaler reads /jsz and /varz. With the NATS
+subchart: its headless Service, the only one that exposes the monitoring port
+by default, and the StatefulSet's DNS domain. On a cluster the scaler asks
+the consumer's leader at "<leader server_name>.<this endpoint>", which is the
+leader pod's DNS name here (server_name = pod name, the subchart's default). */}}
 {{- define "bb.monitoring" -}}
-{{- if .Values.nats.enabled -}}{{ .Release.Name }}-nats.{{ .Release.Namespace }}.svc.cluster.local:8222{{- else -}}{{ .Values.externalNats.monitoringEndpoint }}{{- end -}}
+{{- if .Values.nats.enabled -}}
+{{- $headless := dig "headlessService" "name" "" .Values.nats | default (printf "%s-headless" (include "bb.natsFullname" .)) -}}
+{{- $domain := dig "config" "cluster" "routeURLs" "k8sClusterDomain" "cluster.local" .Values.nats -}}
+{{- $port := dig "config" "monitor" "port" 8222 .Values.nats -}}
+{{- printf "%s.%s.svc.%s:%v" $headless .Release.Namespace $domain $port -}}
+{{- else -}}
+{{- .Values.externalNats.monitoringEndpoint -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "bb.apiKeysSecret" -}}
