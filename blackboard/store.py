@@ -211,9 +211,14 @@ class JetStreamEventStore:
         the others find what they need. A stream that exists with a different
         configuration raises StreamConfigDrift instead of being silently used.
         """
+        # On a fresh cluster the first creations may meet an election (a
+        # timeout, a 503): retried like any transient trouble; a retried
+        # create of a stream that had landed finds it in place.
         for cfg in (self.events_config(), self.work_config()):
-            await self._ensure_stream(cfg)
-        await self._ensure_blobs()
+            await self._retry(
+                f"creating {cfg.name}", functools.partial(self._ensure_stream, cfg)
+            )
+        await self._retry("creating the blob bucket", self._ensure_blobs)
 
     async def _ensure_stream(self, want: StreamConfig) -> None:
         assert want.name is not None
