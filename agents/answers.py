@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
-from blackboard import dag
+from blackboard.engine import dag
 from blackboard.errors import InvalidDag
-from blackboard.events import TaskSpec
+from blackboard.log.events import TaskSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

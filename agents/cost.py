@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from blackboard.events import Price
+from blackboard.log.events import Price
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -49,18 +49,18 @@ from agents.prompts import (
     Prompt,
 )
 from blackboard import ids
+from blackboard.engine.handlers import RetryableError
 from blackboard.errors import ConfigError
-from blackboard.events import ModelCalled
-from blackboard.handlers import RetryableError
-from blackboard.redact import Redactor
+from blackboard.log.events import ModelCalled
+from blackboard.log.redact import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from blackboard.config import Settings
-    from blackboard.context import TaskContext
-    from blackboard.events import TaskSpec
-    from blackboard.handlers import Handler
+    from blackboard.engine.context import TaskContext
+    from blackboard.engine.handlers import Handler
+    from blackboard.log.events import TaskSpec
+    from blackboard.runtime.config import Settings
 
 __all__ = ["MAX_NEEDS", "Agents", "NeedLoop", "UnusableAnswer", "registry"]
 

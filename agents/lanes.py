@@ -18,8 +18,8 @@ from agents.models import ModelClient, SupportsAclose
 from agents.ratelimit import RateLimiter, limiter_for
 from agents.resilient import OnCall, ResilientModel
 from agents.scripted import ScriptedModel
-from blackboard.config import PROVIDERS, LaneSettings, ModelRef, Settings
 from blackboard.errors import ConfigError
+from blackboard.runtime.config import PROVIDERS, LaneSettings, ModelRef, Settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from blackboard.events import Price
+from blackboard.log.events import Price
 
 __all__ = [
     "CallRecord",
@@ -108,7 +108,7 @@ class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
 class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One provider call, successful or not, as the worker records it.
 
-    The fields mirror :class:`blackboard.events.ModelCalled`, less the ones only
+    The fields mirror :class:`blackboard.log.events.ModelCalled`, less the ones only
     the worker knows (ids, lane, attempt).
     """
 

@@ -6,13 +6,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from blackboard.events import ModelCalled
+from blackboard.log.events import ModelCalled
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from blackboard.events import AnyEvent
-    from blackboard.state import GoalState
+    from blackboard.engine.state import GoalState
+    from blackboard.log.events import AnyEvent
 
 __all__ = ["Usage", "cost_lines", "progress_line", "usage_by_lane_model"]
 

@@ -39,7 +39,7 @@ from agents.models import (
 
 if TYPE_CHECKING:
     from agents.ratelimit import RateLimiter
-    from blackboard.events import Price
+    from blackboard.log.events import Price
 
 __all__ = ["OnCall", "ResilientModel"]
 

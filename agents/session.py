@@ -16,15 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 from agents.handlers import Agents
 from agents.report import Usage, usage_by_lane_model
-from blackboard import client, runtime, service, stack, telemetry
-from blackboard.handlers import BUILTIN
-from blackboard.state import fold
+from blackboard import telemetry
+from blackboard.engine import commands as client
+from blackboard.engine import submission as service
+from blackboard.engine.handlers import BUILTIN
+from blackboard.engine.state import fold
+from blackboard.runtime import connection as runtime
+from blackboard.runtime import inprocess as stack
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
-    from blackboard.config import Settings
-    from blackboard.state import GoalState
+    from blackboard.engine.state import GoalState
+    from blackboard.runtime.config import Settings
 
 __all__ = ["DEMO_GOAL", "Outcome", "drive", "unreachable"]
 

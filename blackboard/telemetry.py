@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import Meter, MeterProvider
     from opentelemetry.trace import Span, Tracer
 
-    from blackboard.events import ModelCalled
+    from blackboard.log.events import ModelCalled
 
 __all__ = [
     "Telemetry",

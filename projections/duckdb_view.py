@@ -21,7 +21,7 @@ from projections import schema
 from projections.rows import Rows, goal_row, task_row
 
 if TYPE_CHECKING:
-    from blackboard.state import BoardState
+    from blackboard.engine.state import BoardState
 
 __all__ = ["DuckDBView", "QueryError"]
 

@@ -3,7 +3,7 @@
 Append-only tables (``events``, ``model_calls``, ``side_effects``,
 ``approvals``, ``task_deps``, ``dead_letters``) get one row per event. The
 current state of ``goals`` and ``tasks`` comes from the one fold
-(:mod:`blackboard.state`): a batch marks what it touched, and those rows are
+(:mod:`blackboard.engine.state`): a batch marks what it touched, and those rows are
 written again whole, so the projection never disagrees with ``bb status``.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from blackboard.events import (
+from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
@@ -27,8 +27,8 @@ from blackboard.events import (
 )
 
 if TYPE_CHECKING:
-    from blackboard.codec import Envelope
-    from blackboard.state import GoalState, TaskState
+    from blackboard.engine.state import GoalState, TaskState
+    from blackboard.log.codec import Envelope
 
 __all__ = ["Rows", "add_event", "dead_letter", "goal_row", "task_row"]
 

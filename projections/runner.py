@@ -25,16 +25,16 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from blackboard import subjects
+from blackboard.engine.state import BoardState, evolve
 from blackboard.errors import BlackboardError, MalformedEvent
-from blackboard.state import BoardState, evolve
+from blackboard.log import subjects
 from projections.duckdb_view import DuckDBView
 from projections.rows import Rows, add_event, dead_letter
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.store import JetStreamEventStore
 
 __all__ = ["CONSUMER", "MAX_REPLY", "Projector", "api_subject"]
 

@@ -11,7 +11,7 @@ from replay.reader import ExportLine
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from blackboard.codec import Envelope
+    from blackboard.log.codec import Envelope
 
 __all__ = ["export_lines"]
 

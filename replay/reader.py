@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from blackboard.codec import Envelope
 from blackboard.errors import ConfigError
-from blackboard.events import AnyEvent
+from blackboard.log.codec import Envelope
+from blackboard.log.events import AnyEvent
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.store import JetStreamEventStore
 
 __all__ = ["ExportLine", "from_file", "from_store"]
 

@@ -4,7 +4,7 @@
 parent), each task's attempts with worker and timings, each model call with
 its prompt and answer, side effects, NEED escalations, approvals, guardrail
 holds and resumes, failures, and totals by lane and model. Statuses come from
-the one fold (:mod:`blackboard.state`), so a trace never disagrees with
+the one fold (:mod:`blackboard.engine.state`), so a trace never disagrees with
 ``bb status``. Nothing here reads a clock or iterates an unordered set: the
 same events give the same trace.
 """
@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from blackboard.events import (
+from blackboard.engine.state import fold
+from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
@@ -38,13 +39,12 @@ from blackboard.events import (
     TaskReady,
     kind,
 )
-from blackboard.state import fold
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from datetime import datetime
 
-    from blackboard.codec import Envelope
+    from blackboard.log.codec import Envelope
 
 __all__ = [
     "Attempt",

@@ -22,9 +22,11 @@ import msgspec
 from agents.handlers import Agents
 from agents.lanes import Lanes
 from agents.models import ModelClient, ModelRequest, ModelResponse
-from blackboard.codec import WorkItem
-from blackboard.context import TaskContext
-from blackboard.events import (
+from blackboard.engine.context import TaskContext
+from blackboard.engine.handlers import BUILTIN, Followup, NeedsApproval, RetryableError
+from blackboard.engine.state import GoalState, TaskState, fold, fold_task
+from blackboard.log.codec import WorkItem
+from blackboard.log.events import (
     ApprovalRequested,
     Event,
     GoalSubmitted,
@@ -36,17 +38,15 @@ from blackboard.events import (
     TaskNeedsFollowup,
     TaskSpec,
 )
-from blackboard.handlers import BUILTIN, Followup, NeedsApproval, RetryableError
-from blackboard.state import GoalState, TaskState, fold, fold_task
 from replay.trace import Attempt, TaskTrace, build_trace
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from blackboard.codec import Envelope
-    from blackboard.config import Settings
-    from blackboard.handlers import Handler
-    from blackboard.store import JetStreamEventStore
+    from blackboard.engine.handlers import Handler
+    from blackboard.log.codec import Envelope
+    from blackboard.log.store import JetStreamEventStore
+    from blackboard.runtime.config import Settings
 
 __all__ = ["Divergence", "Report", "verify"]
 

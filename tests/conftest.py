@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from blackboard.server import EmbeddedCluster, EmbeddedServer
-from blackboard.store import JetStreamEventStore, StoreSettings, connect
+from blackboard.log.server import EmbeddedCluster, EmbeddedServer
+from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

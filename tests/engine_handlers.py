@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blackboard.handlers import Handler, RetryableError
+# Through the public facade, as a user's handler module would.
+from blackboard import Handler, RetryableError, TaskSpec
 
 if TYPE_CHECKING:
-    from blackboard.context import TaskContext
+    from blackboard import TaskContext
 
 
 def _append(path: Path, text: str) -> None:
@@ -127,8 +128,6 @@ async def churn(ctx: TaskContext) -> Any:
 
 async def bad_spawn(ctx: TaskContext) -> Any:
     """Spawns a child whose id is not allowed (from the payload)."""
-    from blackboard.events import TaskSpec
-
     bad = (await ctx.payload())["child_id"]
     return ctx.wait_for(TaskSpec(task_id=bad, type="echo", lane=ctx.lane))
 

@@ -6,7 +6,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from blackboard import events as ev
+from blackboard.log import events as ev
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _n = itertools.count(1)

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from blackboard import events as ev
+from blackboard.log import events as ev
 from tests.factories import at
 
 _REQUIRED: dict[type[ev.Event], dict[str, Any]] = {

@@ -15,10 +15,11 @@ import pytest
 
 from agents.handlers import Agents
 from agents.lanes import Lanes
-from blackboard import client, config
-from blackboard.events import ModelCalled, TaskCompleted, TaskFailed
-from blackboard.handlers import BUILTIN
-from blackboard.stack import running
+from blackboard.engine import commands as client
+from blackboard.engine.handlers import BUILTIN
+from blackboard.log.events import ModelCalled, TaskCompleted, TaskFailed
+from blackboard.runtime import config
+from blackboard.runtime.inprocess import running
 from tests.engine.conftest import events_of, spec, submit
 from tests.fakes.providers import (
     ANTHROPIC_PATH,
@@ -30,7 +31,7 @@ from tests.fakes.providers import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.store import JetStreamEventStore
 
 PRICES = {
     "claude-main": {"input_per_mtok": 3.0, "output_per_mtok": 15.0, "cached_per_mtok": 0.3},

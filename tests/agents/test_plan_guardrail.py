@@ -7,10 +7,11 @@ import asyncio
 
 from agents.handlers import Agents
 from agents.session import DEMO_GOAL
-from blackboard import client, config
-from blackboard.events import GoalHalted, TaskCreated, TaskHeld
-from blackboard.handlers import BUILTIN
-from blackboard.stack import running
+from blackboard.engine import commands as client
+from blackboard.engine.handlers import BUILTIN
+from blackboard.log.events import GoalHalted, TaskCreated, TaskHeld
+from blackboard.runtime import config
+from blackboard.runtime.inprocess import running
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import events_of, submit
 

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from agents.handlers import Agents
-from blackboard import client, codec, config
-from blackboard.events import ModelCalled, TaskCompleted, TaskFailed
-from blackboard.handlers import BUILTIN
-from blackboard.stack import running
+from blackboard.engine import commands as client
+from blackboard.engine.handlers import BUILTIN
+from blackboard.log import codec
+from blackboard.log.events import ModelCalled, TaskCompleted, TaskFailed
+from blackboard.runtime import config
+from blackboard.runtime.inprocess import running
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import events_of, spec, submit
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.store import JetStreamEventStore
 
 
 def scripted(tmp_path: Path, rules: list[dict[str, Any]]) -> config.Settings:
@@ -247,7 +249,7 @@ async def test_hostile_dag_written_past_the_door_fails_that_goal_only(
     """Another client writes the DAG straight to the log: the scheduler fails
     that goal with the reason, and goes on serving the next one."""
     from blackboard import ids
-    from blackboard.events import GoalSubmitted, TaskSpec
+    from blackboard.log.events import GoalSubmitted, TaskSpec
 
     bad = GoalSubmitted(
         event_id=ids.new_id(),

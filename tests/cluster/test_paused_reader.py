@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from blackboard import client
-from blackboard.events import SideEffectCompleted, TaskCompleted
-from blackboard.stack import running
-from blackboard.store import JetStreamEventStore, StoreSettings, connect
+from blackboard.engine import commands as client
+from blackboard.log.events import SideEffectCompleted, TaskCompleted
+from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
+from blackboard.runtime.inprocess import running
 from tests.engine.conftest import engine_settings, events_of, spec, submit
 from tests.engine_handlers import HANDLERS
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from blackboard.server import EmbeddedCluster
+    from blackboard.log.server import EmbeddedCluster
 
 pytestmark = pytest.mark.integration
 

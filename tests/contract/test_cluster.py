@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, TypeVar
 import nats.errors
 import pytest
 
-from blackboard.store import JetStreamEventStore, StoreSettings, connect
+from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from tests import factories as f
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from blackboard.server import EmbeddedCluster
+    from blackboard.log.server import EmbeddedCluster
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ from agents.models import (
 )
 from agents.openai_client import OpenAICompatibleModel
 from agents.resilient import ResilientModel
-from blackboard.events import Price
+from blackboard.log.events import Price
 from tests.fakes.providers import (
     ANTHROPIC_PATH,
     OPENAI_PATH,

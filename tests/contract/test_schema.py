@@ -26,9 +26,9 @@ import jsonschema
 import msgspec
 import pytest
 
-from blackboard import events as ev
-from blackboard import subjects
-from blackboard.store import JetStreamEventStore, StoreSettings, connect
+from blackboard.log import events as ev
+from blackboard.log import subjects
+from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from tests.samples import all_samples, sample
 
 if TYPE_CHECKING:

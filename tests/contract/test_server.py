@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from blackboard.errors import ServerBinaryMissing, ServerStartFailed
-from blackboard.server import EmbeddedServer, find_binary
-from blackboard.store import connect
+from blackboard.log.server import EmbeddedServer, find_binary
+from blackboard.log.store import connect
 
 if TYPE_CHECKING:
     from pathlib import Path

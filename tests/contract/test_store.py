@@ -10,15 +10,15 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from blackboard import codec
 from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
     MalformedEvent,
     StreamConfigDrift,
 )
-from blackboard.events import GoalSubmitted, TaskCompleted
-from blackboard.store import JetStreamEventStore, StoreSettings
+from blackboard.log import codec
+from blackboard.log.events import GoalSubmitted, TaskCompleted
+from blackboard.log.store import JetStreamEventStore, StoreSettings
 from tests import factories as f
 
 
@@ -255,7 +255,7 @@ async def test_read_from_a_server_that_went_away_raises_instead_of_ending(
     nats_server, tmp_path
 ):
     from blackboard.errors import LogUnavailable
-    from blackboard.store import connect
+    from blackboard.log.store import connect
 
     nc = await connect(nats_server.url, name="test")
     s = JetStreamEventStore(nc, StoreSettings(transient_s=1.5))

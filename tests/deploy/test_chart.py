@@ -19,8 +19,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from blackboard.server import EmbeddedServer
-from blackboard.worker import consumer_name
+from blackboard.engine.worker import consumer_name
+from blackboard.log.server import EmbeddedServer
 from tests.e2e.test_cli_basics import bb
 
 ROOT = Path(__file__).resolve().parents[2]

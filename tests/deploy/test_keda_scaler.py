@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from blackboard import codec, subjects
-from blackboard.server import EmbeddedCluster
-from blackboard.store import JetStreamEventStore, StoreSettings, connect
-from blackboard.worker import Worker, WorkerSettings, consumer_name
+from blackboard.engine.worker import Worker, WorkerSettings, consumer_name
+from blackboard.log import codec, subjects
+from blackboard.log.server import EmbeddedCluster
+from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from tests.contract.test_cluster import eventually
 from tests.deploy.test_chart import CHART, by_kind, render
 

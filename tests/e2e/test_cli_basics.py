@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import nats
 
-from blackboard.events import kind
-from blackboard.store import JetStreamEventStore, connect
+from blackboard.log.events import kind
+from blackboard.log.store import JetStreamEventStore, connect
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -150,7 +150,7 @@ def test_up_serves_until_ctrl_c_and_keeps_data(tmp_path: Path, cli_env):
     assert "Traceback" not in err
     assert not (tmp_path / "up" / "nats.url").exists()
     # The goal survived the stop: a fresh embedded server sees it.
-    from blackboard.server import EmbeddedServer
+    from blackboard.log.server import EmbeddedServer
 
     async def kinds(url: str) -> list[str]:
         nc = await connect(url)

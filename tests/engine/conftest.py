@@ -6,16 +6,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from blackboard import config, service
-from blackboard.events import TaskSpec
-from blackboard.stack import Stack, running
+from blackboard.engine import submission as service
+from blackboard.log.events import TaskSpec
+from blackboard.runtime import config
+from blackboard.runtime.inprocess import Stack, running
 from tests.engine_handlers import HANDLERS
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from blackboard.events import AnyEvent
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.events import AnyEvent
+    from blackboard.log.store import JetStreamEventStore
 
 
 def engine_settings(**engine: Any) -> config.Settings:

@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from blackboard import codec
-from blackboard.events import TaskReady
-from blackboard.worker import Worker, WorkerSettings
+from blackboard.engine.worker import Worker, WorkerSettings
+from blackboard.log import codec
+from blackboard.log.events import TaskReady
 from tests import factories as f
 
 if TYPE_CHECKING:
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.store import JetStreamEventStore
 
 
 async def claimed_task(store: JetStreamEventStore) -> tuple[Worker, codec.WorkItem]:

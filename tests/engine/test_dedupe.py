@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from blackboard import client
-from blackboard.events import TaskCancelled, TaskClaimed, TaskCompleted, TaskSpec
+from blackboard.engine import commands as client
+from blackboard.log.events import TaskCancelled, TaskClaimed, TaskCompleted, TaskSpec
 from tests.engine.conftest import events_of, submit
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from blackboard import client
-from blackboard.events import TaskClaimed, TaskCompleted
+from blackboard.engine import commands as client
+from blackboard.log.events import TaskClaimed, TaskCompleted
 from tests.engine.conftest import events_of, spec, submit
 
 
@@ -110,7 +110,7 @@ async def test_guardrail_breach_halts_then_resume_finishes(store, settings, engi
 
 async def test_cycle_in_submitted_dag_fails_goal_with_reason(store, settings, engine):
     from blackboard import ids
-    from blackboard.events import GoalSubmitted, Limits
+    from blackboard.log.events import GoalSubmitted, Limits
 
     # Another client skipped validation: the scheduler refuses it, recorded.
     event = GoalSubmitted(
@@ -167,7 +167,7 @@ async def test_unavailable_log_is_retried_without_spending_attempts(
 ):
     import msgspec
 
-    from blackboard.events import TaskFailed
+    from blackboard.log.events import TaskFailed
 
     one = msgspec.structs.replace(spec("t", "log_blip"), max_attempts=1)
     goal_id = await submit(store, settings, [one])
@@ -183,7 +183,7 @@ async def test_ready_work_is_dispatched_by_priority(store, settings):
     goal's, then the task's, then creation order."""
     import msgspec
 
-    from blackboard.stack import running
+    from blackboard.runtime.inprocess import running
     from tests.engine_handlers import HANDLERS
 
     prios = [0, 5, 1, 9, 0, 3]

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from blackboard import client
-from blackboard.events import (
+from blackboard.engine import commands as client
+from blackboard.log.events import (
     GoalCancelled,
     SideEffectCompleted,
     SideEffectStarted,
@@ -25,7 +25,7 @@ from blackboard.events import (
     TaskNeedsFollowup,
     TaskReady,
 )
-from blackboard.stack import running
+from blackboard.runtime.inprocess import running
 from tests.engine.conftest import events_of, spec, submit
 from tests.engine_handlers import HANDLERS
 

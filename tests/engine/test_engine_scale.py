@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from blackboard import client
-from blackboard.events import TaskCompleted, TaskReady
+from blackboard.engine import commands as client
+from blackboard.log.events import TaskCompleted, TaskReady
 from tests.engine.conftest import spec, submit
 
 

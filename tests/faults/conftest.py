@@ -12,7 +12,7 @@ from tests.faults.harness import REPORT, Deployment
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.store import JetStreamEventStore
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blackboard import client, config, service
-from blackboard.events import (
+from blackboard.engine import commands as client
+from blackboard.engine import submission as service
+from blackboard.log.events import (
     SideEffectCompleted,
     TaskCompleted,
     TaskSpec,
 )
-from blackboard.server import EmbeddedServer
-from blackboard.store import JetStreamEventStore, StoreSettings, connect
+from blackboard.log.server import EmbeddedServer
+from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
+from blackboard.runtime import config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -11,7 +11,7 @@ import asyncio
 import signal
 
 from agents.session import DEMO_GOAL
-from blackboard.events import TaskClaimed
+from blackboard.log.events import TaskClaimed
 from tests.faults.harness import audit, effect_goal, ledger_lines, submit, wait_all
 
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import duckdb
 import pytest
 
-from blackboard import client
-from blackboard.events import TaskSpec
-from blackboard.stack import running
+from blackboard.engine import commands as client
+from blackboard.log.events import TaskSpec
+from blackboard.runtime.inprocess import running
 from projections import schema
 from projections.duckdb_view import DuckDBView
 from tests.e2e.test_cli_basics import bb
@@ -27,7 +27,7 @@ from tests.projections.test_projector import caught_up, fill, projector, until
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.store import JetStreamEventStore
 
 SUMS = {
     "cost_by_goal_lane_model": ("tokens_in", "tokens_out", "tokens_cached"),

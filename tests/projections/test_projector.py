@@ -16,16 +16,17 @@ import pytest
 
 from agents.handlers import Agents
 from agents.session import DEMO_GOAL
-from blackboard import client, config
-from blackboard.events import ModelCalled, TaskSpec
-from blackboard.handlers import BUILTIN
-from blackboard.stack import running
+from blackboard.engine import commands as client
+from blackboard.engine.handlers import BUILTIN
+from blackboard.log.events import ModelCalled, TaskSpec
+from blackboard.runtime import config
+from blackboard.runtime.inprocess import running
 from projections import schema
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import submit
 
 if TYPE_CHECKING:
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.store import JetStreamEventStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -240,9 +241,9 @@ def test_sql_errors_and_formats(cli_env, tmp_path):
 def test_a_file_of_schema_1_gains_model_calls_dispatch(tmp_path):
     import msgspec
 
-    from blackboard import events as ev
-    from blackboard.codec import Envelope
-    from blackboard.state import BoardState, evolve
+    from blackboard.engine.state import BoardState, evolve
+    from blackboard.log import events as ev
+    from blackboard.log.codec import Envelope
     from projections.duckdb_view import DuckDBView
     from projections.rows import Rows, add_event
     from tests.samples import sample

@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 
 import agents.handlers
 from agents.prompts import EXECUTE, Prompt
-from blackboard import client, config
 from blackboard.cli import app
-from blackboard.events import TaskClaimed
-from blackboard.stack import running
+from blackboard.engine import commands as client
+from blackboard.log.events import TaskClaimed
+from blackboard.runtime import config
+from blackboard.runtime.inprocess import running
 from replay import reader, render, trace, verify
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import spec, submit

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from blackboard.server import EmbeddedServer
+from blackboard.log.server import EmbeddedServer
 from tests.e2e.test_cli_basics import bb
 
 if TYPE_CHECKING:

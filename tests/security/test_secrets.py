@@ -21,11 +21,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 
 from agents.handlers import Agents
 from agents.lanes import Lanes
-from blackboard import client, config, telemetry
-from blackboard.events import ModelCalled
-from blackboard.handlers import BUILTIN
-from blackboard.redact import MASK, Redactor
-from blackboard.stack import running
+from blackboard import telemetry
+from blackboard.engine import commands as client
+from blackboard.engine.handlers import BUILTIN
+from blackboard.log.events import ModelCalled
+from blackboard.log.redact import MASK, Redactor
+from blackboard.runtime import config
+from blackboard.runtime.inprocess import running
 from tests.engine.conftest import spec, submit
 from tests.fakes.providers import FakeProviderServer
 

@@ -35,10 +35,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 
 from agents.handlers import Agents
 from agents.session import DEMO_GOAL
-from blackboard import client, config, telemetry
-from blackboard.events import ModelCalled, TaskClaimed, TaskCompleted
-from blackboard.handlers import BUILTIN
-from blackboard.stack import running
+from blackboard import telemetry
+from blackboard.engine import commands as client
+from blackboard.engine.handlers import BUILTIN
+from blackboard.log.events import ModelCalled, TaskClaimed, TaskCompleted
+from blackboard.runtime import config
+from blackboard.runtime.inprocess import running
 from replay import otlp
 from replay.trace import build_trace
 from tests.e2e.test_cli_basics import bb

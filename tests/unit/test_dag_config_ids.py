@@ -6,10 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blackboard import config, dag, ids
+from blackboard import ids
+from blackboard.engine import dag
+from blackboard.engine.submission import resolve_limits
 from blackboard.errors import ConfigError, InvalidDag
-from blackboard.events import Limits, TaskSpec
-from blackboard.service import resolve_limits
+from blackboard.log.events import Limits, TaskSpec
+from blackboard.runtime import config
 
 
 def spec(tid: str, *deps: str) -> TaskSpec:

@@ -7,10 +7,10 @@ import json
 import msgspec
 import pytest
 
-from blackboard import codec
-from blackboard import events as ev
 from blackboard.errors import MalformedEvent
-from blackboard.subjects import Subjects, check_token
+from blackboard.log import codec
+from blackboard.log import events as ev
+from blackboard.log.subjects import Subjects, check_token
 from tests.samples import _REQUIRED, all_samples
 
 

@@ -10,7 +10,7 @@ import pytest
 from agents.cost import DEFAULT_PRICES, PriceTable, cost_usd
 from agents.models import parse_retry_after
 from agents.ratelimit import RateLimiter, limiter_for, reset_limiters
-from blackboard.events import Price
+from blackboard.log.events import Price
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

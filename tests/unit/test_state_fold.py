@@ -9,9 +9,9 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blackboard import events as ev
-from blackboard.codec import Envelope
-from blackboard.state import LEGAL, BoardState, evolve, fold
+from blackboard.engine.state import LEGAL, BoardState, evolve, fold
+from blackboard.log import events as ev
+from blackboard.log.codec import Envelope
 from tests.factories import at
 
 TASKS = ["a", "b", "c"]

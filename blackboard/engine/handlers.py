@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from blackboard.errors import ConfigError
 
 if TYPE_CHECKING:
-    from blackboard.context import TaskContext
-    from blackboard.events import TaskSpec
+    from blackboard.engine.context import TaskContext
+    from blackboard.log.events import TaskSpec
 
 Handler = Callable[["TaskContext"], Coroutine[Any, Any, object]]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from blackboard.codec import Envelope, to_builtins
-from blackboard.events import (
+from blackboard.engine.state import GoalState, TaskState, counts
+from blackboard.log.codec import Envelope, to_builtins
+from blackboard.log.events import (
     AnyEvent,
     ApprovalDenied,
     ApprovalGranted,
@@ -30,7 +31,6 @@ from blackboard.events import (
     TaskReady,
     kind,
 )
-from blackboard.state import GoalState, TaskState, counts
 
 
 def clip(text: str, width: int = 60) -> str:

@@ -8,17 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from blackboard import dag, ids
+from blackboard import ids
+from blackboard.engine import dag
 from blackboard.errors import ConfigError
-from blackboard.events import GoalSubmitted, Limits, TaskSpec
-from blackboard.redact import Redactor
-from blackboard.subjects import check_token
+from blackboard.log.events import GoalSubmitted, Limits, TaskSpec
+from blackboard.log.redact import Redactor
+from blackboard.log.subjects import check_token
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-    from blackboard.config import Settings
+    from blackboard.runtime.config import Settings
 
 
 class _DagFile(msgspec.Struct, forbid_unknown_fields=True):

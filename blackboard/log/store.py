@@ -45,8 +45,6 @@ from nats.js.api import (
     SubjectTransform,
 )
 
-from blackboard import codec, subjects
-from blackboard.codec import Envelope
 from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
@@ -57,8 +55,10 @@ from blackboard.errors import (
     StoreError,
     StreamConfigDrift,
 )
-from blackboard.events import SCHEMA_VERSION, Event, kind
-from blackboard.subjects import Subjects
+from blackboard.log import codec, subjects
+from blackboard.log.codec import Envelope
+from blackboard.log.events import SCHEMA_VERSION, Event, kind
+from blackboard.log.subjects import Subjects
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient

@@ -17,18 +17,20 @@ from typing import TYPE_CHECKING, Any
 import typer
 from nats.js import api as nats_api
 
-from blackboard import config, ids, runtime
-from blackboard.events import TaskClaimed, TaskCreated, TaskSpec
-from blackboard.server import EmbeddedServer
-from blackboard.store import JetStreamEventStore, StoreSettings
+from blackboard import ids
+from blackboard.log.events import TaskClaimed, TaskCreated, TaskSpec
+from blackboard.log.server import EmbeddedServer
+from blackboard.log.store import JetStreamEventStore, StoreSettings
+from blackboard.runtime import config
+from blackboard.runtime import connection as runtime
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from opentelemetry.sdk.trace import ReadableSpan
 
-    from blackboard.context import TaskContext
-    from blackboard.state import GoalState
+    from blackboard.engine.context import TaskContext
+    from blackboard.engine.state import GoalState
 
 WINDOW = 512
 
@@ -87,7 +89,7 @@ async def append(n: int = 5000) -> dict[str, Any]:
         await js.add_stream(name="BENCH_RAW", subjects=["benchraw.>"])
         goal = ids.new_id()
         sample = _created(goal, "T0")
-        from blackboard import codec
+        from blackboard.log import codec
 
         body = codec.encode(sample)
 
@@ -190,7 +192,8 @@ async def _run_goal(
     specs: list[TaskSpec],
     text: str,
 ) -> tuple[float, GoalState]:
-    from blackboard import client, service
+    from blackboard.engine import commands as client
+    from blackboard.engine import submission as service
 
     event = service.goal_submitted(
         settings,
@@ -261,8 +264,9 @@ async def engine(
     go through the batch processor to an exporter that drops them), so the
     figures show what telemetry costs beside the default, where it is off.
     """
-    from blackboard import stack, telemetry
-    from blackboard.events import TaskCompleted
+    from blackboard import telemetry
+    from blackboard.log.events import TaskCompleted
+    from blackboard.runtime import inprocess as stack
 
     if otel:
         _install_discarding_telemetry()
@@ -389,8 +393,8 @@ def replay(events: int = 100_000) -> dict[str, Any]:
 def _synthetic_goal(events: int, first_seq: int = 1) -> list[Any]:
     from datetime import UTC, datetime, timedelta
 
-    from blackboard.codec import Envelope
-    from blackboard.events import (
+    from blackboard.log.codec import Envelope
+    from blackboard.log.events import (
         GoalSubmitted,
         ModelCalled,
         TaskClaimed,
@@ -462,7 +466,7 @@ def projector(events: int = 1_000_000, batch: int = 10_000) -> dict[str, Any]:
     """
     import msgspec
 
-    from blackboard.state import BoardState, evolve
+    from blackboard.engine.state import BoardState, evolve
     from projections import rows as rowmod
     from projections.duckdb_view import DuckDBView, bulk_load_rate
 

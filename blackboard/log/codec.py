@@ -12,7 +12,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from blackboard.errors import MalformedEvent
-from blackboard.events import KINDS, AnyEvent, Event, json_schema
+from blackboard.log.events import KINDS, AnyEvent, Event, json_schema
 
 
 class Envelope(msgspec.Struct, frozen=True):

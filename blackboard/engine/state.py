@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Literal, assert_never
 
-from blackboard.events import (
+from blackboard.log.events import (
     AnyEvent,
     ApprovalDenied,
     ApprovalGranted,
@@ -45,7 +45,7 @@ from blackboard.events import (
 )
 
 if TYPE_CHECKING:
-    from blackboard.codec import Envelope
+    from blackboard.log.codec import Envelope
 
 TaskStatus = Literal[
     "pending",

@@ -14,18 +14,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from blackboard import ids
-from blackboard.decide import Decider, Policy
+from blackboard.engine.decide import Decider, Policy
+from blackboard.engine.scheduler import Scheduler
+from blackboard.engine.worker import Worker, WorkerSettings
 from blackboard.errors import ComponentFailed
-from blackboard.scheduler import Scheduler
-from blackboard.worker import Worker, WorkerSettings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
     from pathlib import Path
 
-    from blackboard.config import Settings
-    from blackboard.handlers import Handler
-    from blackboard.store import JetStreamEventStore
+    from blackboard.engine.handlers import Handler
+    from blackboard.log.store import JetStreamEventStore
+    from blackboard.runtime.config import Settings
     from projections.runner import Projector
 
 log = logging.getLogger("blackboard.stack")

@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from blackboard.errors import InvalidDag
-from blackboard.subjects import check_token
+from blackboard.log.subjects import check_token
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
-    from blackboard.events import TaskSpec
+    from blackboard.log.events import TaskSpec
 
 
 def order(specs: Sequence[TaskSpec], existing: Iterable[str] = ()) -> list[TaskSpec]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from blackboard import dag
+from blackboard.engine import dag
+from blackboard.engine.state import TERMINAL, BoardState, GoalState, TaskState
 from blackboard.errors import InvalidDag
-from blackboard.events import (
+from blackboard.log.events import (
     ApprovalRequested,
     Event,
     GoalCompleted,
@@ -28,7 +29,6 @@ from blackboard.events import (
     TaskReady,
     TaskSpec,
 )
-from blackboard.state import TERMINAL, BoardState, GoalState, TaskState
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -29,8 +29,16 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from blackboard import codec, ids, telemetry
-from blackboard.context import TaskContext
+from blackboard import ids, telemetry
+from blackboard.engine.context import TaskContext
+from blackboard.engine.handlers import (
+    BUILTIN,
+    Followup,
+    Handler,
+    NeedsApproval,
+    RetryableError,
+)
+from blackboard.engine.state import fold_task
 from blackboard.errors import (
     ConcurrencyConflict,
     InvalidDag,
@@ -38,7 +46,8 @@ from blackboard.errors import (
     MalformedEvent,
     StoreError,
 )
-from blackboard.events import (
+from blackboard.log import codec
+from blackboard.log.events import (
     ApprovalRequested,
     Event,
     TaskClaimed,
@@ -46,22 +55,14 @@ from blackboard.events import (
     TaskFailed,
     TaskNeedsFollowup,
 )
-from blackboard.handlers import (
-    BUILTIN,
-    Followup,
-    Handler,
-    NeedsApproval,
-    RetryableError,
-)
-from blackboard.state import fold_task
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from nats.aio.msg import Msg
 
-    from blackboard.codec import WorkItem
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.codec import WorkItem
+    from blackboard.log.store import JetStreamEventStore
 
 log = logging.getLogger("blackboard.worker")
 

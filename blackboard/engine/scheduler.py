@@ -17,15 +17,18 @@ from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from blackboard import codec, ids, subjects, telemetry
-from blackboard.decide import Append, AppendBatch, Decider, Dispatch
+from blackboard import ids, telemetry
+from blackboard.engine.decide import Append, AppendBatch, Decider, Dispatch
+from blackboard.engine.lock import LeaderLock
+from blackboard.engine.state import BoardState, TaskState, evolve
 from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
     InvalidEvent,
     StoreError,
 )
-from blackboard.events import (
+from blackboard.log import codec, subjects
+from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     Event,
@@ -39,15 +42,13 @@ from blackboard.events import (
     TaskFailed,
     TaskNeedsFollowup,
 )
-from blackboard.lock import LeaderLock
-from blackboard.state import BoardState, TaskState, evolve
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
-    from blackboard.codec import Envelope
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.codec import Envelope
+    from blackboard.log.store import JetStreamEventStore
 
 log = logging.getLogger("blackboard.scheduler")
 

@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 
 from blackboard.errors import ConfigError
-from blackboard.events import Limits
-from blackboard.store import StoreSettings
-from blackboard.subjects import check_token
+from blackboard.log.events import Limits
+from blackboard.log.store import StoreSettings
+from blackboard.log.subjects import check_token
 
 
 class NatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

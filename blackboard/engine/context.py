@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from blackboard import dag, ids, telemetry
+from blackboard import ids, telemetry
+from blackboard.engine import dag
+from blackboard.engine.handlers import Followup, NeedsApproval
+from blackboard.engine.state import TaskState, fold, fold_task
 from blackboard.errors import ConcurrencyConflict, LogUnavailable
-from blackboard.events import (
+from blackboard.log.events import (
     Event,
     GoalSubmitted,
     ModelCalled,
@@ -24,14 +27,12 @@ from blackboard.events import (
     TaskCreated,
     TaskSpec,
 )
-from blackboard.handlers import Followup, NeedsApproval
-from blackboard.state import TaskState, fold, fold_task
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from blackboard.codec import WorkItem
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.codec import WorkItem
+    from blackboard.log.store import JetStreamEventStore
 
 
 class TaskContext:

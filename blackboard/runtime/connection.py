@@ -11,11 +11,11 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blackboard import health
-from blackboard.config import Settings, store_settings
 from blackboard.errors import NotConnected
-from blackboard.server import EmbeddedServer
-from blackboard.store import JetStreamEventStore, connect
+from blackboard.log.server import EmbeddedServer
+from blackboard.log.store import JetStreamEventStore, connect
+from blackboard.runtime import health
+from blackboard.runtime.config import Settings, store_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

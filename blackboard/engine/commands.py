@@ -12,8 +12,17 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from blackboard import ids
+from blackboard.engine.state import (
+    BoardState,
+    GoalState,
+    TaskState,
+    evolve,
+    fold,
+    fold_task,
+)
+from blackboard.engine.submission import resolve_limits
 from blackboard.errors import ConcurrencyConflict, ConfigError
-from blackboard.events import (
+from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     Event,
@@ -21,15 +30,13 @@ from blackboard.events import (
     GoalResumed,
     TaskCancelled,
 )
-from blackboard.service import resolve_limits
-from blackboard.state import BoardState, GoalState, TaskState, evolve, fold, fold_task
-from blackboard.store import MAX_BATCH
+from blackboard.log.store import MAX_BATCH
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from blackboard.codec import Envelope
-    from blackboard.store import JetStreamEventStore
+    from blackboard.log.codec import Envelope
+    from blackboard.log.store import JetStreamEventStore
 
 FINAL = frozenset({"done", "failed", "cancelled"})
 

@@ -19,8 +19,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from blackboard import config as config_mod
 from blackboard.errors import BlackboardError
+from blackboard.runtime import config as config_mod
 
 app = typer.Typer(
     name="bb",
@@ -82,7 +82,7 @@ def serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     telemetry.configure_from_env(_service_name())
 
     async def wrapper() -> None:
-        from blackboard import health
+        from blackboard.runtime import health
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -122,7 +122,7 @@ def emit_json(value: Any) -> None:
 
 def whoami(by: str | None) -> str:
     """The name written into events a person causes."""
-    from blackboard.service import _whoami
+    from blackboard.engine.submission import _whoami
 
     return by or _whoami()
 
@@ -163,7 +163,7 @@ def up(
 
     Ctrl-C stops it cleanly; the data stays under BB_DATA_DIR (./.bb).
     """
-    from blackboard import runtime
+    from blackboard.runtime import connection as runtime
 
     s = settings(config)
     lane_list = _lanes(s, lanes)
@@ -180,7 +180,7 @@ def up(
 
 
 def _default_port() -> int:
-    from blackboard.server import _port_in_use
+    from blackboard.log.server import _port_in_use
 
     return 0 if _port_in_use("127.0.0.1", 4222) else 4222
 
@@ -204,7 +204,8 @@ async def _up(
     scheduler: bool,
     stop: asyncio.Event,
 ) -> None:
-    from blackboard import runtime, stack
+    from blackboard.runtime import connection as runtime
+    from blackboard.runtime import inprocess as stack
 
     async with (
         runtime.open_store(s, url, name="bb-up") as store,
@@ -233,9 +234,11 @@ def scheduler(config: ConfigOpt = None) -> None:
 
 
 async def _scheduler(s: config_mod.Settings, stop: asyncio.Event) -> None:
-    from blackboard import ids, runtime, stack
-    from blackboard.decide import Decider
-    from blackboard.scheduler import Scheduler
+    from blackboard import ids
+    from blackboard.engine.decide import Decider
+    from blackboard.engine.scheduler import Scheduler
+    from blackboard.runtime import connection as runtime
+    from blackboard.runtime import inprocess as stack
 
     async with runtime.open_store(s, name="bb-scheduler") as store:
         decider = Decider(f"scheduler-{ids.new_id()[-8:]}", stack.policy_from(s))
@@ -267,8 +270,9 @@ async def _worker(
     handlers: dict[str, Any],
     stop: asyncio.Event,
 ) -> None:
-    from blackboard import runtime, stack
-    from blackboard.worker import Worker
+    from blackboard.engine.worker import Worker
+    from blackboard.runtime import connection as runtime
+    from blackboard.runtime import inprocess as stack
 
     async with runtime.open_store(s, name=f"bb-worker-{lane}") as store:
         w = Worker(store, stack.worker_settings(s, lane, concurrency), handlers)
@@ -278,7 +282,7 @@ async def _worker(
 
 def load_handlers(s: config_mod.Settings, spec: str | None) -> dict[str, Any]:
     """The task handlers a worker runs: built-ins, agents', and --handlers."""
-    from blackboard import handlers as h
+    from blackboard.engine import handlers as h
 
     registry: dict[str, Any] = dict(h.BUILTIN)
     registry.update(_agent_handlers(s))
@@ -330,7 +334,7 @@ def projector(
 async def _projector(
     s: config_mod.Settings, path: Path, rebuild: bool, batch: int, stop: asyncio.Event
 ) -> None:
-    from blackboard import runtime
+    from blackboard.runtime import connection as runtime
     from projections.runner import Projector
 
     async with runtime.open_store(s, name="bb-projector") as store:
@@ -343,8 +347,8 @@ async def _ask_or_file(
     s: config_mod.Settings, db: Path, request: dict[str, Any]
 ) -> dict[str, Any]:
     """The running projector answers; with none, the file is read directly."""
-    from blackboard import runtime
     from blackboard.errors import ConfigError, NotConnected
+    from blackboard.runtime import connection as runtime
     from projections import query
 
     url = runtime.resolve_url(s)
@@ -475,8 +479,8 @@ def _log_server(s: config_mod.Settings) -> Any:
     """
     import contextlib
 
-    from blackboard import runtime
     from blackboard.errors import NotConnected
+    from blackboard.runtime import connection as runtime
 
     url = runtime.resolve_url(s)
     if url is not None:
@@ -490,7 +494,7 @@ def _log_server(s: config_mod.Settings) -> Any:
 
 
 async def _goal_envelopes(s: config_mod.Settings, url: str, goal_id: str) -> Any:
-    from blackboard import runtime
+    from blackboard.runtime import connection as runtime
     from replay import reader
 
     async with runtime.open_store(s, url, name="bb-replay") as store:
@@ -663,7 +667,7 @@ def run_goal(
     With no deployment to talk to (no BB_NATS_URL, no `bb up`), it starts an
     embedded server and runs the scheduler and workers in this process.
     """
-    from blackboard import runtime
+    from blackboard.runtime import connection as runtime
 
     s = settings(config)
     url = runtime.resolve_url(s)
@@ -704,7 +708,7 @@ def _drive(
     import time
 
     from agents import report, session
-    from blackboard import runtime
+    from blackboard.runtime import connection as runtime
 
     out = sys.stderr
     live = out.isatty() and not as_json
@@ -806,7 +810,7 @@ def demo(
     import msgspec
 
     from agents import session
-    from blackboard import runtime
+    from blackboard.runtime import connection as runtime
 
     s = msgspec.structs.replace(settings(config), scripted=True)
     if detach:
@@ -831,7 +835,7 @@ def demo(
 
 
 def _submit_only(s: config_mod.Settings, text: str, as_json: bool) -> None:
-    from blackboard import service
+    from blackboard.engine import submission as service
 
     event = service.goal_submitted(s, text, submitted_by=whoami(None))
     try:
@@ -870,7 +874,7 @@ def submit(
     config: ConfigOpt = None,
 ) -> None:
     """Submit a goal; prints its id."""
-    from blackboard import service
+    from blackboard.engine import submission as service
 
     s = settings(config)
     try:
@@ -894,7 +898,8 @@ def submit(
 
 
 async def _append(s: config_mod.Settings, event: Any) -> None:
-    from blackboard import runtime, telemetry
+    from blackboard import telemetry
+    from blackboard.runtime import connection as runtime
 
     async with runtime.open_store(s, name="bb-submit") as store:
         # The goal's trace starts here: its context travels with the event.
@@ -920,7 +925,9 @@ def status(
 async def _status(
     s: config_mod.Settings, goal_id: str | None, watch: bool, as_json: bool
 ) -> None:
-    from blackboard import client, display, runtime
+    from blackboard.cli import display
+    from blackboard.engine import commands as client
+    from blackboard.runtime import connection as runtime
 
     async with runtime.open_store(s, name="bb-status") as store:
         if goal_id is None:
@@ -948,7 +955,8 @@ async def _watch(store: Any, goal_id: str, as_json: bool) -> None:
     from rich.live import Live
     from rich.text import Text
 
-    from blackboard import client, display
+    from blackboard.cli import display
+    from blackboard.engine import commands as client
 
     if as_json:
 
@@ -979,12 +987,12 @@ def approve(
     config: ConfigOpt = None,
 ) -> None:
     """Approve (or --deny) a task that waits for a human."""
-    from blackboard import client
+    from blackboard.engine import commands as client
 
     s = settings(config)
 
     async def go() -> Any:
-        from blackboard import runtime
+        from blackboard.runtime import connection as runtime
 
         async with runtime.open_store(s, name="bb-approve") as store:
             return await client.approve(
@@ -1011,7 +1019,7 @@ def resume(
     config: ConfigOpt = None,
 ) -> None:
     """Raise a halted goal's limits and release its held tasks."""
-    from blackboard import client
+    from blackboard.engine import commands as client
 
     s = settings(config)
     overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost)
@@ -1023,7 +1031,7 @@ def resume(
         )
 
     async def go() -> Any:
-        from blackboard import runtime
+        from blackboard.runtime import connection as runtime
 
         async with runtime.open_store(s, name="bb-resume") as store:
             return await client.resume(store, goal, overrides, by=whoami(by))
@@ -1047,12 +1055,12 @@ def cancel(
     config: ConfigOpt = None,
 ) -> None:
     """Cancel a goal: its open tasks are cancelled, running ones stopped."""
-    from blackboard import client
+    from blackboard.engine import commands as client
 
     s = settings(config)
 
     async def go() -> Any:
-        from blackboard import runtime
+        from blackboard.runtime import connection as runtime
 
         async with runtime.open_store(s, name="bb-cancel") as store:
             return await client.cancel(store, goal, reason=reason, by=whoami(by))
@@ -1089,7 +1097,7 @@ def tail(
     config: ConfigOpt = None,
 ) -> None:
     """Follow events as they are appended (Ctrl-C to stop)."""
-    from blackboard.events import KINDS
+    from blackboard.log.events import KINDS
 
     if kind is not None and kind not in KINDS:
         fail(f"unknown kind {kind!r}; one of: {', '.join(sorted(KINDS))}", 2)
@@ -1106,8 +1114,10 @@ async def _tail(
     count: int | None,
     as_json: bool,
 ) -> None:
-    from blackboard import codec, display, runtime
+    from blackboard.cli import display
     from blackboard.errors import MalformedEvent
+    from blackboard.log import codec
+    from blackboard.runtime import connection as runtime
 
     def bad(err: MalformedEvent) -> None:
         typer.echo(f"bb: skipped malformed message: {err}", err=True)
@@ -1138,7 +1148,7 @@ async def _tail(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema (2020-12) of every event body, blob stubs included."""
-    from blackboard.codec import wire_schema
+    from blackboard.log.codec import wire_schema
 
     typer.echo(json.dumps(wire_schema(), indent=2, sort_keys=True))
 
@@ -1154,7 +1164,7 @@ def bench_append(
     as_json: JsonOpt = False,
 ) -> None:
     """Events/s of guarded and unguarded appends beside raw JetStream publish."""
-    from blackboard import bench
+    from blackboard.tools import bench
 
     result = run(bench.append(events))
     if as_json:
@@ -1175,7 +1185,7 @@ def bench_engine(
     as_json: JsonOpt = False,
 ) -> None:
     """No-op tasks/s end to end, fan-out wall time, chain hop latency, raw rates."""
-    from blackboard import bench
+    from blackboard.tools import bench
 
     result = run(bench.engine(tasks, fanout, chain, concurrency, otel))
     result["otel"] = otel
@@ -1192,7 +1202,7 @@ def bench_projector(
     as_json: JsonOpt = False,
 ) -> None:
     """Events/s applied to DuckDB beside DuckDB's bulk load; cost view latency."""
-    from blackboard import bench
+    from blackboard.tools import bench
 
     result = bench.projector(events, batch)
     if as_json:
@@ -1208,7 +1218,7 @@ def bench_replay(
     as_json: JsonOpt = False,
 ) -> None:
     """Time to build and render the trace of a goal of N events (aim: < 2 s)."""
-    from blackboard import bench
+    from blackboard.tools import bench
 
     result = bench.replay(events)
     if as_json:
