@@ -1,0 +1,88 @@
+"""`bb bench ...`: the benchmarks (they print figures; never part of the tests)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from blackboard.cli.common import (
+    JsonOpt,
+    bench_app,
+    emit_json,
+    run,
+)
+
+# --- benchmarks ---------------------------------------------------------------
+
+
+@bench_app.command("append")
+def bench_append(
+    events: Annotated[
+        int, typer.Option("-n", "--events", help="Events per mode.")
+    ] = 5000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Events/s of guarded and unguarded appends beside raw JetStream publish."""
+    from blackboard.tools import bench
+
+    result = run(bench.append(events))
+    if as_json:
+        emit_json(result)
+    else:
+        bench.print_table(result)
+
+
+@bench_app.command("engine")
+def bench_engine(
+    tasks: Annotated[int, typer.Option(help="Independent no-op tasks.")] = 10_000,
+    fanout: Annotated[int, typer.Option(help="Children of the fan-out.")] = 500,
+    chain: Annotated[int, typer.Option(help="Length of the chain.")] = 200,
+    concurrency: Annotated[int, typer.Option(help="Worker concurrency.")] = 128,
+    otel: Annotated[
+        bool, typer.Option("--otel", help="Record spans and metrics (SDK on).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """No-op tasks/s end to end, fan-out wall time, chain hop latency, raw rates."""
+    from blackboard.tools import bench
+
+    result = run(bench.engine(tasks, fanout, chain, concurrency, otel))
+    result["otel"] = otel
+    if as_json:
+        emit_json(result)
+    else:
+        bench.print_table(result)
+
+
+@bench_app.command("projector")
+def bench_projector(
+    events: Annotated[int, typer.Option(help="Events in the log.")] = 1_000_000,
+    batch: Annotated[int, typer.Option(help="Events per transaction.")] = 10_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Events/s applied to DuckDB beside DuckDB's bulk load; cost view latency."""
+    from blackboard.tools import bench
+
+    result = bench.projector(events, batch)
+    if as_json:
+        emit_json(result)
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:>26}: {v}")
+
+
+@bench_app.command("replay")
+def bench_replay(
+    events: Annotated[int, typer.Option(help="Events in the goal.")] = 100_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Time to build and render the trace of a goal of N events (aim: < 2 s)."""
+    from blackboard.tools import bench
+
+    result = bench.replay(events)
+    if as_json:
+        emit_json(result)
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:>16}: {v}")

@@ -1,0 +1,169 @@
+"""Shared parts of the commands: the app, options, errors as one line, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from blackboard.errors import BlackboardError
+from blackboard.runtime import config as config_mod
+
+app = typer.Typer(
+    name="bb",
+    help="Blackboard: an event-sourced control plane for fleets of AI agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks (print figures; never part of the tests).")
+app.add_typer(bench_app, name="bench")
+
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Settings file (default ./bb.toml).")
+]
+HandlersOpt = Annotated[
+    str | None,
+    typer.Option("--handlers", help="Extra task handlers, as module:attribute."),
+]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Who you are (default $USER).")]
+MaxDepth = Annotated[int | None, typer.Option(help="Guardrail: deepest spawn level.")]
+MaxTasks = Annotated[int | None, typer.Option(help="Guardrail: tasks in the goal.")]
+MaxTokens = Annotated[int | None, typer.Option(help="Guardrail: tokens of the goal.")]
+MaxCost = Annotated[float | None, typer.Option(help="Guardrail: USD for the goal.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit."""
+    typer.echo(f"bb: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine, turning our errors into one-line messages."""
+    try:
+        return asyncio.run(coro)
+    except BlackboardError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run a long-lived command until Ctrl-C or SIGTERM, its normal ways to stop.
+
+    Both set the ``stop`` event the command watches, so it finishes what it is
+    doing and closes cleanly (Kubernetes stops pods with SIGTERM).
+    """
+    logging.basicConfig(
+        level=os.environ.get("BB_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    from blackboard import telemetry
+
+    telemetry.configure_from_env(_service_name())
+
+    async def wrapper() -> None:
+        from blackboard.runtime import health
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with health.serving():
+            await main(stop)
+
+    try:
+        asyncio.run(wrapper())
+    except BlackboardError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        return
+    finally:
+        telemetry.shutdown()
+
+
+def _service_name() -> str:
+    """``bb-<command>``: the OpenTelemetry service name of this process."""
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "cli")
+    return f"bb-{command}"
+
+
+def settings(path: Path | None = None) -> config_mod.Settings:
+    """Load settings or fail with the reason."""
+    try:
+        return config_mod.load(path)
+    except BlackboardError as e:
+        fail(str(e), 2)
+
+
+def emit_json(value: Any) -> None:
+    """Print a JSON document on stdout."""
+    typer.echo(json.dumps(value, default=str))
+
+
+def whoami(by: str | None) -> str:
+    """The name written into events a person causes."""
+    from blackboard.engine.submission import _whoami
+
+    return by or _whoami()
+
+
+def limit_overrides(
+    max_depth: int | None,
+    max_tasks: int | None,
+    max_tokens: int | None,
+    max_cost: float | None,
+) -> dict[str, Any]:
+    """Guardrail options as the overrides the service takes."""
+    return {
+        "max_depth": max_depth,
+        "max_tasks": max_tasks,
+        "max_tokens": max_tokens,
+        "max_cost_usd": max_cost,
+    }
+
+
+def load_handlers(s: config_mod.Settings, spec: str | None) -> dict[str, Any]:
+    """The task handlers a worker runs: built-ins, agents', and --handlers."""
+    from blackboard.engine import handlers as h
+
+    registry: dict[str, Any] = dict(h.BUILTIN)
+    registry.update(_agent_handlers(s))
+    if spec:
+        try:
+            registry.update(h.load(spec))
+        except BlackboardError as e:
+            fail(str(e), 2)
+    return registry
+
+
+def _agent_handlers(s: config_mod.Settings) -> dict[str, Any]:
+    """The model-backed handlers: plan, execute, review, aggregate."""
+    from agents import handlers as agent_handlers
+
+    return dict(agent_handlers.registry(s))
+
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help="DuckDB file (default <BB_DATA_DIR>/blackboard.duckdb)."),
+]
+
+
+def db_path(s: config_mod.Settings, db: Path | None) -> Path:
+    """The projection's DuckDB file: ``--db``, else in the data dir."""
+    return db or Path(s.data_dir) / "blackboard.duckdb"

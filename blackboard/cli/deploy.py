@@ -1,0 +1,193 @@
+"""Running a deployment: `bb up`, `bb scheduler`, `bb worker`, `bb projector`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from blackboard.cli.common import (
+    ConfigOpt,
+    DbOpt,
+    HandlersOpt,
+    app,
+    db_path,
+    fail,
+    load_handlers,
+    serve,
+    settings,
+)
+from blackboard.errors import BlackboardError
+from blackboard.runtime import config as config_mod
+
+# --- running a deployment ---------------------------------------------------
+
+
+@app.command()
+def up(
+    port: Annotated[
+        int, typer.Option(help="Port of the embedded server (0: 4222 if free).")
+    ] = 0,
+    lanes: Annotated[
+        str | None, typer.Option(help="Comma-separated lanes to run workers for.")
+    ] = None,
+    handlers: HandlersOpt = None,
+    no_scheduler: Annotated[
+        bool, typer.Option("--no-scheduler", help="Run workers only.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a deployment: server (embedded unless BB_NATS_URL), scheduler, workers.
+
+    Ctrl-C stops it cleanly; the data stays under BB_DATA_DIR (./.bb).
+    """
+    from blackboard.runtime import connection as runtime
+
+    s = settings(config)
+    lane_list = _lanes(s, lanes)
+    registry = load_handlers(s, handlers)
+    try:
+        with runtime.server_for(s, port=port or _default_port()) as url:
+            typer.echo(f"NATS at {url}  (export BB_NATS_URL={url})")
+            serve(lambda stop: _up(s, url, lane_list, registry, not no_scheduler, stop))
+    except BlackboardError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C during shutdown
+    typer.echo("stopped; data kept in " + str(Path(s.data_dir).resolve()))
+
+
+def _default_port() -> int:
+    from blackboard.log.server import _port_in_use
+
+    return 0 if _port_in_use("127.0.0.1", 4222) else 4222
+
+
+def _lanes(s: config_mod.Settings, lanes: str | None) -> list[str]:
+    chosen = (
+        [x.strip() for x in lanes.split(",") if x.strip()] if lanes else list(s.lanes)
+    )
+    unknown = [x for x in chosen if x not in s.lanes]
+    if unknown:
+        known = ", ".join(s.lanes)
+        fail(f"unknown lane(s) {', '.join(unknown)}; configured: {known}", 2)
+    return chosen
+
+
+async def _up(
+    s: config_mod.Settings,
+    url: str,
+    lanes: list[str],
+    handlers: dict[str, Any],
+    scheduler: bool,
+    stop: asyncio.Event,
+) -> None:
+    from blackboard.runtime import connection as runtime
+    from blackboard.runtime import inprocess as stack
+
+    async with (
+        runtime.open_store(s, url, name="bb-up") as store,
+        stack.running(
+            store,
+            s,
+            handlers,
+            lanes=lanes,
+            scheduler=scheduler,
+            projector_db=db_path(s, None) if scheduler else None,
+        ),
+    ):
+        typer.echo(
+            f"streams {store.events_stream}, {store.work_stream} ready; "
+            f"scheduler {'on' if scheduler else 'off'}; "
+            f"workers: {', '.join(lanes) or 'none'}; Ctrl-C to stop"
+        )
+        await stop.wait()
+
+
+@app.command()
+def scheduler(config: ConfigOpt = None) -> None:
+    """Run a scheduler (a standby while another is active) until stopped."""
+    s = settings(config)
+    serve(lambda stop: _scheduler(s, stop))
+
+
+async def _scheduler(s: config_mod.Settings, stop: asyncio.Event) -> None:
+    from blackboard import ids
+    from blackboard.engine.decide import Decider
+    from blackboard.engine.scheduler import Scheduler
+    from blackboard.runtime import connection as runtime
+    from blackboard.runtime import inprocess as stack
+
+    async with runtime.open_store(s, name="bb-scheduler") as store:
+        decider = Decider(f"scheduler-{ids.new_id()[-8:]}", stack.policy_from(s))
+        sched = Scheduler(store, decider, lock_ttl_s=s.engine.lock_ttl_s)
+        typer.echo(f"{decider.actor}: started", err=True)
+        await sched.run(stop)
+
+
+@app.command()
+def worker(
+    lane: Annotated[str, typer.Option(help="The lane to take work from.")],
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Tasks run at once (default: lane's).")
+    ] = None,
+    handlers: HandlersOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a lane worker until stopped."""
+    s = settings(config)
+    _lanes(s, lane)
+    registry = load_handlers(s, handlers)
+    serve(lambda stop: _worker(s, lane, concurrency, registry, stop))
+
+
+async def _worker(
+    s: config_mod.Settings,
+    lane: str,
+    concurrency: int | None,
+    handlers: dict[str, Any],
+    stop: asyncio.Event,
+) -> None:
+    from blackboard.engine.worker import Worker
+    from blackboard.runtime import connection as runtime
+    from blackboard.runtime import inprocess as stack
+
+    async with runtime.open_store(s, name=f"bb-worker-{lane}") as store:
+        w = Worker(store, stack.worker_settings(s, lane, concurrency), handlers)
+        typer.echo(f"{w.worker_id}: handling {', '.join(sorted(w.handlers))}", err=True)
+        await w.run(stop)
+
+
+# --- projections ------------------------------------------------------------
+
+
+@app.command()
+def projector(
+    db: DbOpt = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Start over from sequence 1, fresh file.")
+    ] = False,
+    batch: Annotated[
+        int, typer.Option(min=1, help="Events applied per transaction, at most.")
+    ] = 2000,
+    config: ConfigOpt = None,
+) -> None:
+    """Project the log into DuckDB (exactly once) and answer SQL for `bb sql`."""
+    s = settings(config)
+    path = db_path(s, db)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    serve(lambda stop: _projector(s, path, rebuild, batch, stop))
+
+
+async def _projector(
+    s: config_mod.Settings, path: Path, rebuild: bool, batch: int, stop: asyncio.Event
+) -> None:
+    from blackboard.runtime import connection as runtime
+    from projections.runner import Projector
+
+    async with runtime.open_store(s, name="bb-projector") as store:
+        p = Projector(store, path, rebuild=rebuild, batch=batch)
+        typer.echo(f"projector: {path}{' (rebuilding)' if rebuild else ''}", err=True)
+        await p.run(stop)

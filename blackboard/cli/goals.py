@@ -1,0 +1,463 @@
+"""Goals: `bb run`, `demo`, `submit`, `status`, `approve`, `resume`, `cancel`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from blackboard.cli.common import (
+    ByOpt,
+    ConfigOpt,
+    JsonOpt,
+    MaxCost,
+    MaxDepth,
+    MaxTasks,
+    MaxTokens,
+    _service_name,
+    app,
+    db_path,
+    emit_json,
+    fail,
+    limit_overrides,
+    run,
+    settings,
+    whoami,
+)
+from blackboard.errors import BlackboardError
+from blackboard.runtime import config as config_mod
+
+# --- goals ------------------------------------------------------------------
+
+
+@app.command("run")
+def run_goal(
+    text: Annotated[str, typer.Argument(help="The goal, in plain words.")],
+    max_depth: MaxDepth = None,
+    max_tasks: MaxTasks = None,
+    max_tokens: MaxTokens = None,
+    max_cost: MaxCost = None,
+    with_workers: Annotated[
+        bool,
+        typer.Option(
+            "--with-workers",
+            help="Run a scheduler and workers here even if a deployment is up.",
+        ),
+    ] = False,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a goal: submit it, show progress, print the result and the totals.
+
+    With no deployment to talk to (no BB_NATS_URL, no `bb up`), it starts an
+    embedded server and runs the scheduler and workers in this process.
+    """
+    from blackboard.runtime import connection as runtime
+
+    s = settings(config)
+    url = runtime.resolve_url(s)
+    in_process = url is None or with_workers
+    if in_process and not s.scripted:
+        _check_models(s)
+    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost)
+    _drive(s, text, url, in_process, overrides, whoami(by), as_json, demo=False)
+
+
+def _check_models(s: config_mod.Settings) -> None:
+    from agents import lanes, session
+
+    problems = lanes.missing_setup(s, s.lanes)
+    if not problems:
+        problems = session.unreachable(s, s.lanes)
+    if problems:
+        fail(
+            "no model to run the goal with:\n  "
+            + "\n  ".join(problems)
+            + "\nSet these (or configure lanes in bb.toml), or try `bb demo`"
+            " (scripted models, nothing to set) or BB_SCRIPTED=1."
+        )
+
+
+def _drive(
+    s: config_mod.Settings,
+    text: str,
+    url: str | None,
+    in_process: bool,
+    overrides: dict[str, Any],
+    by: str,
+    as_json: bool,
+    *,
+    demo: bool,
+) -> None:
+    import contextlib
+    import time
+
+    from agents import report, session
+    from blackboard.runtime import connection as runtime
+
+    out = sys.stderr
+    live = out.isatty() and not as_json
+    last: list[Any] = [0.0, ""]
+
+    def submitted(goal_id: str) -> None:
+        if not as_json:
+            typer.echo(f"goal {goal_id}", err=True)
+
+    def progress(goal: Any) -> None:
+        line = report.progress_line(goal)
+        now = time.monotonic()
+        if as_json or line == last[1]:
+            return
+        if live:
+            out.write("\r\x1b[2K" + line)
+            out.flush()
+        elif now - last[0] >= 1.0 or goal.status != "running":
+            out.write(line + "\n")
+        last[0], last[1] = now, line
+
+    from blackboard import telemetry
+
+    telemetry.configure_from_env(_service_name())
+    server = contextlib.nullcontext(url) if url else runtime.server_for(s, port=0)
+    try:
+        with server as nats_url:
+            outcome = run(
+                session.drive(
+                    s,
+                    nats_url,
+                    text,
+                    in_process=in_process,
+                    overrides=overrides,
+                    submitted_by=by,
+                    on_submitted=submitted,
+                    on_progress=progress,
+                    projector_db=str(db_path(s, None)) if in_process else None,
+                )
+            )
+    except BlackboardError as e:
+        fail(str(e))
+    finally:
+        telemetry.shutdown()
+    if live:
+        out.write("\n")
+    goal = outcome.goal
+    if as_json:
+        emit_json(outcome.as_json())
+    else:
+        _print_outcome(outcome, demo=demo)
+    if goal.status != "done":
+        raise typer.Exit(1)
+
+
+def _print_outcome(outcome: Any, *, demo: bool) -> None:
+    from agents import report
+
+    goal = outcome.goal
+    scripted = any(u.scripted for u in outcome.usage)
+    label = " (scripted models)" if scripted else ""
+    typer.echo(f"\ngoal {goal.goal_id} {goal.status}{label}")
+    if goal.summary:
+        typer.echo(f"result: {goal.summary}")
+    if goal.reason:
+        typer.echo(f"reason: {goal.reason}")
+    if goal.status == "halted":
+        typer.echo(
+            f"halted by the {goal.halted_by} guardrail; its work is kept: "
+            f"bb resume {goal.goal_id} --max-tasks N (or --max-cost, ...)"
+        )
+    typer.echo(
+        f"tasks {len(goal.tasks)}  tokens {goal.tokens:,}  cost ${goal.cost_usd:.4f}"
+    )
+    typer.echo("")
+    for line in report.cost_lines(outcome.usage):
+        typer.echo(line)
+    typer.echo("")
+    typer.echo(f"replay it: bb replay {goal.goal_id}")
+
+
+@app.command()
+def demo(
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach", help="Only submit the demo goal to a running deployment."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a realistic goal end to end on scripted models: no keys, no GPU.
+
+    Plans "add structured audit logging to every write endpoint", designs a
+    schema on the frontier lane, patches ~20 endpoints on the local lane (a few
+    escalate with NEED), writes a migration, reviews with fix-ups, summarises.
+    """
+    import msgspec
+
+    from agents import session
+    from blackboard.runtime import connection as runtime
+
+    s = msgspec.structs.replace(settings(config), scripted=True)
+    if detach:
+        url = runtime.resolve_url(s)
+        if url is None:
+            fail(
+                "no deployment to submit to: run `BB_SCRIPTED=1 bb up` first, "
+                "or plain `bb demo` to run everything here"
+            )
+        _submit_only(s, session.DEMO_GOAL, as_json)
+        return
+    _drive(
+        s,
+        session.DEMO_GOAL,
+        runtime.resolve_url(s),
+        True,
+        {},
+        whoami(None),
+        as_json,
+        demo=True,
+    )
+
+
+def _submit_only(s: config_mod.Settings, text: str, as_json: bool) -> None:
+    from blackboard.engine import submission as service
+
+    event = service.goal_submitted(s, text, submitted_by=whoami(None))
+    try:
+        run(_append(s, event))
+    except BlackboardError as e:
+        fail(str(e))
+    if as_json:
+        emit_json({"goal_id": event.goal_id})
+    else:
+        typer.echo(event.goal_id)
+
+
+@app.command()
+def submit(
+    text: Annotated[str, typer.Argument(help="The goal, in plain words.")],
+    dag: Annotated[
+        Path | None,
+        typer.Option(help="JSON file with the goal's tasks, instead of a plan."),
+    ] = None,
+    max_depth: MaxDepth = None,
+    max_tasks: MaxTasks = None,
+    max_tokens: MaxTokens = None,
+    max_cost: MaxCost = None,
+    tenant: Annotated[
+        str, typer.Option(help="Tenant the goal belongs to.")
+    ] = "default",
+    priority: Annotated[
+        int,
+        typer.Option(
+            help="Higher is dispatched first among work made ready at the same "
+            "moment; a lane's queue is first-in first-out beyond that."
+        ),
+    ] = 0,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Submit a goal; prints its id."""
+    from blackboard.engine import submission as service
+
+    s = settings(config)
+    try:
+        specs = service.load_dag(dag) if dag else ()
+        event = service.goal_submitted(
+            s,
+            text,
+            specs=specs,
+            overrides=limit_overrides(max_depth, max_tasks, max_tokens, max_cost),
+            tenant=tenant,
+            priority=priority,
+            submitted_by=whoami(by),
+        )
+    except BlackboardError as e:
+        fail(str(e), 2)
+    run(_append(s, event))
+    if as_json:
+        emit_json({"goal_id": event.goal_id, "tasks": len(event.tasks)})
+    else:
+        typer.echo(event.goal_id)
+
+
+async def _append(s: config_mod.Settings, event: Any) -> None:
+    from blackboard import telemetry
+    from blackboard.runtime import connection as runtime
+
+    async with runtime.open_store(s, name="bb-submit") as store:
+        # The goal's trace starts here: its context travels with the event.
+        await store.append(event, traceparent=telemetry.traceparent(event.goal_id))
+
+
+@app.command()
+def status(
+    goal: Annotated[
+        str | None, typer.Argument(help="A goal id; none: all goals.")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Redraw as the goal moves, until it ends.")
+    ] = False,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show a goal's DAG with statuses and counts (or list every goal)."""
+    s = settings(config)
+    run(_status(s, goal, watch, as_json))
+
+
+async def _status(
+    s: config_mod.Settings, goal_id: str | None, watch: bool, as_json: bool
+) -> None:
+    from blackboard.cli import display
+    from blackboard.engine import commands as client
+    from blackboard.runtime import connection as runtime
+
+    async with runtime.open_store(s, name="bb-status") as store:
+        if goal_id is None:
+            goals = await client.goals(store)
+            if as_json:
+                emit_json([display.goal_json(g, tasks=False) for g in goals])
+            elif not goals:
+                typer.echo('no goals yet: bb submit "<goal>"')
+            else:
+                for g in goals:
+                    typer.echo(display.goal_row(g))
+            return
+        goal = await client.goal_state(store, goal_id)
+        if not watch:
+            if as_json:
+                emit_json(display.goal_json(goal))
+            else:
+                typer.echo("\n".join(display.goal_tree(goal)))
+            return
+        await _watch(store, goal_id, as_json)
+
+
+async def _watch(store: Any, goal_id: str, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from blackboard.cli import display
+    from blackboard.engine import commands as client
+
+    if as_json:
+
+        def emit(g: Any, _: Any) -> None:
+            emit_json(display.goal_json(g, tasks=False))
+
+        await client.wait_goal(store, goal_id, until=client.FINAL, on_batch=emit)
+        return
+    console = Console()
+    with Live(Text("…"), console=console, auto_refresh=False) as live:
+
+        def draw(g: Any, _: Any) -> None:
+            live.update(Text("\n".join(display.goal_tree(g))), refresh=True)
+
+        await client.wait_goal(store, goal_id, until=client.FINAL, on_batch=draw)
+
+
+@app.command()
+def approve(
+    task: Annotated[str, typer.Argument(help="The task awaiting approval.")],
+    goal: Annotated[
+        str | None, typer.Option(help="Its goal (found from the log if omitted).")
+    ] = None,
+    deny: Annotated[bool, typer.Option("--deny", help="Refuse instead.")] = False,
+    note: Annotated[str, typer.Option(help="Why; recorded with the decision.")] = "",
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Approve (or --deny) a task that waits for a human."""
+    from blackboard.engine import commands as client
+
+    s = settings(config)
+
+    async def go() -> Any:
+        from blackboard.runtime import connection as runtime
+
+        async with runtime.open_store(s, name="bb-approve") as store:
+            return await client.approve(
+                store, task, goal_id=goal, deny=deny, note=note, by=whoami(by)
+            )
+
+    t = run(go())
+    verdict = "denied" if deny else "approved"
+    if as_json:
+        emit_json({"goal_id": t.goal_id, "task_id": task, "decision": verdict})
+    else:
+        typer.echo(f"{verdict} {task} ({t.task_type} on {t.lane}) of goal {t.goal_id}")
+
+
+@app.command()
+def resume(
+    goal: Annotated[str, typer.Argument(help="The halted goal.")],
+    max_depth: MaxDepth = None,
+    max_tasks: MaxTasks = None,
+    max_tokens: MaxTokens = None,
+    max_cost: MaxCost = None,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Raise a halted goal's limits and release its held tasks."""
+    from blackboard.engine import commands as client
+
+    s = settings(config)
+    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost)
+    if not any(v is not None for v in overrides.values()):
+        fail(
+            "say which limit to raise: --max-tasks, --max-depth, --max-tokens or "
+            "--max-cost",
+            2,
+        )
+
+    async def go() -> Any:
+        from blackboard.runtime import connection as runtime
+
+        async with runtime.open_store(s, name="bb-resume") as store:
+            return await client.resume(store, goal, overrides, by=whoami(by))
+
+    g = run(go())
+    held = [t.task_id for t in g.tasks.values() if t.status == "held"]
+    if as_json:
+        emit_json({"goal_id": goal, "released": held})
+    else:
+        typer.echo(
+            f"resumed {goal} (halted by {g.halted_by}); released {len(held)} task(s)"
+        )
+
+
+@app.command()
+def cancel(
+    goal: Annotated[str, typer.Argument(help="The goal to cancel.")],
+    reason: Annotated[str, typer.Option(help="Recorded with the cancellation.")] = "",
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Cancel a goal: its open tasks are cancelled, running ones stopped."""
+    from blackboard.engine import commands as client
+
+    s = settings(config)
+
+    async def go() -> Any:
+        from blackboard.runtime import connection as runtime
+
+        async with runtime.open_store(s, name="bb-cancel") as store:
+            return await client.cancel(store, goal, reason=reason, by=whoami(by))
+
+    _, n = run(go())
+    if as_json:
+        emit_json({"goal_id": goal, "cancelled_tasks": n})
+    else:
+        typer.echo(
+            f"cancelled {goal} and its {n} open task(s); running handlers stop "
+            "at their next step"
+        )
