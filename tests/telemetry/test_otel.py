@@ -41,6 +41,7 @@ from blackboard.engine.handlers import BUILTIN
 from blackboard.log.events import ModelCalled, TaskClaimed, TaskCompleted
 from blackboard.runtime import config
 from blackboard.runtime.inprocess import running
+from blackboard.telemetry import spans
 from replay import otlp
 from replay.trace import build_trace
 from tests.e2e.test_cli_basics import bb
@@ -221,8 +222,8 @@ async def test_every_run_of_a_task_has_its_own_ids(store, otel, tmp_path):
 def test_first_dispatch_keeps_its_span_ids():
     # Spans recorded before dispatches were told apart keep their ids.
     g = "01J0000000000000000000000G"
-    old_task = telemetry._span_id("task", g, "t", 1)
-    old_call = telemetry._span_id("call", g, "t", 1, 0)
+    old_task = spans._span_id("task", g, "t", 1)
+    old_call = spans._span_id("call", g, "t", 1, 0)
     assert telemetry.task_span_id(g, "t", 1) == old_task
     assert telemetry.model_span_id(g, "t", 1, 0) == old_call
     assert telemetry.task_span_id(g, "t", 1, dispatch=2) != old_task

@@ -1,4 +1,4 @@
-"""OpenTelemetry traces and metrics: the only module that talks to the SDK.
+"""OpenTelemetry traces and metrics: the only package that talks to the SDK.
 
 **One trace per goal.** Its trace id is the goal's ULID (both are 128 bits),
 and every span id is derived from what the span stands for (the goal; a run
@@ -31,14 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import hashlib
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import (
     Link,
@@ -50,13 +47,12 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
-from blackboard import ids
-
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
     from datetime import datetime
 
     from opentelemetry.metrics import Meter, MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, Tracer
 
     from blackboard.log.events import ModelCalled
@@ -67,9 +63,11 @@ __all__ = [
     "get",
     "model_span_id",
     "root_span_id",
+    "shutdown",
     "task_span_id",
     "trace_id_of",
     "traceparent",
+    "tracer_provider",
 ]
 
 OTEL_VARS = (
@@ -79,52 +77,6 @@ OTEL_VARS = (
     "OTEL_TRACES_EXPORTER",
     "OTEL_METRICS_EXPORTER",
 )
-
-
-# --- deterministic ids -------------------------------------------------------
-
-
-def trace_id_of(goal_id: str) -> int:
-    """The goal's trace id: its ULID's 128 bits (a hash for other ids)."""
-    try:
-        value = ids.ulid_int(goal_id)
-    except ValueError:
-        value = int.from_bytes(hashlib.sha256(goal_id.encode()).digest()[:16], "big")
-    return value or 1
-
-
-def _span_id(*parts: object) -> int:
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") or 1
-
-
-def root_span_id(goal_id: str) -> int:
-    """The span id of a goal's root span."""
-    return _span_id("goal", goal_id)
-
-
-def _run(attempt: int, dispatch: int) -> tuple[int, ...]:
-    # A task's first dispatch keeps the ids it always had (so spans recorded
-    # before dispatches were told apart still line up); later dispatches, whose
-    # attempts start at 1 again, add the dispatch.
-    return (attempt,) if dispatch <= 1 else (dispatch, attempt)
-
-
-def task_span_id(goal_id: str, task_id: str, attempt: int, dispatch: int = 1) -> int:
-    """The span id of one run of a task: an attempt of one of its dispatches."""
-    return _span_id("task", goal_id, task_id, *_run(attempt, dispatch))
-
-
-def model_span_id(
-    goal_id: str, task_id: str, attempt: int, index: int, dispatch: int = 1
-) -> int:
-    """The span id of one model call of a run."""
-    return _span_id("call", goal_id, task_id, *_run(attempt, dispatch), index)
-
-
-def traceparent(goal_id: str) -> str:
-    """The W3C ``traceparent`` of a goal's root span."""
-    return f"00-{trace_id_of(goal_id):032x}-{root_span_id(goal_id):016x}-01"
 
 
 def parse_traceparent(value: str | None) -> SpanContext | None:
@@ -513,85 +465,16 @@ def disable() -> None:
     _CURRENT = Telemetry()
 
 
-def tracer_provider(service: str) -> TracerProvider:
-    """A tracer provider whose span ids can be preset (see module docstring)."""
-    from opentelemetry.sdk.resources import Resource
-
-    return TracerProvider(
-        resource=Resource.create({"service.name": service}), id_generator=_PresetIds()
-    )
-
-
-def configure_from_env(service: str, env: Mapping[str, str] | None = None) -> Telemetry:
-    """Install exporters as the ``OTEL_*`` variables say; none set: disabled."""
-    env = os.environ if env is None else env
-    if not any(env.get(v) for v in OTEL_VARS):
-        return _CURRENT
-    traces = env.get("OTEL_TRACES_EXPORTER", "otlp").lower()
-    metrics = env.get("OTEL_METRICS_EXPORTER", "otlp").lower()
-    tp = None
-    if traces != "none":
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        tp = tracer_provider(env.get("OTEL_SERVICE_NAME", service))
-        tp.add_span_processor(BatchSpanProcessor(_span_exporter(traces)))
-    mp = None
-    if metrics != "none":
-        from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.resources import Resource
-
-        reader = PeriodicExportingMetricReader(_metric_exporter(metrics))
-        mp = SdkMeterProvider(
-            resource=Resource.create(
-                {"service.name": env.get("OTEL_SERVICE_NAME", service)}
-            ),
-            metric_readers=[reader],
-        )
-    telemetry = install(tp, mp)
-    telemetry._providers = (tp, mp)  # type: ignore[attr-defined]
-    return telemetry
-
-
-def shutdown() -> None:
-    """Flush and stop the exporters installed by :func:`configure_from_env`."""
-    providers = getattr(_CURRENT, "_providers", (None, None))
-    for p in providers:
-        if p is not None:
-            p.shutdown()
-
-
-def _span_exporter(name: str) -> Any:
-    if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter,
-        )
-    except ImportError as e:
-        from blackboard.errors import ConfigError
-
-        raise ConfigError(
-            "OTLP export needs the otlp extra: pip install 'blackboard[otlp]'"
-        ) from e
-    return OTLPSpanExporter()
-
-
-def _metric_exporter(name: str) -> Any:
-    if name == "console":
-        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-
-        return ConsoleMetricExporter()
-    try:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter,
-        )
-    except ImportError as e:
-        from blackboard.errors import ConfigError
-
-        raise ConfigError(
-            "OTLP export needs the otlp extra: pip install 'blackboard[otlp]'"
-        ) from e
-    return OTLPMetricExporter()
+# Below the names export.py takes from here; re-exported for callers.
+from blackboard.telemetry.export import (  # noqa: E402
+    configure_from_env,
+    shutdown,
+    tracer_provider,
+)
+from blackboard.telemetry.spans import (  # noqa: E402
+    model_span_id,
+    root_span_id,
+    task_span_id,
+    trace_id_of,
+    traceparent,
+)
