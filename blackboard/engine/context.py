@@ -12,7 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from blackboard import ids, telemetry
-from blackboard.engine import dag
+from blackboard.engine import builders, dag
 from blackboard.engine.handlers import Followup, NeedsApproval
 from blackboard.engine.state import TaskState, fold, fold_task
 from blackboard.errors import ConcurrencyConflict, LogUnavailable
@@ -295,24 +295,15 @@ class TaskContext:
         ordered = dag.order(specs, existing=self._known_ids(me, specs))
         now = ids.utcnow()
         return [
-            TaskCreated(
-                event_id=f"created:{self.goal_id}:{s.task_id}",
-                goal_id=self.goal_id,
-                task_id=s.task_id,
+            builders.task_created(
+                self.goal_id,
+                s,
                 at=now,
                 actor=self.worker,
-                task_type=s.type,
-                lane=s.lane,
-                payload=s.payload,
-                depends_on=s.depends_on,
-                parent_id=self.task_id,
+                max_attempts=me.max_attempts,
+                parent=me,
                 parent_attempt=self.attempt,
                 parent_dispatch=self.dispatch,
-                depth=me.depth + 1,
-                priority=s.priority,
-                dedupe_key=s.dedupe_key,
-                requires_approval=s.requires_approval,
-                max_attempts=s.max_attempts or me.max_attempts,
             )
             for s in ordered
         ]

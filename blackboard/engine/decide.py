@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from blackboard.engine import dag
+from blackboard.engine import builders, dag
 from blackboard.engine.state import TERMINAL, BoardState, GoalState, TaskState
 from blackboard.errors import InvalidDag
 from blackboard.log.events import (
@@ -140,7 +140,7 @@ class Decider:
                     expect=None,
                 )
                 for t in goal.tasks.values()
-                if t.status not in TERMINAL and _key(t) not in busy
+                if t.status not in TERMINAL and builders.task_key(t) not in busy
             ]
         created = self._materialise(goal, now, busy)
         if created is not None:
@@ -160,9 +160,9 @@ class Decider:
                         considered.update(same[1:])
         actions: list[Action] = []
         halting = goal.goal_id in busy
-        for tid in sorted(considered, key=lambda t: _order(goal, t)):
+        for tid in sorted(considered, key=lambda t: builders.consider_order(goal, t)):
             task = goal.tasks.get(tid)
-            if task is None or _key(task) in busy:
+            if task is None or builders.task_key(task) in busy:
                 continue
             for action in self._task(goal, task, now, halting):
                 if isinstance(action, Append) and isinstance(action.event, GoalHalted):
@@ -213,20 +213,12 @@ class Decider:
         ]
 
     def _created(self, goal: GoalState, spec: TaskSpec, now: datetime) -> TaskCreated:
-        return TaskCreated(
-            event_id=f"created:{goal.goal_id}:{spec.task_id}",
-            goal_id=goal.goal_id,
-            task_id=spec.task_id,
+        return builders.task_created(
+            goal.goal_id,
+            spec,
             at=now,
             actor=self.actor,
-            task_type=spec.type,
-            lane=spec.lane,
-            payload=spec.payload,
-            depends_on=spec.depends_on,
-            priority=spec.priority,
-            dedupe_key=spec.dedupe_key,
-            requires_approval=spec.requires_approval,
-            max_attempts=spec.max_attempts or self.policy.max_attempts,
+            max_attempts=self.policy.max_attempts,
         )
 
     # --- per task -----------------------------------------------------------
@@ -285,11 +277,11 @@ class Decider:
                 ]
         if not all(goal.tasks[d].status == "done" for d in task.depends_on):
             return []
-        original = _original(goal, task)
+        original = builders.dedupe_original(goal, task)
         if original is not None:
             # Before guardrails and approval: a duplicate runs nothing.
             return self._duplicate(goal, task, original, now)
-        breach = _breach(goal, task)
+        breach = builders.breach(goal, task)
         if breach is not None:
             guardrail, limit, observed = breach
             why = f"{guardrail} {observed:g} exceeds {limit:g}"
@@ -448,7 +440,7 @@ class Decider:
                 self._goal_ev(GoalFailed, goal, now, reason=reason), goal.last_seq
             )
         return Append(
-            self._goal_ev(GoalCompleted, goal, now, summary=_summary(goal)),
+            self._goal_ev(GoalCompleted, goal, now, summary=builders.summary(goal)),
             goal.last_seq,
         )
 
@@ -503,46 +495,3 @@ def _dispatch_order(state: BoardState, action: Action) -> tuple[int, int, int, s
         -task.priority,
         f"{goal.goal_id}{task.ordinal:09d}",
     )
-
-
-def _key(task: TaskState) -> str:
-    return f"{task.goal_id}:{task.task_id}"
-
-
-def _order(goal: GoalState, task_id: str) -> tuple[int, int]:
-    task = goal.tasks.get(task_id)
-    return (0, 0) if task is None else (-task.priority, task.ordinal)
-
-
-def _original(goal: GoalState, task: TaskState) -> TaskState | None:
-    """The goal's first task with this task's dedupe key, if it is another."""
-    if task.dedupe_key is None:
-        return None
-    same = goal.dedupe.get(task.dedupe_key, [])
-    if not same or same[0] == task.task_id:
-        return None
-    return goal.tasks.get(same[0])
-
-
-def _breach(goal: GoalState, task: TaskState) -> tuple[str, float, float] | None:
-    lim = goal.limits
-    if lim.max_depth is not None and task.depth > lim.max_depth:
-        return "max_depth", lim.max_depth, task.depth
-    if lim.max_tasks is not None and task.ordinal > lim.max_tasks:
-        return "max_tasks", lim.max_tasks, task.ordinal
-    if lim.max_tokens is not None and goal.tokens > lim.max_tokens:
-        return "max_tokens", lim.max_tokens, goal.tokens
-    if lim.max_cost_usd is not None and goal.cost_usd > lim.max_cost_usd:
-        return "max_cost_usd", lim.max_cost_usd, round(goal.cost_usd, 6)
-    return None
-
-
-def _summary(goal: GoalState) -> str:
-    aggregates = [t for t in goal.tasks.values() if t.task_type == "aggregate"]
-    if aggregates:
-        last = max(aggregates, key=lambda t: t.ordinal)
-        result = last.result
-        if isinstance(result, dict) and "summary" in result:
-            return str(result["summary"])
-        return str(result)
-    return f"{len(goal.tasks)} task(s) done"
