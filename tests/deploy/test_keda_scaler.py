@@ -435,9 +435,15 @@ async def _scenario(
     backlog = 30 - 2
     # The work stream (a work queue) keeps what is not acked yet: the backlog,
     # beside the other lane's work that a stream-wide count would add.
-    stream = await sched.jetstream().stream_info(
-        subjects.WORK_STREAM, subjects_filter=store.subjects.work("local")
-    )
+    # An ack reaches the R3 stream through the consumer's leader: the stream's
+    # count settles a moment after ack_sync returns.
+    for _ in range(100):
+        stream = await sched.jetstream().stream_info(
+            subjects.WORK_STREAM, subjects_filter=store.subjects.work("local")
+        )
+        if stream.state.subjects == {store.subjects.work("local"): backlog}:
+            break
+        await asyncio.sleep(0.1)
     assert stream.state.subjects == {store.subjects.work("local"): backlog}
     assert stream.state.messages == backlog + 7
     info = await sched.jetstream().consumer_info(subjects.WORK_STREAM, "bb-local")
