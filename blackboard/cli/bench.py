@@ -62,9 +62,9 @@ def bench_projector(
     as_json: JsonOpt = False,
 ) -> None:
     """Events/s applied to DuckDB beside DuckDB's bulk load; cost view latency."""
-    from blackboard.tools import bench
+    from blackboard.tools import bench_memory
 
-    result = bench.projector(events, batch)
+    result = bench_memory.projector(events, batch)
     if as_json:
         emit_json(result)
     else:
@@ -78,9 +78,9 @@ def bench_replay(
     as_json: JsonOpt = False,
 ) -> None:
     """Time to build and render the trace of a goal of N events (aim: < 2 s)."""
-    from blackboard.tools import bench
+    from blackboard.tools import bench_memory
 
-    result = bench.replay(events)
+    result = bench_memory.replay(events)
     if as_json:
         emit_json(result)
     else:
