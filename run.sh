@@ -41,6 +41,7 @@ case "$cmd" in
     fi
     .venv/bin/ruff check .
     .venv/bin/mypy
+    .venv/bin/lint-imports --no-cache
     exec .venv/bin/pytest "$@"
     ;;
   *)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from blackboard.engine.state import GoalState
     from blackboard.runtime.config import Settings
+    from projections.runner import Projector
 
 __all__ = ["DEMO_GOAL", "Outcome", "drive", "unreachable"]
 
@@ -69,7 +70,7 @@ async def _engine(
             store,
             settings,
             {**BUILTIN, **agents.handlers()},
-            projector_db=projector_db,
+            projector=None if projector_db is None else _projector(store, projector_db),
         ) as running:
             yield running
     finally:
@@ -137,3 +138,9 @@ def unreachable(
                 " start vLLM or Ollama there, or set BB_LOCAL_BASE_URL"
             )
     return out
+
+
+def _projector(store: Any, db: str) -> Projector:
+    from projections.runner import Projector
+
+    return Projector(store, db)

@@ -12,7 +12,11 @@ import threading
 import time
 from datetime import UTC, datetime
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+from blackboard.log.ulid import ALPHABET as _ALPHABET
+from blackboard.log.ulid import ulid_int
+
+__all__ = ["new_id", "ulid_int", "utcnow"]
+
 _lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
@@ -44,16 +48,3 @@ def new_id() -> str:
 def utcnow() -> datetime:
     """Return the current time in UTC (the injected clock's default)."""
     return datetime.now(UTC)
-
-
-def ulid_int(value: str) -> int:
-    """The 128-bit integer a ULID encodes; ValueError if it is not one."""
-    if len(value) != 26:
-        raise ValueError(f"not a ULID: {value!r}")
-    out = 0
-    for ch in value.upper():
-        digit = _ALPHABET.find(ch)
-        if digit < 0:
-            raise ValueError(f"not a ULID: {value!r}")
-        out = out << 5 | digit
-    return out & ((1 << 128) - 1)

@@ -86,6 +86,7 @@ async def _up(
 ) -> None:
     from blackboard.runtime import connection as runtime
     from blackboard.runtime import inprocess as stack
+    from projections.runner import Projector
 
     async with (
         runtime.open_store(s, url, name="bb-up") as store,
@@ -95,7 +96,7 @@ async def _up(
             handlers,
             lanes=lanes,
             scheduler=scheduler,
-            projector_db=db_path(s, None) if scheduler else None,
+            projector=Projector(store, db_path(s, None)) if scheduler else None,
         ),
     ):
         typer.echo(

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from blackboard import ids
 from blackboard.engine.decide import Decider, Policy
@@ -21,12 +21,10 @@ from blackboard.errors import ComponentFailed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
-    from pathlib import Path
 
     from blackboard.engine.handlers import Handler
     from blackboard.log.store import JetStreamEventStore
     from blackboard.runtime.config import Settings
-    from projections.runner import Projector
 
 log = logging.getLogger("blackboard.stack")
 
@@ -56,13 +54,28 @@ def worker_settings(
     )
 
 
+class Projecting(Protocol):
+    """A projector run beside the engine (``projections.runner.Projector``).
+
+    Handed in by the caller: the runtime does not import projections/.
+    """
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Project until ``stop`` is set."""
+        ...
+
+    async def caught_up(self, seq: int) -> None:
+        """Return once everything up to ``seq`` is projected."""
+        ...
+
+
 @dataclass
 class Stack:
     """Handles on the in-process components."""
 
     scheduler: Scheduler | None
     workers: list[Worker] = field(default_factory=list)
-    projector: Projector | None = None
+    projector: Projecting | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -75,7 +88,7 @@ async def running(
     lanes: list[str] | None = None,
     scheduler: bool = True,
     concurrency: int | None = None,
-    projector_db: str | Path | None = None,
+    projector: Projecting | None = None,
 ) -> AsyncIterator[Stack]:
     """Run a scheduler, a worker per lane (and a projector) until the block exits.
 
@@ -103,11 +116,9 @@ async def running(
         task.add_done_callback(done)
         tasks.append(task)
 
-    if projector_db is not None:
-        from projections.runner import Projector
-
-        stack.projector = Projector(store, projector_db)
-        watch("projector", asyncio.create_task(stack.projector.run(stack.stop)))
+    if projector is not None:
+        stack.projector = projector
+        watch("projector", asyncio.create_task(projector.run(stack.stop)))
     if scheduler:
         decider = Decider(f"scheduler-{ids.new_id()[-8:]}", policy_from(settings))
         stack.scheduler = Scheduler(

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 
-from blackboard import ids
+from blackboard.log.ulid import ulid_int
 
 
 def trace_id_of(goal_id: str) -> int:
     """The goal's trace id: its ULID's 128 bits (a hash for other ids)."""
     try:
-        value = ids.ulid_int(goal_id)
+        value = ulid_int(goal_id)
     except ValueError:
         value = int.from_bytes(hashlib.sha256(goal_id.encode()).digest()[:16], "big")
     return value or 1

@@ -19,6 +19,7 @@ from blackboard.log.events import TaskSpec
 from blackboard.runtime.inprocess import running
 from projections import schema
 from projections.duckdb_view import DuckDBView
+from projections.runner import Projector
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import engine_settings, submit
 from tests.engine_handlers import HANDLERS
@@ -82,7 +83,7 @@ async def test_task_type_rates_counts_only_failures_that_were_retried(
 ):
     s = engine_settings(backoff_base_s=0.1)
     db = tmp_path / "p.duckdb"
-    async with running(store, s, HANDLERS, projector_db=db) as st:
+    async with running(store, s, HANDLERS, projector=Projector(store, db)) as st:
         # One goal each: a failure for good fails its goal and cancels the rest.
         goals = {
             t: await submit(store, s, [TaskSpec(task_id="t", type=t, lane="local")])

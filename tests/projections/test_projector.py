@@ -22,6 +22,7 @@ from blackboard.log.events import ModelCalled, TaskSpec
 from blackboard.runtime import config
 from blackboard.runtime.inprocess import running
 from projections import schema
+from projections.runner import Projector
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import submit
 
@@ -179,7 +180,7 @@ async def test_model_call_totals_equal_sums_from_the_raw_events(store, tmp_path)
     db = tmp_path / "p.duckdb"
     agents = Agents(s)
     async with running(
-        store, s, {**BUILTIN, **agents.handlers()}, projector_db=db
+        store, s, {**BUILTIN, **agents.handlers()}, projector=Projector(store, db)
     ) as st:
         goals = [await submit(store, s, [], DEMO_GOAL) for _ in range(2)]
         for g in goals:

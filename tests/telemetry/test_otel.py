@@ -42,6 +42,7 @@ from blackboard.log.events import ModelCalled, TaskClaimed, TaskCompleted
 from blackboard.runtime import config
 from blackboard.runtime.inprocess import running
 from blackboard.telemetry import spans
+from projections.runner import Projector
 from replay import otlp
 from replay.trace import build_trace
 from tests.e2e.test_cli_basics import bb
@@ -151,7 +152,7 @@ async def test_every_run_of_a_task_has_its_own_ids(store, otel, tmp_path):
     agents = Agents(s)
     db = tmp_path / "p.duckdb"
     async with running(
-        store, s, {**BUILTIN, **agents.handlers()}, projector_db=db
+        store, s, {**BUILTIN, **agents.handlers()}, projector=Projector(store, db)
     ) as stack:
         goal_id = await submit(store, s, [], DEMO_GOAL)
         goal = await client.wait_goal(store, goal_id, timeout_s=60)
