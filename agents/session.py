@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from agents.handlers import Agents
 from agents.report import Usage, usage_by_lane_model
 from blackboard import telemetry
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.engine import submission as service
 from blackboard.engine.handlers import BUILTIN
 from blackboard.engine.state import fold

@@ -314,7 +314,7 @@ async def _status(
     s: config_mod.Settings, goal_id: str | None, watch: bool, as_json: bool
 ) -> None:
     from blackboard.cli import display
-    from blackboard.engine import commands as client
+    from blackboard.engine import control as client
     from blackboard.runtime import connection as runtime
 
     async with runtime.open_store(s, name="bb-status") as store:
@@ -344,7 +344,7 @@ async def _watch(store: Any, goal_id: str, as_json: bool) -> None:
     from rich.text import Text
 
     from blackboard.cli import display
-    from blackboard.engine import commands as client
+    from blackboard.engine import control as client
 
     if as_json:
 
@@ -375,7 +375,7 @@ def approve(
     config: ConfigOpt = None,
 ) -> None:
     """Approve (or --deny) a task that waits for a human."""
-    from blackboard.engine import commands as client
+    from blackboard.engine import control as client
 
     s = settings(config)
 
@@ -407,7 +407,7 @@ def resume(
     config: ConfigOpt = None,
 ) -> None:
     """Raise a halted goal's limits and release its held tasks."""
-    from blackboard.engine import commands as client
+    from blackboard.engine import control as client
 
     s = settings(config)
     overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost)
@@ -443,7 +443,7 @@ def cancel(
     config: ConfigOpt = None,
 ) -> None:
     """Cancel a goal: its open tasks are cancelled, running ones stopped."""
-    from blackboard.engine import commands as client
+    from blackboard.engine import control as client
 
     s = settings(config)
 

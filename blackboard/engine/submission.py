@@ -1,4 +1,7 @@
-"""Turning a user's request into events: the edge that supplies ids and time."""
+"""A new goal: DAG files, the configured limits and redaction, ids and time.
+
+The edge around ``commands.SubmitGoal``; ``resolve_limits`` is re-exported.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +13,17 @@ import msgspec
 
 from blackboard import ids
 from blackboard.engine import dag
+from blackboard.engine.commands import SubmitGoal, decide_command, resolve_limits
+from blackboard.engine.state import BoardState
 from blackboard.errors import ConfigError
-from blackboard.log.events import GoalSubmitted, Limits, TaskSpec
+from blackboard.log.events import GoalSubmitted, TaskSpec
 from blackboard.log.redact import Redactor
-from blackboard.log.subjects import check_token
+
+__all__ = ["goal_submitted", "load_dag", "resolve_limits"]
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
+    from datetime import datetime
     from pathlib import Path
 
     from blackboard.runtime.config import Settings
@@ -47,21 +54,6 @@ def load_dag(path: Path) -> tuple[TaskSpec, ...]:
     return tuple(dag.order(specs))
 
 
-def resolve_limits(
-    defaults: Limits, overrides: Mapping[str, Any] | None = None
-) -> Limits:
-    """The goal's limits: the configured defaults with the given overrides.
-
-    The effective limits are written into GoalSubmitted, so the fold never
-    depends on the configuration of whoever reads the log later.
-    """
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    for name, value in given.items():
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    return msgspec.structs.replace(defaults, **given)
-
-
 def goal_submitted(
     settings: Settings,
     text: str,
@@ -72,37 +64,32 @@ def goal_submitted(
     priority: int = 0,
     submitted_by: str | None = None,
     goal_id: str | None = None,
+    now: Callable[[], datetime] = ids.utcnow,
+    new_id: Callable[[], str] = ids.new_id,
 ) -> GoalSubmitted:
-    """Build the GoalSubmitted event for a new goal."""
-    if not text.strip():
-        raise ConfigError("the goal text is empty")
-    if goal_id is not None:
-        try:
-            check_token(goal_id, "goal id")
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
-    ordered = tuple(dag.order(specs)) if specs else ()
+    """Build the GoalSubmitted event for a new goal.
+
+    The edge's part: the configured limits and redaction, who submits, the
+    clock and ids. What the command means is ``commands.decide_command``.
+    """
     try:
         redactor = Redactor(settings.redact)
     except ValueError as e:
         raise ConfigError(f"redact: {e}") from e
-    text = redactor.text(text)
-    ordered = tuple(
-        msgspec.structs.replace(s, payload=redactor.apply(s.payload)) for s in ordered
-    )
-    who = submitted_by or _whoami()
-    return GoalSubmitted(
-        event_id=ids.new_id(),
-        goal_id=goal_id or ids.new_id(),
-        at=ids.utcnow(),
-        actor=f"cli:{who}",
-        text=text,
-        limits=resolve_limits(settings.limits, overrides),
+    cmd = SubmitGoal(
+        text=redactor.text(text),
+        limits=resolve_limits(settings.limits, dict(overrides or {})),
+        tasks=tuple(
+            msgspec.structs.replace(s, payload=redactor.apply(s.payload)) for s in specs
+        ),
         tenant=tenant,
         priority=priority,
-        submitted_by=who,
-        tasks=ordered,
+        goal_id=goal_id,
+        by=submitted_by or _whoami(),
     )
+    ((event, _),) = decide_command(BoardState(), cmd, now=now(), new_id=new_id)
+    assert isinstance(event, GoalSubmitted)
+    return event
 
 
 def _whoami() -> str:

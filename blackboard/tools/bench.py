@@ -191,7 +191,7 @@ async def _run_goal(
     specs: list[TaskSpec],
     text: str,
 ) -> tuple[float, GoalState]:
-    from blackboard.engine import commands as client
+    from blackboard.engine import control as client
     from blackboard.engine import submission as service
 
     event = service.goal_submitted(

@@ -15,7 +15,7 @@ import pytest
 
 from agents.handlers import Agents
 from agents.lanes import Lanes
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.engine.handlers import BUILTIN
 from blackboard.log.events import ModelCalled, TaskCompleted, TaskFailed
 from blackboard.runtime import config

@@ -7,7 +7,7 @@ import asyncio
 
 from agents.handlers import Agents
 from agents.session import DEMO_GOAL
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.engine.handlers import BUILTIN
 from blackboard.log.events import GoalHalted, TaskCreated, TaskHeld
 from blackboard.runtime import config

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from agents.handlers import Agents
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.engine.handlers import BUILTIN
 from blackboard.log import codec
 from blackboard.log.events import ModelCalled, TaskCompleted, TaskFailed

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.log.events import SideEffectCompleted, TaskCompleted
 from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from blackboard.runtime.inprocess import running

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.log.events import TaskCancelled, TaskClaimed, TaskCompleted, TaskSpec
 from tests.engine.conftest import events_of, submit
 

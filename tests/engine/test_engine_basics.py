@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.log.events import TaskClaimed, TaskCompleted
 from tests.engine.conftest import events_of, spec, submit
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.log.events import (
     GoalCancelled,
     SideEffectCompleted,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.log.events import TaskCompleted, TaskReady
 from tests.engine.conftest import spec, submit
 

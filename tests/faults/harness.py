@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.engine import submission as service
 from blackboard.log.events import (
     SideEffectCompleted,

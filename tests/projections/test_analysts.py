@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import pytest
 
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.log.events import TaskSpec
 from blackboard.runtime.inprocess import running
 from projections import schema

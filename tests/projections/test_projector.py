@@ -16,7 +16,7 @@ import pytest
 
 from agents.handlers import Agents
 from agents.session import DEMO_GOAL
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.engine.handlers import BUILTIN
 from blackboard.log.events import ModelCalled, TaskSpec
 from blackboard.runtime import config

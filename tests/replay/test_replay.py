@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import agents.handlers
 from agents.prompts import EXECUTE, Prompt
 from blackboard.cli import app
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.log.events import TaskClaimed
 from blackboard.runtime import config
 from blackboard.runtime.inprocess import running

@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 from agents.handlers import Agents
 from agents.session import DEMO_GOAL
 from blackboard import telemetry
-from blackboard.engine import commands as client
+from blackboard.engine import control as client
 from blackboard.engine.handlers import BUILTIN
 from blackboard.log.events import ModelCalled, TaskClaimed, TaskCompleted
 from blackboard.runtime import config
