@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import msgspec
 
 from blackboard.engine import dag
-from blackboard.errors import InvalidDag
+from blackboard.errors import BlackboardError, InvalidDag
 from blackboard.log.events import TaskSpec
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class InvalidAnswer(ValueError):
+class InvalidAnswer(BlackboardError, ValueError):
     """A model's answer cannot be used as it is."""
 
 

@@ -50,7 +50,7 @@ from agents.prompts import (
 )
 from blackboard import ids
 from blackboard.engine.handlers import RetryableError
-from blackboard.errors import ConfigError
+from blackboard.errors import BlackboardError, ConfigError
 from blackboard.log.events import ModelCalled
 from blackboard.log.redact import Redactor
 
@@ -73,7 +73,7 @@ RESULT_CHARS = 2000
 """How much of each dependency's result a prompt quotes."""
 
 
-class UnusableAnswer(Exception):
+class UnusableAnswer(BlackboardError):
     """A model's answer stayed unusable after the one repair turn."""
 
 
@@ -81,7 +81,7 @@ class NeedLoop(UnusableAnswer):
     """A task kept answering NEED after what it asked for was supplied."""
 
 
-class ModelRefused(Exception):
+class ModelRefused(BlackboardError):
     """The provider refused the request for good (a 400, a 401...)."""
 
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from blackboard.errors import BlackboardError
 from blackboard.log.events import Price
 
 __all__ = [
@@ -173,7 +174,7 @@ class SupportsAclose(Protocol):
 # --- errors ---------------------------------------------------------------
 
 
-class ModelError(Exception):
+class ModelError(BlackboardError):
     """Base of every error raised by a model client."""
 
     message: str

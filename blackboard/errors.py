@@ -1,10 +1,18 @@
-"""Errors of the core, as one hierarchy.
+"""Every error Blackboard raises on purpose, as one tree rooted here.
+
+The core's errors are defined in this module; the rest are defined beside
+the code that raises them (the module is named) and derive from this tree, so
+``except BlackboardError`` catches all of them and the CLI turns any of them
+into one line.
 
 ::
 
     BlackboardError
     ├── ConfigError(BlackboardError, ValueError)        bad settings or input
-    │   └── InvalidDag                                  cycle, unknown dependency
+    │   ├── InvalidDag                                  cycle, unknown dependency
+    │   ├── NotFound              engine.commands       no such goal or task
+    │   ├── QueryError            projections.duckdb_view  a query DuckDB refused
+    │   └── NoProjector           projections.query     nothing answers queries
     ├── ComponentFailed                                 an in-process component died
     ├── ServerError                                     the embedded nats-server
     │   ├── ServerBinaryMissing(ServerError, FileNotFoundError)
@@ -18,7 +26,17 @@
     │   ├── StreamConfigDrift                           a stream differs from ours
     │   ├── ConcurrencyConflict                         a guarded write lost
     │   └── BatchRejected                               an atomic batch was refused
-    └── MalformedEvent(BlackboardError, ValueError)     a message we cannot decode
+    ├── MalformedEvent(BlackboardError, ValueError)     a message we cannot decode
+    ├── HandlerError              engine.handlers       a handler steering its task
+    │   ├── RetryableError                              try again later (backoff)
+    │   └── NeedsApproval                               a human must approve first
+    ├── ModelError                agents.models         a model client's failure
+    │   ├── RetryableModelError                         busy, unreachable: retry
+    │   └── TerminalModelError                          refused for good
+    ├── InvalidAnswer(BlackboardError, ValueError)  agents.answers  unusable answer
+    ├── UnusableAnswer            agents.handlers       still unusable after repair
+    │   └── NeedLoop                                    NEED again and again
+    └── ModelRefused              agents.handlers       the provider said no for good
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from blackboard.errors import ConfigError
+from blackboard.errors import BlackboardError, ConfigError
 
 if TYPE_CHECKING:
     from blackboard.engine.context import TaskContext
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 Handler = Callable[["TaskContext"], Coroutine[Any, Any, object]]
 
 
-class HandlerError(Exception):
+class HandlerError(BlackboardError):
     """Base of the exceptions a handler raises to steer its task."""
 
 
