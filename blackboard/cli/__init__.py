@@ -5,6 +5,8 @@ for the model SDKs or DuckDB. Errors the user can act on are one line on
 stderr and a non-zero exit code, never a traceback.
 """
 
+import sys
+
 from blackboard.cli import bench, deploy, events, goals, query, trace
 from blackboard.cli.common import app
 
@@ -12,8 +14,18 @@ __all__ = ["app", "bench", "deploy", "events", "goals", "main", "query", "trace"
 
 
 def main() -> None:
-    """Entry point of the ``bb`` console script."""
-    app()
+    """Entry point of the ``bb`` console script.
+
+    A path the system refuses (missing, a directory, no permission, a file
+    where a directory should be) is the user's to fix: one line naming it.
+    """
+    try:
+        app(standalone_mode=True)
+    except OSError as e:
+        path = e.filename if e.filename is not None else ""
+        what = f"{path}: " if path else ""
+        print(f"bb: error: {what}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,23 @@ def cost(
 ) -> None:
     """Cost by lane and model (of one goal, or of all)."""
     s = settings(config)
-    where = "WHERE goal_id = '" + goal.replace("'", "''") + "'" if goal else ""
+    where = ""
+    if goal:
+        from blackboard.log.subjects import check_token
+
+        try:
+            check_token(goal, "goal id")
+        except ValueError as e:
+            fail(str(e), 2)
+        # A legal id is letters, digits, '-' and '_': safe inside quotes.
+        where = f"WHERE goal_id = '{goal}'"
+        known = run(
+            _ask_or_file(
+                s, db_path(s, db), {"sql": f"SELECT count(*) FROM goals {where}"}
+            )
+        )
+        if not known["rows"] or not known["rows"][0][0]:
+            fail(f"no goal {goal!r} in the projection")
     q = (
         "SELECT lane, model, sum(calls) AS calls, sum(tokens_in) AS tokens_in, "
         "sum(tokens_out) AS tokens_out, sum(tokens_cached) AS tokens_cached, "
