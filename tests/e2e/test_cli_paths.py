@@ -33,6 +33,7 @@ def test_every_bad_path_is_one_line_naming_it(cli_env, tmp_path, demo_goal):
         (["export", goal, "-o", str(missing)], str(missing)),
         (["export", goal, "-o", str(tmp_path)], str(tmp_path)),
         (["replay", goal, "--format", "html", "-o", str(tmp_path)], str(tmp_path)),
+        (["replay", goal, "--from-file", str(ndjson), "-o", str(missing)], str(missing)),
         (["replay", goal, "--from-file", str(missing)], str(missing)),
         (["replay", goal, "--from-file", str(tmp_path)], str(tmp_path)),
         (["export-parquet", str(a_file)], str(a_file)),
