@@ -37,6 +37,13 @@ def up(
     no_scheduler: Annotated[
         bool, typer.Option("--no-scheduler", help="Run workers only.")
     ] = False,
+    join: Annotated[
+        bool,
+        typer.Option(
+            "--join",
+            help="If a bb up already serves this data dir, add workers to it.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Run a deployment: server (embedded unless BB_NATS_URL), scheduler, workers.
@@ -48,6 +55,12 @@ def up(
     s = settings(config)
     lane_list = _lanes(s, lanes)
     registry = load_handlers(s, handlers)
+    here = runtime.running_here(s) if join and not s.nats.url else None
+    if here is not None:
+        pid, url = here
+        typer.echo(f"joining the bb up of {s.data_dir} (pid {pid}, {url}): workers")
+        serve(lambda stop: _up(s, url, lane_list, registry, False, stop))
+        return
     try:
         with runtime.server_for(s, port=port or _default_port()) as url:
             typer.echo(f"NATS at {url}  (export BB_NATS_URL={url})")

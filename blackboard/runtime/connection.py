@@ -3,15 +3,23 @@
 A running ``bb up`` writes its URL to ``<data_dir>/nats.url`` so that other
 commands on the same machine find it without ``BB_NATS_URL``; the variable
 always wins, and with it set nothing embedded is ever started.
+
+One embedded server per data dir: ``bb up`` holds an exclusive ``flock`` on
+``<data_dir>/bb-up.lock`` (with its pid and URL in it) for as long as its
+server runs. A second ``bb up`` on the same dir is refused with that pid and
+URL, or joins it with ``--join``. The kernel drops the lock when its holder
+dies, however it dies, so a crashed one never blocks the next.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blackboard.errors import NotConnected
+from blackboard.errors import ConfigError, NotConnected
 from blackboard.log.server import EmbeddedServer
 from blackboard.log.store import JetStreamEventStore, connect
 from blackboard.runtime import health
@@ -23,6 +31,35 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
 URL_FILE = "nats.url"
+LOCK_FILE = "bb-up.lock"
+
+
+class AlreadyRunning(ConfigError):
+    """Another ``bb up`` serves this data dir."""
+
+    def __init__(self, data_dir: Path, pid: str, url: str) -> None:
+        super().__init__(
+            f"a bb up already serves {data_dir} (pid {pid or '?'}, {url or 'no URL'}); "
+            "stop it, use it (other commands find it), or add workers to it with "
+            "`bb up --join`"
+        )
+        self.pid = pid
+        self.url = url
+
+
+def running_here(settings: Settings) -> tuple[str, str] | None:
+    """(pid, url) of the ``bb up`` holding this data dir's lock, if one does."""
+    lock = Path(settings.data_dir) / LOCK_FILE
+    if not lock.exists():
+        return None
+    with lock.open("r+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, url = f.read().partition(" ")
+            return pid.strip(), url.strip()
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
 
 
 def url_file(settings: Settings) -> Path:
@@ -105,12 +142,25 @@ def server_for(settings: Settings, port: int = 0) -> Iterator[str]:
         yield settings.nats.url
         return
     data = Path(settings.data_dir)
-    server = EmbeddedServer(data / "nats", port=port)
-    server.start()
-    marker = url_file(settings)
-    try:
-        marker.write_text(server.url)
-        yield server.url
-    finally:
-        marker.unlink(missing_ok=True)
-        server.stop()
+    data.mkdir(parents=True, exist_ok=True)
+    with (data / LOCK_FILE).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            pid, _, url = lock.read().partition(" ")
+            raise AlreadyRunning(data.resolve(), pid.strip(), url.strip()) from None
+        # Ours now (a crashed holder's lock went with it): say who we are.
+        server = EmbeddedServer(data / "nats", port=port)
+        server.start()
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()} {server.url}")
+        lock.flush()
+        marker = url_file(settings)
+        try:
+            marker.write_text(server.url)
+            yield server.url
+        finally:
+            marker.unlink(missing_ok=True)
+            server.stop()

@@ -1,0 +1,93 @@
+"""One embedded server per data dir: a second `bb up` is refused or joins."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli_basics import bb
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def up(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "blackboard.cli", "up", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+
+def wait_text(log: Path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"{text!r} not in {log.read_text()}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def env(cli_env, tmp_path):
+    """No BB_NATS_URL: `bb up` starts its own server in the data dir."""
+    e = {k: v for k, v in cli_env.items() if k != "BB_NATS_URL"}
+    e.update(BB_SCRIPTED="1", BB_DATA_DIR=str(tmp_path / "data"))
+    return e
+
+
+def test_second_up_is_refused_and_the_first_stays_findable(env, tmp_path):
+    first = up(env, tmp_path / "first.log")
+    try:
+        wait_text(tmp_path / "first.log", "ready")
+        url = (tmp_path / "data" / "nats.url").read_text()
+        r = subprocess.run(
+            [sys.executable, "-m", "blackboard.cli", "up"],
+            env=env, capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )
+        assert r.returncode != 0
+        assert f"pid {first.pid}" in r.stderr and url in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        # The first is untouched: still advertised, still answering.
+        assert (tmp_path / "data" / "nats.url").read_text() == url
+        assert bb(["status"], env).returncode == 0
+        joined = up(env, tmp_path / "join.log", "--join", "--lanes", "local")
+        try:
+            wait_text(tmp_path / "join.log", "joining")
+            wait_text(tmp_path / "join.log", "ready")
+            assert "Filestore" not in (tmp_path / "first.log").read_text()
+        finally:
+            joined.terminate()
+            joined.wait(timeout=30)
+        assert first.poll() is None  # the joiner's exit left the first alone
+        assert (tmp_path / "data" / "nats.url").read_text() == url
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+
+
+def test_a_crashed_up_leaves_no_lock_behind(env, tmp_path):
+    first = up(env, tmp_path / "first.log")
+    wait_text(tmp_path / "first.log", "ready")
+    # Kill it and its server (own process group) at once, as a crash would.
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    server = subprocess.run(["pgrep", "-f", str(tmp_path / "data" / "nats")],
+                            capture_output=True, text=True)
+    for pid in server.stdout.split():
+        os.kill(int(pid), signal.SIGKILL)
+    second = up(env, tmp_path / "second.log")
+    try:
+        wait_text(tmp_path / "second.log", "ready")
+        assert bb(["status"], env).returncode == 0
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
