@@ -5,12 +5,18 @@ for the model SDKs or DuckDB. Errors the user can act on are one line on
 stderr and a non-zero exit code, never a traceback.
 """
 
+import importlib
 import sys
 
-from blackboard.cli import bench, deploy, events, goals, query, trace
 from blackboard.cli.common import app
 
-__all__ = ["app", "bench", "deploy", "events", "goals", "main", "query", "trace"]
+# Importing a group registers its commands; this order is the help's order
+# (getting started, operate, inspect, deploy and measure).
+GROUPS = ("goals", "query", "trace", "events", "deploy", "bench")
+for _group in GROUPS:
+    importlib.import_module(f"blackboard.cli.{_group}")
+
+__all__ = ["GROUPS", "app", "main"]
 
 
 def main() -> None:

@@ -17,15 +17,60 @@ import typer
 from blackboard.errors import BlackboardError
 from blackboard.runtime import config as config_mod
 
+
+def _flags_take_no_value() -> None:
+    """Show flags as flags in ``--help``.
+
+    typer 0.29's rich help prints a type for every option, so a flag reads
+    ``--full <bool>`` as if it took a value; a flag has no value to show.
+    """
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     name="bb",
     help="Blackboard: an event-sourced control plane for fleets of AI agents.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+GETTING_STARTED = "Getting started"
+OPERATE = "Operate"
+INSPECT = "Inspect"
+DEPLOY = "Deploy and measure"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from blackboard import __version__
+
+        typer.echo(f"bb {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Blackboard: an event-sourced control plane for fleets of AI agents."""
 bench_app = typer.Typer(help="Benchmarks (print figures; never part of the tests).")
-app.add_typer(bench_app, name="bench")
+app.add_typer(bench_app, name="bench", rich_help_panel=DEPLOY)
 
 T = TypeVar("T")
 

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from blackboard.cli.common import (
+    DEPLOY,
+    GETTING_STARTED,
     ConfigOpt,
     DbOpt,
     HandlersOpt,
@@ -25,7 +27,7 @@ from blackboard.runtime import config as config_mod
 # --- running a deployment ---------------------------------------------------
 
 
-@app.command()
+@app.command(rich_help_panel=GETTING_STARTED)
 def up(
     port: Annotated[
         int, typer.Option(help="Port of the embedded server (0: 4222 if free).")
@@ -120,7 +122,7 @@ async def _up(
         await stop.wait()
 
 
-@app.command()
+@app.command(rich_help_panel=DEPLOY)
 def scheduler(config: ConfigOpt = None) -> None:
     """Run a scheduler (a standby while another is active) until stopped."""
     s = settings(config)
@@ -141,7 +143,7 @@ async def _scheduler(s: config_mod.Settings, stop: asyncio.Event) -> None:
         await sched.run(stop)
 
 
-@app.command()
+@app.command(rich_help_panel=DEPLOY)
 def worker(
     lane: Annotated[str, typer.Option(help="The lane to take work from.")],
     concurrency: Annotated[
@@ -177,7 +179,7 @@ async def _worker(
 # --- projections ------------------------------------------------------------
 
 
-@app.command()
+@app.command(rich_help_panel=DEPLOY)
 def projector(
     db: DbOpt = None,
     rebuild: Annotated[

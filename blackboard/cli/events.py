@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from blackboard.cli.common import (
+    INSPECT,
     ConfigOpt,
     JsonOpt,
     app,
@@ -21,7 +22,7 @@ from blackboard.runtime import config as config_mod
 # --- the log ----------------------------------------------------------------
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT)
 def tail(
     goal: Annotated[str | None, typer.Option(help="Only this goal.")] = None,
     kind: Annotated[
@@ -88,7 +89,7 @@ async def _tail(
                 return
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT)
 def schema() -> None:
     """Print the JSON Schema (2020-12) of every event body, blob stubs included."""
     from blackboard.log.codec import wire_schema

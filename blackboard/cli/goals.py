@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from blackboard.cli.common import (
+    GETTING_STARTED,
+    OPERATE,
     ByOpt,
     ConfigOpt,
     JsonOpt,
@@ -32,7 +34,7 @@ from blackboard.runtime import config as config_mod
 # --- goals ------------------------------------------------------------------
 
 
-@app.command("run")
+@app.command("run", rich_help_panel=GETTING_STARTED)
 def run_goal(
     text: Annotated[str, typer.Argument(help="The goal, in plain words.")],
     max_depth: MaxDepth = None,
@@ -178,7 +180,7 @@ def _print_outcome(outcome: Any, *, demo: bool) -> None:
     typer.echo(f"replay it: bb replay {goal.goal_id}")
 
 
-@app.command()
+@app.command(rich_help_panel=GETTING_STARTED)
 def demo(
     detach: Annotated[
         bool,
@@ -236,7 +238,7 @@ def _submit_only(s: config_mod.Settings, text: str, as_json: bool) -> None:
         typer.echo(event.goal_id)
 
 
-@app.command()
+@app.command(rich_help_panel=GETTING_STARTED)
 def submit(
     text: Annotated[str, typer.Argument(help="The goal, in plain words.")],
     dag: Annotated[
@@ -294,7 +296,7 @@ async def _append(s: config_mod.Settings, event: Any) -> None:
         await store.append(event, traceparent=telemetry.traceparent(event.goal_id))
 
 
-@app.command()
+@app.command(rich_help_panel=OPERATE)
 def status(
     goal: Annotated[
         str | None, typer.Argument(help="A goal id; none: all goals.")
@@ -362,7 +364,7 @@ async def _watch(store: Any, goal_id: str, as_json: bool) -> None:
         await client.wait_goal(store, goal_id, until=client.FINAL, on_batch=draw)
 
 
-@app.command()
+@app.command(rich_help_panel=OPERATE)
 def approve(
     task: Annotated[str, typer.Argument(help="The task awaiting approval.")],
     goal: Annotated[
@@ -395,7 +397,7 @@ def approve(
         typer.echo(f"{verdict} {task} ({t.task_type} on {t.lane}) of goal {t.goal_id}")
 
 
-@app.command()
+@app.command(rich_help_panel=OPERATE)
 def resume(
     goal: Annotated[str, typer.Argument(help="The halted goal.")],
     max_depth: MaxDepth = None,
@@ -434,7 +436,7 @@ def resume(
         )
 
 
-@app.command()
+@app.command(rich_help_panel=OPERATE)
 def cancel(
     goal: Annotated[str, typer.Argument(help="The goal to cancel.")],
     reason: Annotated[str, typer.Option(help="Recorded with the cancellation.")] = "",

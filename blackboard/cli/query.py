@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from blackboard.cli.common import (
+    INSPECT,
     ConfigOpt,
     DbOpt,
     JsonOpt,
@@ -48,18 +49,23 @@ async def _ask_or_file(
     return query.query_file(db, str(request["sql"]))
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT)
 def sql(
     query_text: Annotated[str, typer.Argument(metavar="QUERY", help="One SQL query.")],
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="table, json (objects) or csv.")
     ] = "table",
     db: DbOpt = None,
+    as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Query the projection (tables and views: see README, "Projections")."""
     if fmt not in ("table", "json", "csv"):
         fail(f"--format is table, json or csv, not {fmt!r}", 2)
+    if as_json:
+        if fmt not in ("table", "json"):
+            fail(f"--json and --format {fmt} contradict each other: choose one", 2)
+        fmt = "json"
     s = settings(config)
     answer = run(_ask_or_file(s, db_path(s, db), {"sql": query_text}))
     _print_rows(answer["columns"], answer["rows"], fmt)
@@ -84,7 +90,7 @@ def _print_rows(columns: list[str], rows: list[list[Any]], fmt: str) -> None:
         Console(width=200).print(table)
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT)
 def cost(
     goal: Annotated[str | None, typer.Argument(help="A goal; none: all goals.")] = None,
     db: DbOpt = None,
@@ -129,7 +135,7 @@ def cost(
     typer.echo(f"total ${total:.6f}")
 
 
-@app.command("export-parquet")
+@app.command("export-parquet", rich_help_panel=INSPECT)
 def export_parquet(
     directory: Annotated[Path, typer.Argument(help="Where the .parquet files go.")],
     db: DbOpt = None,

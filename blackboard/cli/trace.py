@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from blackboard.cli.common import (
+    INSPECT,
     ConfigOpt,
     JsonOpt,
     app,
@@ -72,7 +73,7 @@ def _load_envelopes(
         fail(str(e))
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT)
 def replay(
     goal: Annotated[
         str | None, typer.Argument(help="The goal (not needed with --from-file).")
@@ -121,6 +122,8 @@ def replay(
     if fmt not in ("text", "json", "html"):
         fail(f"--format is text, json or html, not {fmt!r}", 2)
     if as_json:
+        if fmt not in ("text", "json"):
+            fail(f"--json and --format {fmt} contradict each other: choose one", 2)
         fmt = "json"
     envs = _load_envelopes(s, goal, from_file)
     goal_id = goal or envs[0].event.goal_id
@@ -176,7 +179,7 @@ def _otlp(t: Any) -> None:
     typer.echo(f"re-emitted {n} spans of goal {t.goal_id}", err=True)
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT)
 def export(
     goal: Annotated[str, typer.Argument(help="The goal to export.")],
     output: Annotated[
