@@ -12,7 +12,8 @@ into one line.
     │   ├── InvalidDag                                  cycle, unknown dependency
     │   ├── NotFound              engine.commands       no such goal or task
     │   ├── QueryError            projections.duckdb_view  a query DuckDB refused
-    │   └── NoProjector           projections.query     nothing answers queries
+    │   ├── NoProjector           projections.query     nothing answers queries
+    │   └── AlreadyRunning        runtime.connection    a bb up serves the data dir
     ├── ComponentFailed                                 an in-process component died
     ├── ServerError                                     the embedded nats-server
     │   ├── ServerBinaryMissing(ServerError, FileNotFoundError)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,7 +15,73 @@ from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Where tools and the suite's own reports write on purpose (all ignored by git).
+_EXPECTED = (
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".import_linter_cache",
+    ".venv",
+    "build/",
+    ".egg-info",
+)
+
+
+def _tree() -> set[str] | None:
+    """The checkout's untracked and ignored paths, less the expected ones."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all", "--ignored"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None  # not a git checkout: nothing to compare
+    return {
+        line[3:]
+        for line in out.stdout.splitlines()
+        if line[:2] in ("??", "!!") and not any(e in line for e in _EXPECTED)
+    }
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_BEFORE] = _tree()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite leaves the user's tree as it found it, or the run fails."""
+    before = session.config.stash.get(_BEFORE, None)
+    after = _tree()
+    if before is None or after is None:
+        return
+    new = sorted(after - before)
+    if new:
+        sys.stderr.write(
+            "\nthe test suite left files in the checkout: " + ", ".join(new) + "\n"
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set[str] | None]()
+
+
+@pytest.fixture(autouse=True)
+def _own_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in a directory of its own.
+
+    A setting left at its default (``data_dir = ".bb"``) then lands there,
+    never in the checkout: ``./run.sh test`` leaves the user's tree as it was
+    (tests/test_tree_clean.py checks it).
+    """
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
