@@ -45,6 +45,7 @@ case "$cmd" in
     exec .venv/bin/pytest "$@"
     ;;
   *)
-    exec .venv/bin/bb "$cmd" "$@"
+    # So that the commands bb suggests are the ones that run for this user.
+    BB_INVOKED_AS=./run.sh exec .venv/bin/bb "$cmd" "$@"
     ;;
 esac

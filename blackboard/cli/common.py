@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -212,3 +213,21 @@ DbOpt = Annotated[
 def db_path(s: config_mod.Settings, db: Path | None) -> Path:
     """The projection's DuckDB file: ``--db``, else in the data dir."""
     return db or Path(s.data_dir) / "blackboard.duckdb"
+
+
+def me() -> str:
+    """The command as the user runs it, for the commands we suggest.
+
+    ``./run.sh`` says so in ``BB_INVOKED_AS``; a ``bb`` on the PATH is ``bb``;
+    otherwise the path it was started by (``.venv/bin/bb``).
+    """
+    given = os.environ.get("BB_INVOKED_AS")
+    if given:
+        return given
+    argv0 = sys.argv[0]
+    on_path = shutil.which("bb")
+    if on_path and Path(on_path).resolve() == Path(argv0).resolve():
+        return "bb"
+    if argv0.endswith(("__main__.py", "cli")) or not argv0:
+        return f"{sys.executable} -m blackboard.cli"
+    return argv0

@@ -24,6 +24,7 @@ from blackboard.cli.common import (
     emit_json,
     fail,
     limit_overrides,
+    me,
     run,
     settings,
     whoami,
@@ -168,7 +169,7 @@ def _print_outcome(outcome: Any, *, demo: bool) -> None:
     if goal.status == "halted":
         typer.echo(
             f"halted by the {goal.halted_by} guardrail; its work is kept: "
-            f"bb resume {goal.goal_id} --max-tasks N (or --max-cost, ...)"
+            f"{me()} resume {goal.goal_id} --max-tasks N (or --max-cost, ...)"
         )
     typer.echo(
         f"tasks {len(goal.tasks)}  tokens {goal.tokens:,}  cost ${goal.cost_usd:.4f}"
@@ -177,7 +178,7 @@ def _print_outcome(outcome: Any, *, demo: bool) -> None:
     for line in report.cost_lines(outcome.usage):
         typer.echo(line)
     typer.echo("")
-    typer.echo(f"replay it: bb replay {goal.goal_id}")
+    typer.echo(f"replay it: {me()} replay {goal.goal_id}")
 
 
 @app.command(rich_help_panel=GETTING_STARTED)

@@ -129,3 +129,19 @@ def test_a_component_that_dies_fails_the_command_in_one_line(cli_env, tmp_path):
     assert [line for line in r.stderr.splitlines() if "failed" in line] == [
         r.stderr.strip().splitlines()[-1]
     ]
+
+
+def test_the_command_the_demo_suggests_runs_as_printed(cli_env):
+    import shlex
+
+    r = bb(["demo"], cli_env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("replay it: "))
+    argv = shlex.split(line.removeprefix("replay it: "))
+    again = subprocess.run(argv, env=cli_env, capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "goal " in again.stdout
+    via = dict(cli_env, BB_INVOKED_AS="./run.sh")
+    r = bb(["demo"], via, timeout=120)
+    assert "replay it: ./run.sh replay " in r.stdout
