@@ -57,6 +57,7 @@ def up(
     s = settings(config)
     lane_list = _lanes(s, lanes)
     registry = load_handlers(s, handlers)
+    _say_missing_models(s, lane_list)
     here = runtime.running_here(s) if join and not s.nats.url else None
     if here is not None:
         pid, url = here
@@ -72,6 +73,23 @@ def up(
     except KeyboardInterrupt:
         pass  # a second Ctrl-C during shutdown
     typer.echo("stopped; data kept in " + str(Path(s.data_dir).resolve()))
+
+
+def _say_missing_models(s: config_mod.Settings, lanes: list[str]) -> None:
+    """Say at start what the lanes' built-in agents lack, not at the first goal."""
+    if s.scripted:
+        return
+    from agents import lanes as lanes_mod
+
+    problems = lanes_mod.missing_setup(s, lanes)
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+    if problems:
+        typer.echo(
+            "warning: goals on those lanes will fail until it is set; "
+            "BB_SCRIPTED=1 runs every lane on scripted models, nothing to set",
+            err=True,
+        )
 
 
 def _default_port() -> int:

@@ -36,6 +36,7 @@ from blackboard.log.events import (
     GoalCompleted,
     GoalFailed,
     GoalHalted,
+    GoalSubmitted,
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
@@ -163,11 +164,23 @@ class Scheduler:
         if event.task_id is None:
             goals.add(event.goal_id)
             self._trace_goal_end(env)
+            self._log_goal(event)
         elif isinstance(event, _WAKES):
             tasks.add((event.goal_id, event.task_id))
         elif (g := self.state.goals.get(event.goal_id)) and g.status == "cancelled":
             # Anything a task of a cancelled goal does is a reason to fence it.
             tasks.add((event.goal_id, event.task_id))
+
+    def _log_goal(self, event: Event) -> None:
+        """A line per goal that arrives or ends (live events only)."""
+        goal = self.state.goals.get(event.goal_id)
+        if goal is None:
+            return
+        if isinstance(event, GoalSubmitted):
+            log.info("goal %s arrived: %s", goal.goal_id, goal.text[:80])
+        elif isinstance(event, _GOAL_ENDS):
+            why = goal.reason or goal.summary or goal.halted_by or ""
+            log.info("goal %s %s %s", goal.goal_id, goal.status, why[:200])
 
     def _trace_goal_end(self, env: Envelope) -> None:
         """The goal's root span and guardrail metrics, when the goal stops.

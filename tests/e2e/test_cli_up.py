@@ -91,3 +91,21 @@ def test_a_crashed_up_leaves_no_lock_behind(env, tmp_path):
     finally:
         second.terminate()
         second.wait(timeout=30)
+
+
+def test_up_without_a_model_key_says_what_is_missing(cli_env, tmp_path):
+    env = {k: v for k, v in cli_env.items()
+           if k not in ("BB_NATS_URL", "ANTHROPIC_API_KEY", "BB_SCRIPTED")}
+    env["BB_DATA_DIR"] = str(tmp_path / "data")
+    log = tmp_path / "up.log"
+    proc = up(env, log)
+    try:
+        wait_text(log, "ready")
+        text = log.read_text()
+        assert "set ANTHROPIC_API_KEY" in text and "BB_SCRIPTED=1" in text
+        r = bb(["submit", "a goal that will wait for a key", "--json"], env)
+        assert r.returncode == 0, r.stderr
+        wait_text(log, "arrived: a goal that will wait for a key")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
