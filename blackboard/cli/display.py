@@ -136,15 +136,39 @@ _MARK = {
 }
 
 
+def title(task: TaskState) -> str:
+    """What a task is about, for people: its title, else its instruction."""
+    for key in ("title", "instruction", "question", "goal"):
+        value = task.payload.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip().splitlines()[0]
+    return ""
+
+
+def waiting(goal: GoalState) -> list[TaskState]:
+    """The goal's tasks that wait for a human, oldest first."""
+    return sorted(
+        (t for t in goal.tasks.values() if t.status == "awaiting_approval"),
+        key=lambda t: t.ordinal,
+    )
+
+
+def shown_status(goal: GoalState) -> str:
+    """The goal's status, saying so when it is held up by an approval."""
+    if goal.status == "running" and waiting(goal):
+        return "awaiting_approval"
+    return goal.status
+
+
 def goal_tree(goal: GoalState) -> list[str]:
     """The goal's DAG as an indented tree: spawned tasks under their parent."""
     lines = [
-        f"goal {goal.goal_id}  {goal.status}  {clip(goal.text, 70)}",
+        f"goal {goal.goal_id}  {shown_status(goal)}  {clip(goal.text, 70)}",
         f"  tokens {goal.tokens:,}  cost ${goal.cost_usd:.4f}  "
         f"tasks {len(goal.tasks)} ({goal.open_tasks} open)",
     ]
     if goal.reason:
-        lines.append(f"  reason: {clip(goal.reason, 100)}")
+        lines.append(f"  reason: {goal.reason}")
     if goal.summary:
         lines.append(f"  summary: {clip(goal.summary, 100)}")
     roots = [
@@ -157,9 +181,11 @@ def goal_tree(goal: GoalState) -> list[str]:
         deps = f" after {','.join(task.depends_on)}" if task.depends_on else ""
         extra = f" attempt {task.attempt}" if task.attempt > 1 else ""
         why = task.error or task.held_reason or task.approval_reason
-        tail = f"  {clip(why, 60)}" if why and task.status != "done" else ""
+        tail = f"  {why}" if why and task.status != "done" else ""
+        name = title(task)
+        about = f" {clip(name, 48)!r}" if name else ""
         lines.append(
-            f"  {'  ' * depth}{_MARK.get(task.status, '?')} {task.task_id} "
+            f"  {'  ' * depth}{_MARK.get(task.status, '?')} {task.task_id}{about} "
             f"{task.task_type}@{task.lane} {task.status}{extra}{deps}{tail}"
         )
         for child in task.children:
@@ -183,6 +209,7 @@ def goal_json(goal: GoalState, *, tasks: bool = True) -> dict[str, object]:
     out: dict[str, object] = {
         "goal_id": goal.goal_id,
         "status": goal.status,
+        "awaiting_approval": [t.task_id for t in waiting(goal)],
         "text": goal.text,
         "reason": goal.reason,
         "summary": goal.summary,
@@ -196,6 +223,7 @@ def goal_json(goal: GoalState, *, tasks: bool = True) -> dict[str, object]:
         out["tasks"] = [
             {
                 "task_id": t.task_id,
+                "title": title(t),
                 "type": t.task_type,
                 "lane": t.lane,
                 "status": t.status,
@@ -218,6 +246,6 @@ def goal_row(goal: GoalState) -> str:
     """One line per goal for ``bb status`` with no goal."""
     done = sum(1 for t in goal.tasks.values() if t.status == "done")
     return (
-        f"{goal.goal_id}  {goal.status:<9} {done:>5}/{len(goal.tasks):<5} "
+        f"{goal.goal_id}  {shown_status(goal):<9} {done:>5}/{len(goal.tasks):<5} "
         f"${goal.cost_usd:>8.4f}  {clip(goal.text, 50)}"
     )

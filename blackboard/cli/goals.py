@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -96,30 +97,47 @@ def _drive(
     demo: bool,
 ) -> None:
     import contextlib
-    import time
 
     from agents import report, session
+    from blackboard.cli import display
     from blackboard.runtime import connection as runtime
 
     out = sys.stderr
     live = out.isatty() and not as_json
-    last: list[Any] = [0.0, ""]
+    last: list[str] = [""]
+    told: set[str] = set()
+    ids: list[str] = []
 
     def submitted(goal_id: str) -> None:
+        ids.append(goal_id)
         if not as_json:
             typer.echo(f"goal {goal_id}", err=True)
 
     def progress(goal: Any) -> None:
+        # A terminal gets one line redrawn; a pipe a line per change, so the
+        # last state before a wait is never the one left out.
         line = report.progress_line(goal)
-        now = time.monotonic()
-        if as_json or line == last[1]:
+        if as_json:
             return
-        if live:
-            out.write("\r\x1b[2K" + line)
+        if line != last[0]:
+            if live:
+                out.write("\r\x1b[2K" + line)
+            else:
+                out.write(line + "\n")
             out.flush()
-        elif now - last[0] >= 1.0 or goal.status != "running":
-            out.write(line + "\n")
-        last[0], last[1] = now, line
+            last[0] = line
+        for task in display.waiting(goal):
+            if task.task_id in told:
+                continue
+            told.add(task.task_id)
+            name = display.title(task)
+            out.write(
+                ("\n" if live else "")
+                + f"task {task.task_id}{f' ({name})' if name else ''} waits for "
+                f"approval: {task.approval_reason}\n  approve it: {me()} approve "
+                f"{task.task_id}   (or --deny)\n"
+            )
+            out.flush()
 
     from blackboard import telemetry
 
@@ -127,7 +145,8 @@ def _drive(
     server = contextlib.nullcontext(url) if url else runtime.server_for(s, port=0)
     try:
         with server as nats_url:
-            outcome = run(
+            # asyncio.run, not run(): a Ctrl-C is answered here, with the goal.
+            outcome = asyncio.run(
                 session.drive(
                     s,
                     nats_url,
@@ -142,6 +161,22 @@ def _drive(
             )
     except BlackboardError as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        if ids and in_process:
+            where = (
+                "it stays in the log and goes on when a deployment runs "
+                f"(`{me()} up`)"
+            )
+        elif ids:
+            where = "it keeps running in the deployment"
+        else:
+            raise typer.Exit(130) from None
+        typer.echo(
+            f"\nstopped following goal {ids[0]}: {where}; follow it with "
+            f"`{me()} status {ids[0]} --watch`",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     finally:
         telemetry.shutdown()
     if live:

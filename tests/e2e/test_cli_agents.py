@@ -45,7 +45,7 @@ def test_bb_demo_text_shows_progress_cost_split_and_replay_command(cli_env):
     assert "(scripted models)" in r.stdout
     assert "frontier" in r.stdout and "local" in r.stdout
     assert "total $" in r.stdout
-    goal_id = r.stdout.split("replay it: bb replay ")[1].split()[0]
+    goal_id = r.stdout.split("replay it: ")[1].split(" replay ")[1].split()[0]
     assert len(goal_id) == 26
     assert "done" in r.stderr  # the progress line
 

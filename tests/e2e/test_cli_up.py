@@ -109,3 +109,41 @@ def test_up_without_a_model_key_says_what_is_missing(cli_env, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_run_piped_says_which_task_waits_and_how_to_approve(env, tmp_path):
+    """`bb run` against a running deployment, its output a pipe."""
+    cfg = tmp_path / "bb.toml"
+    cfg.write_text('[approvals]\ntask_types = ["aggregate"]\n')
+    env = dict(env, BB_CONFIG=str(cfg))
+    log = tmp_path / "up.log"
+    proc = up(env, log)
+    try:
+        wait_text(log, "ready")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "blackboard.cli", "run",
+             "add structured audit logging to every write endpoint"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+        )
+        assert run.stderr is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 90
+        while not any("approve it:" in line for line in seen):
+            assert time.monotonic() < deadline, "".join(seen)
+            seen.append(run.stderr.readline())
+        waits = next(line for line in seen if "waits for approval" in line)
+        task_id = waits.split()[1]
+        progress = [line for line in seen if " done  " in line]
+        assert len(progress) >= 2  # a line per change, the last one included
+        status = bb(["status"], env)
+        assert "awaiting_approval" in status.stdout
+        approve = next(line for line in seen if "approve it:" in line)
+        assert f"approve {task_id}" in approve
+        assert bb(["approve", task_id], env).returncode == 0
+        out, err = run.communicate(timeout=90)
+        assert run.returncode == 0, err
+        assert "done" in out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
