@@ -266,8 +266,29 @@ def _evolve_goal(goal: GoalState, event: AnyEvent, env: Envelope) -> None:
             for task in goal.tasks.values():
                 if task.status == "held":
                     task.status, task.held_reason = "pending", ""
+        case (
+            GoalSubmitted()
+            | TaskCreated()
+            | TaskReady()
+            | TaskClaimed()
+            | TaskCompleted()
+            | TaskFailed()
+            | TaskNeedsFollowup()
+            | TaskCancelled()
+            | TaskHeld()
+            | ApprovalRequested()
+            | ApprovalGranted()
+            | ApprovalDenied()
+            | ModelCalled()
+            | SideEffectStarted()
+            | SideEffectCompleted()
+            | SideEffectFailed()
+        ):
+            # A submission is applied before this point; a task event with no
+            # task id (another client's garbage) names no task to apply it to.
+            pass
         case _:
-            pass  # task-level events never reach here (task_id is None)
+            assert_never(event)
 
 
 def _create(goal: GoalState, event: TaskCreated, env: Envelope) -> None:
