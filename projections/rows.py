@@ -10,7 +10,7 @@ written again whole, so the projection never disagrees with ``bb status``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 import msgspec
 
@@ -18,11 +18,24 @@ from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    GoalCancelled,
+    GoalCompleted,
+    GoalFailed,
+    GoalHalted,
+    GoalResumed,
+    GoalSubmitted,
     ModelCalled,
     SideEffectCompleted,
     SideEffectFailed,
     SideEffectStarted,
+    TaskCancelled,
+    TaskClaimed,
+    TaskCompleted,
     TaskCreated,
+    TaskFailed,
+    TaskHeld,
+    TaskNeedsFollowup,
+    TaskReady,
     kind,
 )
 
@@ -136,8 +149,24 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
                 {"goal_id": e.goal_id, "task_id": e.task_id, "depends_on": d}
                 for d in e.depends_on
             )
+        case (
+            GoalSubmitted()
+            | GoalCompleted()
+            | GoalFailed()
+            | GoalCancelled()
+            | GoalHalted()
+            | GoalResumed()
+            | TaskReady()
+            | TaskClaimed()
+            | TaskCompleted()
+            | TaskFailed()
+            | TaskNeedsFollowup()
+            | TaskCancelled()
+            | TaskHeld()
+        ):
+            pass  # in `events` only; their state is in `goals` and `tasks`
         case _:
-            pass
+            assert_never(e)
 
 
 def dead_letter(

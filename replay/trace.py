@@ -12,7 +12,7 @@ same events give the same trace.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from blackboard.engine.state import fold
 from blackboard.log.events import (
@@ -313,8 +313,18 @@ def _apply(trace: Trace, env: Envelope) -> None:
                 task.notes.append(
                     Note(env.seq, e.at, "ready again", f"dispatch {e.dispatch}")
                 )
+        case (
+            TaskCreated()
+            | GoalSubmitted()
+            | GoalCompleted()
+            | GoalFailed()
+            | GoalCancelled()
+            | GoalHalted()
+            | GoalResumed()
+        ):
+            pass  # a creation is applied above; a goal event names no task
         case _:
-            pass
+            assert_never(e)
 
 
 def _goal_event(trace: Trace, env: Envelope) -> None:
