@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from blackboard.engine.state import BoardState, GoalState, evolve
 
@@ -20,7 +21,14 @@ if TYPE_CHECKING:
 
     from blackboard.log.store import JetStreamEventStore
 
-__all__ = ["EVERY_S", "goal_until", "task_status", "until", "until_async"]
+__all__ = [
+    "EVERY_S",
+    "bb_status_until",
+    "goal_until",
+    "task_status",
+    "until",
+    "until_async",
+]
 
 EVERY_S = 0.05
 """How often a predicate is polled."""
@@ -73,3 +81,23 @@ async def goal_until(
             if goal is not None and predicate(goal):
                 return goal
     raise AssertionError("unreachable: follow_batches never ends")
+
+
+def bb_status_until(
+    env: dict[str, str],
+    goal_id: str,
+    ok: Callable[[dict[str, Any]], object] = lambda doc: doc["status"] != "running",
+    timeout_s: float = 30,
+) -> dict[str, Any]:
+    """Poll ``bb status <goal> --json`` until ``ok(doc)`` (by default: the goal
+    ended); the last document, even on a timeout, for the caller to assert on."""
+    from tests.e2e.test_cli_basics import bb
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = bb(["status", goal_id, "--json"], env)
+        assert r.returncode == 0, r.stderr
+        doc: dict[str, Any] = json.loads(r.stdout)
+        if ok(doc) or time.monotonic() > deadline:
+            return doc
+        time.sleep(4 * EVERY_S)

@@ -22,6 +22,7 @@ from blackboard.log.events import ModelCalled, TaskSpec
 from blackboard.runtime import config
 from blackboard.runtime.inprocess import running
 from projections import schema
+from tests import waiting
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import submit
 
@@ -103,10 +104,7 @@ def projector(
 
 
 def until(predicate: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
+    waiting.until(predicate, timeout_s=timeout)
 
 
 def sql(env: dict[str, str], db: Path, q: str) -> list[dict[str, Any]]:
