@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from typer.testing import CliRunner
 
@@ -29,7 +30,12 @@ from projections.duckdb_view import DuckDBView
 from projections.rows import Rows, add_event, dead_letter
 from replay import reader
 
-__all__ = ["KINDS", "derive", "projection_rows", "replay_output"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from blackboard.log.codec import Envelope
+
+__all__ = ["KINDS", "derive", "projected", "projection_rows", "replay_output"]
 
 KINDS = ("trace.txt", "trace.json", "rows.txt")
 """The expected files of one history ``<name>.ndjson``: ``<name>.<kind>``."""
@@ -60,8 +66,14 @@ def replay_output(ndjson: Path, *args: str) -> bytes:
 
 def projection_rows(ndjson: Path) -> bytes:
     """The projection of the history's events, every table and view, sorted."""
+    with projected(reader.from_file(ndjson)) as view:
+        return _dump(view)
+
+
+@contextlib.contextmanager
+def projected(envs: Sequence[Envelope]) -> Iterator[DuckDBView]:
+    """A fresh DuckDB file holding the projection of ``envs``, open for queries."""
     state, rows = BoardState(), Rows()
-    envs = reader.from_file(ndjson)
     for env in envs:
         # As projections.runner.Projector.apply does for a decoded message.
         refused = len(state.anomalies)
@@ -74,7 +86,7 @@ def projection_rows(ndjson: Path) -> bytes:
         view = DuckDBView(Path(tmp) / "golden.duckdb")
         try:
             view.apply(rows, state, envs[-1].seq)
-            return _dump(view)
+            yield view
         finally:
             view.close()
 
