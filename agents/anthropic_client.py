@@ -7,7 +7,7 @@ so every attempt is visible and recorded.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 import anthropic
 from anthropic.types import (
@@ -22,39 +22,11 @@ from agents.models import (
     ModelClient,
     ModelRequest,
     ModelResponse,
-    RetryableModelError,
     TerminalModelError,
-    error_for_status,
-    parse_retry_after,
-    provider_error_message,
+    error_from_sdk,
 )
 
 __all__ = ["AnthropicModel"]
-
-
-def _raise_for_status(e: anthropic.APIError) -> NoReturn:
-    """Turn an SDK error into the retry posture callers act on.
-
-    408, 409, 429 and 5xx are retryable and honour ``retry-after``; connection
-    errors and timeouts are retryable without a status; anything else is
-    terminal and carries the provider's own message.
-
-    Raises:
-        RetryableModelError: The same request may succeed later.
-        TerminalModelError: It will not.
-    """
-    if isinstance(e, anthropic.APIStatusError):
-        message = provider_error_message(e.body, e.message)
-        raise error_for_status(
-            e.status_code,
-            message,
-            retry_after=parse_retry_after(e.response.headers),
-        ) from e
-    if isinstance(e, anthropic.APIConnectionError):
-        # APITimeoutError is a subclass: both mean "no answer", never "no".
-        raise RetryableModelError(e.message, status=None) from e
-    status = getattr(e, "status_code", None)
-    raise TerminalModelError(e.message, status=status) from e
 
 
 def _message_param(role: str, content: str) -> MessageParam:
@@ -132,7 +104,11 @@ class AnthropicModel(ModelClient):
                 ),
             )
         except anthropic.APIError as e:
-            _raise_for_status(e)
+            raise error_from_sdk(
+                e,
+                status_error=anthropic.APIStatusError,
+                connection_error=anthropic.APIConnectionError,
+            ) from e
 
         texts: list[str] = []
         tool_calls: list[dict[str, Any]] = []

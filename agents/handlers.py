@@ -51,7 +51,6 @@ from agents.prompts import (
 from blackboard import ids
 from blackboard.engine.handlers import RetryableError
 from blackboard.errors import BlackboardError, ConfigError
-from blackboard.log.events import ModelCalled
 from blackboard.log.redact import Redactor
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ if TYPE_CHECKING:
 
     from blackboard.engine.context import TaskContext
     from blackboard.engine.handlers import Handler
-    from blackboard.log.events import TaskSpec
+    from blackboard.log.events import ModelCalled, TaskSpec
     from blackboard.runtime.config import Settings
 
 __all__ = ["MAX_NEEDS", "Agents", "NeedLoop", "UnusableAnswer", "registry"]
@@ -408,31 +407,14 @@ def _brief(results: Mapping[str, Any]) -> str:
 def _model_called(
     ctx: TaskContext, call: CallRecord, index: int, event_id: str
 ) -> ModelCalled:
-    return ModelCalled(
+    return call.to_event(
         event_id=event_id,
         goal_id=ctx.goal_id,
         task_id=ctx.task_id,
         at=ids.utcnow(),
         actor=ctx.worker,
-        provider=call.provider,
-        model=call.model,
         lane=ctx.lane,
-        request=call.request,
-        response=call.response,
-        text=call.text,
-        stop_reason=call.stop_reason,
-        tool_calls=call.tool_calls,
-        tokens_in=call.tokens_in,
-        tokens_out=call.tokens_out,
-        tokens_cached=call.tokens_cached,
-        cost_usd=call.cost_usd,
-        price=call.price,
-        latency_ms=call.latency_ms,
         call_index=index,
         attempt=ctx.attempt,
         dispatch=ctx.dispatch,
-        request_hash=call.request_hash,
-        prompt_version=call.prompt_version,
-        error=call.error,
-        scripted=call.scripted,
     )

@@ -13,7 +13,7 @@ OpenAI's ``prompt_tokens`` *includes* cached prompt tokens, while this layer's
 
 from __future__ import annotations
 
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import openai
 from openai.types.chat import (
@@ -27,40 +27,11 @@ from agents.models import (
     ModelClient,
     ModelRequest,
     ModelResponse,
-    RetryableModelError,
     TerminalModelError,
-    error_for_status,
-    parse_retry_after,
-    provider_error_message,
+    error_from_sdk,
 )
 
 __all__ = ["OpenAICompatibleModel"]
-
-
-def _raise_for_status(e: openai.APIError) -> NoReturn:
-    """Turn an SDK error into the retry posture callers act on.
-
-    408, 409, 429 and 5xx are retryable and honour ``retry-after``; connection
-    errors and timeouts are retryable without a status; anything else is
-    terminal and carries the provider's own message.
-
-    Raises:
-        RetryableModelError: The same request may succeed later.
-        TerminalModelError: It will not.
-    """
-    if isinstance(e, openai.APIStatusError):
-        # The SDK has already unwrapped ``{"error": {...}}`` into ``e.body``.
-        message = provider_error_message(e.body, e.message)
-        raise error_for_status(
-            e.status_code,
-            message,
-            retry_after=parse_retry_after(e.response.headers),
-        ) from e
-    if isinstance(e, openai.APIConnectionError):
-        # APITimeoutError is a subclass: both mean "no answer", never "no".
-        raise RetryableModelError(e.message, status=None) from e
-    status = getattr(e, "status_code", None)
-    raise TerminalModelError(e.message, status=status) from e
 
 
 def _message_param(role: str, content: str) -> ChatCompletionMessageParam:
@@ -144,7 +115,11 @@ class OpenAICompatibleModel(ModelClient):
                 ),
             )
         except openai.APIError as e:
-            _raise_for_status(e)
+            raise error_from_sdk(
+                e,
+                status_error=openai.APIStatusError,
+                connection_error=openai.APIConnectionError,
+            ) from e
 
         text = ""
         stop_reason: str | None = None

@@ -1,70 +1,36 @@
-"""What ``bb run`` and ``bb demo`` print: progress and the cost split. Pure."""
+"""What ``bb run`` and ``bb demo`` print: progress and the cost split. Pure.
+
+The split is :func:`blackboard.engine.usage.usage_by_lane_model`, the summary
+``bb replay`` totals with too.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from blackboard.log.events import ModelCalled
+from blackboard.engine.usage import Usage, usage_by_lane_model
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from blackboard.engine.state import GoalState
-    from blackboard.log.events import AnyEvent
 
-__all__ = ["Usage", "cost_lines", "progress_line", "usage_by_lane_model"]
-
-
-@dataclass(slots=True)
-class Usage:
-    """Model usage of one lane and model."""
-
-    lane: str
-    model: str
-    provider: str
-    calls: int = 0
-    failed: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tokens_cached: int = 0
-    cost_usd: float = 0.0
-    scripted: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        """The row as JSON-able data."""
-        return {
-            "lane": self.lane,
-            "model": self.model,
-            "provider": self.provider,
-            "calls": self.calls,
-            "failed_calls": self.failed,
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-            "tokens_cached": self.tokens_cached,
-            "cost_usd": round(self.cost_usd, 6),
-            "scripted": self.scripted,
-        }
+__all__ = ["Usage", "cost_lines", "progress_line", "usage_by_lane_model", "usage_json"]
 
 
-def usage_by_lane_model(events: Iterable[AnyEvent]) -> list[Usage]:
-    """Sum the ModelCalled events by lane and model, sorted by lane then model."""
-    rows: dict[tuple[str, str], Usage] = {}
-    for event in events:
-        if not isinstance(event, ModelCalled):
-            continue
-        row = rows.setdefault(
-            (event.lane, event.model), Usage(event.lane, event.model, event.provider)
-        )
-        row.calls += 1
-        row.failed += event.error is not None
-        row.tokens_in += event.tokens_in
-        row.tokens_out += event.tokens_out
-        row.tokens_cached += event.tokens_cached
-        row.cost_usd += event.cost_usd
-        row.scripted = row.scripted or event.scripted
-    return [rows[k] for k in sorted(rows)]
+def usage_json(row: Usage) -> dict[str, Any]:
+    """One row of the cost split as ``bb run --json`` and ``bb demo --json`` give it."""
+    return {
+        "lane": row.lane,
+        "model": row.model,
+        "provider": row.provider,
+        "calls": row.calls,
+        "failed_calls": row.failed,
+        "tokens_in": row.tokens_in,
+        "tokens_out": row.tokens_out,
+        "tokens_cached": row.tokens_cached,
+        "cost_usd": round(row.cost_usd, 6),
+        "scripted": row.scripted,
+    }
 
 
 def progress_line(goal: GoalState) -> str:
@@ -92,9 +58,8 @@ def cost_lines(rows: list[Usage]) -> list[str]:
     lanes: dict[str, float] = {}
     for r in rows:
         label = r.model + (" (scripted)" if r.scripted else "")
-        tokens_in = r.tokens_in + r.tokens_cached
         out.append(
-            f"{r.lane:<10} {label:<32} {r.calls:>5} {tokens_in:>10,}"
+            f"{r.lane:<10} {label:<32} {r.calls:>5} {r.input_tokens:>10,}"
             f" {r.tokens_out:>10,} {r.cost_usd:>10.4f}"
         )
         lanes[r.lane] = lanes.get(r.lane, 0.0) + r.cost_usd

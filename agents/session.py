@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agents.handlers import Agents
-from agents.report import Usage, usage_by_lane_model
+from agents.report import Usage, usage_by_lane_model, usage_json
 from blackboard import telemetry
 from blackboard.engine import control as client
 from blackboard.engine import submission as service
@@ -56,7 +56,7 @@ class Outcome:
             "tasks": len(g.tasks),
             "tokens": g.tokens,
             "cost_usd": round(g.cost_usd, 6),
-            "usage": [u.as_json() for u in self.usage],
+            "usage": [usage_json(u) for u in self.usage],
         }
 
 

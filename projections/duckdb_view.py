@@ -58,11 +58,30 @@ class DuckDBView:
                 "INSERT INTO projector_state VALUES (1, 0, ?) ON CONFLICT DO NOTHING",
                 [schema.SCHEMA_VERSION],
             )
-            # The DDL brought an older file up to date (schema.MIGRATIONS).
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring the rows of an older file up to date, once, and say so in it.
+
+        The DDL has already added what is missing (schema.MIGRATIONS).
+        """
+        row = self.con.execute(
+            "SELECT schema_version FROM projector_state WHERE id = 1"
+        ).fetchone()
+        was = int(row[0]) if row and row[0] is not None else schema.SCHEMA_VERSION
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for version in range(was + 1, schema.SCHEMA_VERSION + 1):
+                for stmt in schema.UPGRADES.get(version, []):
+                    self.con.execute(stmt)
             self.con.execute(
                 "UPDATE projector_state SET schema_version = ? WHERE id = 1",
                 [schema.SCHEMA_VERSION],
             )
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the file."""

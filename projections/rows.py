@@ -231,4 +231,5 @@ def task_row(t: TaskState) -> dict[str, Any]:
         "model_calls": t.model_calls,
         "error": t.error,
         "last_seq": t.last_seq,
+        "tokens_cached": t.tokens_cached,
     }

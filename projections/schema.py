@@ -14,11 +14,13 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "TABLES",
+    "UPGRADES",
     "VIEWS",
 ]
 
-SCHEMA_VERSION = 2
-"""2: ``model_calls.dispatch``."""
+SCHEMA_VERSION = 3
+"""2: ``model_calls.dispatch``. 3: ``tasks.tokens_cached``, and ``tasks.tokens_in``
+without the cached tokens (see :mod:`blackboard.engine.usage`)."""
 
 COLUMNS: dict[str, dict[str, str]] = {
     "events": {
@@ -43,6 +45,8 @@ COLUMNS: dict[str, dict[str, str]] = {
         "finished_at": "TIMESTAMPTZ", "tokens_in": "BIGINT", "tokens_out": "BIGINT",
         "cost_usd": "DOUBLE", "model_calls": "INTEGER", "error": "VARCHAR",
         "last_seq": "BIGINT",
+        # Last, for the same reason as model_calls.dispatch.
+        "tokens_cached": "BIGINT",
     },
     "task_deps": {"goal_id": "VARCHAR", "task_id": "VARCHAR", "depends_on": "VARCHAR"},
     "model_calls": {
@@ -148,9 +152,26 @@ MIGRATIONS: list[str] = [
     # 1 -> 2: calls of a task's later dispatches were told apart by nothing;
     # rows projected before (from events that did not carry it) read as 1.
     "ALTER TABLE model_calls ADD COLUMN IF NOT EXISTS dispatch INTEGER DEFAULT 1",
+    # 2 -> 3: a task's cached input tokens, apart (UPGRADES fixes older rows).
+    "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS tokens_cached BIGINT DEFAULT 0",
 ]
 """Run on every open: each brings a file of an older schema up to date, and is
 a no-op on a current one."""
+
+UPGRADES: dict[int, list[str]] = {
+    # Rows written before 3 counted cached tokens inside tasks.tokens_in; the
+    # calls of each task, in model_calls, say how many to move out.
+    3: [
+        "UPDATE tasks SET tokens_cached = c.cached,"
+        " tokens_in = tasks.tokens_in - c.cached"
+        " FROM (SELECT goal_id, task_id, sum(tokens_cached)::BIGINT AS cached"
+        " FROM model_calls GROUP BY goal_id, task_id) AS c"
+        " WHERE tasks.goal_id = c.goal_id AND tasks.task_id = c.task_id"
+        " AND c.cached > 0",
+    ],
+}
+"""Run once, when a file of an older version is opened: for each version above
+the file's, in order, in the transaction that records the new version."""
 
 DDL: list[str] = [
     "CREATE TABLE IF NOT EXISTS projector_state "

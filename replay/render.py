@@ -323,9 +323,8 @@ def render_text(trace: Trace, *, full: bool = False, task: str | None = None) ->
     )
     for _, total in sorted(trace.totals.items()):
         label = total.model + (" (scripted)" if total.scripted else "")
-        tokens_in = total.tokens_in + total.tokens_cached
         out.append(
-            f"{total.lane:<10} {label:<32} {total.calls:>5} {tokens_in:>10,}"
+            f"{total.lane:<10} {label:<32} {total.calls:>5} {total.input_tokens:>10,}"
             f" {total.tokens_out:>10,} {total.cost_usd:>12.6f}"
         )
     return "\n".join(out) + "\n"

@@ -3,7 +3,8 @@
 ``build_trace(envelopes)`` gives the DAG as a tree (spawned tasks under their
 parent), each task's attempts with worker and timings, each model call with
 its prompt and answer, side effects, NEED escalations, approvals, guardrail
-holds and resumes, failures, and totals by lane and model. Statuses come from
+holds and resumes, failures, and totals by lane and model (the one usage
+summary, :mod:`blackboard.engine.usage`). Statuses come from
 the one fold (:mod:`blackboard.engine.state`), so a trace never disagrees with
 ``bb status``. Nothing here reads a clock or iterates an unordered set: the
 same events give the same trace.
@@ -12,9 +13,10 @@ same events give the same trace.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from blackboard.engine.state import fold
+from blackboard.engine.usage import Usage, add_call
 from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
@@ -52,7 +54,6 @@ __all__ = [
     "Effect",
     "Note",
     "TaskTrace",
-    "Total",
     "Trace",
     "build_trace",
 ]
@@ -142,22 +143,6 @@ class TaskTrace:
 
 
 @dataclass(slots=True)
-class Total:
-    """Model usage of one lane and model."""
-
-    lane: str
-    model: str
-    calls: int = 0
-    failed: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tokens_cached: int = 0
-    cost_usd: float = 0.0
-    latency_ms: float = 0.0
-    scripted: bool = False
-
-
-@dataclass(slots=True)
 class Trace:
     """A goal's whole story."""
 
@@ -169,7 +154,8 @@ class Trace:
     finished_at: datetime | None = None
     tasks: dict[str, TaskTrace] = field(default_factory=dict)
     notes: list[Note] = field(default_factory=list)
-    totals: dict[tuple[str, str], Total] = field(default_factory=dict)
+    totals: dict[tuple[str, str], Usage] = field(default_factory=dict)
+    """Model usage by lane and model (:mod:`blackboard.engine.usage`)."""
     first_seq: int = 0
     last_seq: int = 0
     events: int = 0
@@ -191,9 +177,7 @@ class Trace:
     @property
     def tokens(self) -> int:
         """Every token of the goal (input, cached and output)."""
-        return sum(
-            t.tokens_in + t.tokens_cached + t.tokens_out for t in self.totals.values()
-        )
+        return sum(t.tokens for t in self.totals.values())
 
 
 def build_trace(
@@ -263,7 +247,7 @@ def _apply(trace: Trace, env: Envelope) -> None:
         case ModelCalled():
             if attempt is not None:
                 attempt.calls.append(Call(env.seq, e))
-            _total(trace, e)
+            add_call(trace.totals, e)
         case SideEffectStarted():
             if attempt is not None:
                 attempt.effects.append(
@@ -313,8 +297,18 @@ def _apply(trace: Trace, env: Envelope) -> None:
                 task.notes.append(
                     Note(env.seq, e.at, "ready again", f"dispatch {e.dispatch}")
                 )
+        case (
+            TaskCreated()
+            | GoalSubmitted()
+            | GoalCompleted()
+            | GoalFailed()
+            | GoalCancelled()
+            | GoalHalted()
+            | GoalResumed()
+        ):
+            pass  # a creation is applied above; a goal event names no task
         case _:
-            pass
+            assert_never(e)
 
 
 def _goal_event(trace: Trace, env: Envelope) -> None:
@@ -361,20 +355,6 @@ def _effect(attempt: Attempt | None, key: str) -> Effect | None:
         if effect.key == key:
             return effect
     return None
-
-
-def _total(trace: Trace, e: ModelCalled) -> None:
-    t = trace.totals.get((e.lane, e.model))
-    if t is None:
-        t = trace.totals[(e.lane, e.model)] = Total(e.lane, e.model)
-    t.calls += 1
-    t.failed += e.error is not None
-    t.tokens_in += e.tokens_in
-    t.tokens_out += e.tokens_out
-    t.tokens_cached += e.tokens_cached
-    t.cost_usd += e.cost_usd
-    t.latency_ms += e.latency_ms
-    t.scripted = t.scripted or e.scripted
 
 
 def _by(by: str, text: str) -> str:

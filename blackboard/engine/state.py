@@ -135,7 +135,10 @@ class TaskState:
     claimed_at: datetime | None = None
     finished_at: datetime | None = None
     tokens_in: int = 0
+    """Uncached input tokens of the task's calls (:mod:`blackboard.engine.usage`)."""
     tokens_out: int = 0
+    tokens_cached: int = 0
+    """Input tokens of the task's calls read from the prompt cache."""
     cost_usd: float = 0.0
     model_calls: int = 0
     effects: dict[str, str] = field(default_factory=dict)
@@ -156,6 +159,7 @@ class GoalState:
     """Dedupe key -> its tasks in creation order; the first is the original."""
     open_tasks: int = 0
     tokens: int = 0
+    """Every token of the goal's calls: input (cached or not) and output."""
     cost_usd: float = 0.0
     halted_by: str | None = None
     summary: str = ""
@@ -266,8 +270,29 @@ def _evolve_goal(goal: GoalState, event: AnyEvent, env: Envelope) -> None:
             for task in goal.tasks.values():
                 if task.status == "held":
                     task.status, task.held_reason = "pending", ""
+        case (
+            GoalSubmitted()
+            | TaskCreated()
+            | TaskReady()
+            | TaskClaimed()
+            | TaskCompleted()
+            | TaskFailed()
+            | TaskNeedsFollowup()
+            | TaskCancelled()
+            | TaskHeld()
+            | ApprovalRequested()
+            | ApprovalGranted()
+            | ApprovalDenied()
+            | ModelCalled()
+            | SideEffectStarted()
+            | SideEffectCompleted()
+            | SideEffectFailed()
+        ):
+            # A submission is applied before this point; a task event with no
+            # task id (another client's garbage) names no task to apply it to.
+            pass
         case _:
-            pass  # task-level events never reach here (task_id is None)
+            assert_never(event)
 
 
 def _create(goal: GoalState, event: TaskCreated, env: Envelope) -> None:
@@ -381,8 +406,9 @@ def _evolve_task(
                 task.finished_at = event.at
         case ModelCalled():
             task.model_calls += 1
-            task.tokens_in += event.tokens_in + event.tokens_cached
+            task.tokens_in += event.tokens_in
             task.tokens_out += event.tokens_out
+            task.tokens_cached += event.tokens_cached
             task.cost_usd += event.cost_usd
             goal.tokens += event.tokens_in + event.tokens_cached + event.tokens_out
             goal.cost_usd += event.cost_usd

@@ -21,6 +21,7 @@ from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from blackboard.runtime.inprocess import running
 from tests.engine.conftest import engine_settings, events_of, spec, submit
 from tests.engine_handlers import HANDLERS
+from tests.waiting import until_async
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,7 +51,8 @@ async def test_goals_end_right_when_the_readers_node_is_paused(
     ]
     async with running(store, settings, HANDLERS, concurrency=4):
         goals = [await submit(store, settings, specs) for _ in range(3)]
-        await asyncio.sleep(1.0)  # mid-goal
+        # Mid-goal: some effects performed, most still to come.
+        await until_async(lambda: len(ledger.read_text().splitlines()) >= 3)
         info = await store.js.stream_info(store.events_stream)
         assert info.cluster is not None and info.cluster.leader
         node = nats_cluster.server_names.index(info.cluster.leader)

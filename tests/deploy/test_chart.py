@@ -9,7 +9,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import yaml
 from blackboard.engine.worker import consumer_name
 from blackboard.log.server import EmbeddedServer
 from tests.e2e.test_cli_basics import bb
+from tests.waiting import bb_status_until, until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "blackboard"
@@ -292,13 +292,7 @@ def test_processes_with_the_charts_args_and_env_complete_a_goal(tmp_path):
         r = bb(["demo", "--detach", "--json"], reader)
         assert r.returncode == 0, r.stderr
         goal = json.loads(r.stdout)["goal_id"]
-        status: dict[str, Any] = {}
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            status = json.loads(bb(["status", goal, "--json"], reader).stdout)
-            if status["status"] != "running":
-                break
-            time.sleep(0.3)
+        status = bb_status_until(reader, goal, timeout_s=90)
         assert status["status"] == "done", status.get("reason")
         # The projector answers SQL from its volume.
         _until(lambda: _tasks_projected(reader, goal) == 30)
@@ -338,7 +332,4 @@ def _get(port: int, path: str) -> int:
 
 
 def _until(predicate: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
+    until(predicate, timeout_s=timeout)

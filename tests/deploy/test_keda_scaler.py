@@ -540,13 +540,11 @@ async def _all_nodes_name(
 ) -> None:
     for i in range(len(cluster.nodes)):
         if _consumer_seen_by(cluster, i, meta)["cluster"]["leader"] != leader:
-            await asyncio.sleep(0.1)
             raise TimeoutError(f"{cluster.server_names[i]} has not seen {leader} lead")
 
 
 async def _new_leader(nc: NatsClient, old: str) -> str:
     leader = await consumer_leader(nc)
     if leader == old:
-        await asyncio.sleep(0.1)
         raise TimeoutError(f"{old} still leads")
     return leader

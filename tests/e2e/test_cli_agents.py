@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.e2e.test_cli_basics import bb
+from tests.waiting import bb_status_until, until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,20 +81,11 @@ def test_bb_demo_detach_submits_to_a_running_deployment(cli_env, tmp_path):
             cwd=ROOT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while "ready" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        until(lambda: "ready" in log.read_text(), what="bb up ready")
         r = bb(["demo", "--detach", "--json"], cli_env)
         assert r.returncode == 0, r.stderr
         goal_id = json.loads(r.stdout)["goal_id"]
-        deadline = time.monotonic() + 60
-        status = {}
-        while time.monotonic() < deadline:
-            s = bb(["status", goal_id, "--json"], cli_env)
-            status = json.loads(s.stdout)
-            if status["status"] != "running":
-                break
-            time.sleep(0.3)
+        status = bb_status_until(cli_env, goal_id, timeout_s=60)
         assert status["status"] == "done", status.get("reason")
         assert status["by_lane"]["local:done"] >= 20
     finally:

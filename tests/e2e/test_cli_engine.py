@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.e2e.test_cli_basics import bb
+from tests.waiting import bb_status_until, until
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,9 +41,7 @@ def deployment(cli_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, st
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-    deadline = time.monotonic() + 30
-    while "ready" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    until(lambda: "ready" in log.read_text(), what="bb up ready")
     try:
         yield env
     finally:
@@ -69,20 +68,6 @@ def status(env: dict[str, str], goal_id: str) -> dict[str, Any]:
     return doc
 
 
-def wait_status(
-    env: dict[str, str],
-    goal_id: str,
-    ok: Callable[[dict[str, Any]], bool],
-    timeout: float = 30,
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        doc = status(env, goal_id)
-        if ok(doc) or time.monotonic() > deadline:
-            return doc
-        time.sleep(0.2)
-
-
 def task(doc: dict[str, Any], task_id: str) -> dict[str, Any]:
     found: list[dict[str, Any]] = [t for t in doc["tasks"] if t["task_id"] == task_id]
     assert len(found) == 1, f"{task_id} not in status"
@@ -103,7 +88,7 @@ def test_approval_gate_waits_for_bb_approve(deployment, tmp_path):
             },
         ],
     )
-    doc = wait_status(
+    doc = bb_status_until(
         deployment,
         goal_id,
         lambda d: task(d, "deploy")["status"] == "awaiting_approval",
@@ -116,7 +101,7 @@ def test_approval_gate_waits_for_bb_approve(deployment, tmp_path):
     r = bb(["approve", "deploy", "--note", "looked fine", "--by", "ana"], deployment)
     assert r.returncode == 0, r.stderr
     assert f"approved deploy (gated on local) of goal {goal_id}" in r.stdout
-    doc = wait_status(deployment, goal_id, lambda d: d["status"] != "running")
+    doc = bb_status_until(deployment, goal_id, lambda d: d["status"] != "running")
     assert doc["status"] == "done"
     assert task(doc, "deploy")["result"] == {"approved": True}
     # A second approval is refused: the task no longer waits.
@@ -134,7 +119,7 @@ def test_breach_halts_then_bb_resume_finishes(deployment, tmp_path):
         "--max-tasks",
         "2",
     )
-    doc = wait_status(deployment, goal_id, lambda d: d["status"] != "running")
+    doc = bb_status_until(deployment, goal_id, lambda d: d["status"] != "running")
     assert doc["status"] == "halted"
     assert doc["by_status"].get("held", 0) >= 1
     r = bb(["resume", goal_id], deployment)
@@ -142,7 +127,7 @@ def test_breach_halts_then_bb_resume_finishes(deployment, tmp_path):
     r = bb(["resume", goal_id, "--max-tasks", "10", "--json"], deployment)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["released"]
-    doc = wait_status(deployment, goal_id, lambda d: d["status"] != "running")
+    doc = bb_status_until(deployment, goal_id, lambda d: d["status"] != "running")
     assert doc["status"] == "done"
     assert doc["by_status"] == {"done": 4}
 
@@ -166,10 +151,12 @@ def test_cancel_stops_running_work(deployment, tmp_path):
             },
         ],
     )
-    wait_status(deployment, goal_id, lambda d: task(d, "long")["status"] == "claimed")
+    bb_status_until(
+        deployment, goal_id, lambda d: task(d, "long")["status"] == "claimed"
+    )
     r = bb(["cancel", goal_id, "--reason", "wrong goal"], deployment)
     assert r.returncode == 0, r.stderr
-    doc = wait_status(
+    doc = bb_status_until(
         deployment,
         goal_id,
         lambda d: d["open_tasks"] == 0 and d["status"] == "cancelled",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from blackboard.engine import control as client
 from blackboard.log.events import TaskClaimed, TaskCompleted
 from tests.engine.conftest import events_of, spec, submit
+from tests.waiting import goal_until, task_status
 
 
 async def test_three_level_dag_runs_in_dependency_order(store, settings, engine):
@@ -78,17 +77,9 @@ async def test_unknown_task_type_and_lane_fail_with_reasons(store, settings, eng
 
 async def test_approval_gate_waits_until_approved(store, settings, engine):
     goal_id = await submit(store, settings, [spec("g", "gated")])
-    goal = await client.wait_goal(
-        store, goal_id, until=frozenset({"done"}) | {"running"}, timeout_s=5
+    await goal_until(
+        store, goal_id, lambda g: task_status(g, "g") == "awaiting_approval"
     )
-    for _ in range(100):
-        goal = await client.goal_state(store, goal_id)
-        if goal.tasks.get("g") and goal.tasks["g"].status == "awaiting_approval":
-            break
-        import asyncio
-
-        await asyncio.sleep(0.05)
-    assert goal.tasks["g"].status == "awaiting_approval"
     await client.approve(store, "g", by="ana", note="go")
     goal = await client.wait_goal(store, goal_id, timeout_s=30)
     assert goal.status == "done"
@@ -142,9 +133,7 @@ async def test_side_effect_performed_once(store, settings, engine, tmp_path):
 
 async def test_cancel_cancels_open_tasks(store, settings, engine):
     goal_id = await submit(store, settings, [spec("s", "slow", seconds=30)])
-    import asyncio
-
-    await asyncio.sleep(0.5)
+    await goal_until(store, goal_id, lambda g: task_status(g, "s") == "claimed")
     await client.cancel(store, goal_id, by="ana")
     goal = await client.wait_goal(store, goal_id, timeout_s=30)
     assert goal.status == "cancelled"
@@ -191,11 +180,12 @@ async def test_ready_work_is_dispatched_by_priority(store, settings):
              for i, p in enumerate(prios)]
     async with running(store, settings, HANDLERS, lanes=[]):  # no worker yet
         goal_id = await submit(store, settings, specs)
-        for _ in range(200):
-            goal = (await client.goals(store))[0]
-            if all(t.status == "ready" for t in goal.tasks.values()) and goal.tasks:
-                break
-            await asyncio.sleep(0.05)
+        await goal_until(
+            store,
+            goal_id,
+            lambda g: len(g.tasks) == len(specs)
+            and all(t.status == "ready" for t in g.tasks.values()),
+        )
         async with running(store, settings, HANDLERS, scheduler=False,
                            lanes=["local"], concurrency=1):
             goal = await client.wait_goal(store, goal_id, timeout_s=30)

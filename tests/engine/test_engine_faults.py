@@ -28,6 +28,7 @@ from blackboard.log.events import (
 from blackboard.runtime.inprocess import running
 from tests.engine.conftest import events_of, spec, submit
 from tests.engine_handlers import HANDLERS
+from tests.waiting import goal_until, until_async
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,11 +73,7 @@ def worker_process(nats_url: str, tmp_path: Path, log: str) -> subprocess.Popen[
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    await until_async(predicate, timeout_s=timeout)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -136,7 +133,11 @@ async def test_paused_worker_wakes_after_lease_and_its_write_is_refused(
         goal = await client.wait_goal(store, goal_id, timeout_s=60)
         assert goal.status == "done"
         sleeper.send_signal(signal.SIGCONT)  # wakes long after its lease expired
-        await asyncio.sleep(3)
+        paused_log = tmp_path / "paused.log"
+        await wait_for(
+            lambda: "lost the task" in paused_log.read_text()
+            or "stopped s" in paused_log.read_text()
+        )
     events = await events_of(store, goal_id)
     completions = [e for e in events if isinstance(e, TaskCompleted)]
     assert len(completions) == 1
@@ -151,7 +152,7 @@ async def test_scheduler_killed_mid_goal_standby_takes_over_nothing_twice(
 ):
     leader = bb_process(nats_url, tmp_path, "scheduler", log="s1.log")
     procs.append(leader)
-    await asyncio.sleep(1.0)
+    await wait_for(lambda: "leading" in (tmp_path / "s1.log").read_text())
     standby = bb_process(nats_url, tmp_path, "scheduler", log="s2.log")
     procs.append(standby)
     specs = [spec("t0")] + [
@@ -160,14 +161,11 @@ async def test_scheduler_killed_mid_goal_standby_takes_over_nothing_twice(
     async with running(store, settings, HANDLERS, lanes=["local"], scheduler=False):
         goal_id = await submit(store, settings, specs)
 
-        async def done_count() -> int:
-            g = await client.goal_state(store, goal_id)
-            return sum(t.status == "done" for t in g.tasks.values())
-
-        for _ in range(400):
-            if await done_count() >= 20:
-                break
-            await asyncio.sleep(0.05)
+        await goal_until(
+            store,
+            goal_id,
+            lambda g: sum(t.status == "done" for t in g.tasks.values()) >= 20,
+        )
         leader.send_signal(signal.SIGKILL)
         leader.wait()
         goal = await client.wait_goal(store, goal_id, timeout_s=60)

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from blackboard.log.events import (
 from blackboard.log.server import EmbeddedServer
 from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from blackboard.runtime import config
+from tests.waiting import until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -168,11 +168,7 @@ class Deployment:
 
     @staticmethod
     def wait(predicate: Any, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError("condition not met in time")
-            time.sleep(0.05)
+        until(predicate, timeout_s=timeout)
 
     def tracebacks(self) -> list[str]:
         return [p.name for p in self.tmp.glob("*.log") if "Traceback" in p.read_text()]

@@ -13,6 +13,7 @@ import signal
 from agents.session import DEMO_GOAL
 from blackboard.log.events import TaskClaimed
 from tests.faults.harness import audit, effect_goal, ledger_lines, submit, wait_all
+from tests.waiting import goal_until, until_async
 
 
 async def start_goals(deployment, store) -> list[str]:
@@ -24,11 +25,10 @@ async def start_goals(deployment, store) -> list[str]:
 
 
 async def until_ledger(deployment, lines: int) -> None:
-    for _ in range(600):
-        if len(ledger_lines(deployment.ledger)) >= lines:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the goal did not get going")
+    await until_async(
+        lambda: len(ledger_lines(deployment.ledger)) >= lines,
+        what=f"{lines} effects performed",
+    )
 
 
 def check(row) -> None:
@@ -83,7 +83,9 @@ async def test_projector_sigkilled_mid_goal(deployment, fstore):
     goals = await start_goals(deployment, fstore)
     await until_ledger(deployment, 2)
     deployment.signal("projector", signal.SIGKILL)
-    await asyncio.sleep(0.5)
+    # The goals go on while it is down: it has a backlog when it comes back.
+    seen = len(ledger_lines(deployment.ledger))
+    await until_ledger(deployment, min(seen + 1, len(effect_goal(deployment.ledger))))
     deployment.start("projector", "projector", "--db", str(deployment.db))
     await wait_all(fstore, goals)
     check(
@@ -112,10 +114,9 @@ async def test_paused_worker_lease_expires_late_result_refused(deployment, fstor
             if isinstance(e.event, TaskClaimed)
         ]
 
-    for _ in range(600):
-        if any(c.worker == victim for c in await claims()):
-            break
-        await asyncio.sleep(0.05)
+    await goal_until(
+        fstore, goal, lambda g: any(t.worker == victim for t in g.tasks.values())
+    )
     await asyncio.sleep(0.3)
     deployment.signal("worker-local-1", signal.SIGSTOP)  # mid-task, past its lease
     await wait_all(fstore, [goal])

@@ -23,6 +23,7 @@ from blackboard.runtime import config
 from blackboard.runtime.inprocess import running
 from projections import schema
 from projections.runner import Projector
+from tests import waiting
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import submit
 
@@ -104,10 +105,7 @@ def projector(
 
 
 def until(predicate: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
+    waiting.until(predicate, timeout_s=timeout)
 
 
 def sql(env: dict[str, str], db: Path, q: str) -> list[dict[str, Any]]:
@@ -281,3 +279,43 @@ def test_a_file_of_schema_1_gains_model_calls_dispatch(tmp_path):
         view.close()
     assert got == [(2,)]
     assert version == [(schema.SCHEMA_VERSION,)]
+
+
+def test_a_file_of_schema_2_moves_cached_tokens_out_of_tasks_tokens_in(tmp_path):
+    import msgspec
+
+    from blackboard.engine.state import BoardState, evolve
+    from blackboard.log import events as ev
+    from blackboard.log.codec import Envelope
+    from projections.duckdb_view import DuckDBView
+    from projections.rows import Rows, add_event
+    from tests.samples import sample
+
+    db = tmp_path / "v2.duckdb"
+    view = DuckDBView(db)
+    try:
+        state, rows = BoardState(), Rows()
+        call = msgspec.structs.replace(
+            sample(ev.ModelCalled, "G1"), tokens_in=10, tokens_cached=3
+        )
+        for i, e in enumerate((sample(ev.GoalSubmitted), sample(ev.TaskCreated), call)):
+            env = Envelope(i + 1, "s", e)
+            evolve(state, env)
+            add_event(rows, env)
+        view.apply(rows, state, 3)
+        # As version 2 wrote it: no tokens_cached, the cached tokens in tokens_in.
+        view.con.execute("ALTER TABLE tasks DROP COLUMN tokens_cached")
+        view.con.execute("UPDATE tasks SET tokens_in = 13")
+        view.con.execute("UPDATE projector_state SET schema_version = 2")
+    finally:
+        view.close()
+
+    for _ in range(2):  # upgraded once; opening it again changes nothing
+        view = DuckDBView(db)
+        try:
+            _, got = view.query("SELECT tokens_in, tokens_cached FROM tasks")
+            _, version = view.query("SELECT schema_version FROM projector_state")
+        finally:
+            view.close()
+        assert got == [(10, 3)]
+        assert version == [(schema.SCHEMA_VERSION,)]

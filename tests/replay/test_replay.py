@@ -26,6 +26,7 @@ from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import spec, submit
 from tests.engine.test_engine_faults import worker_process
 from tests.engine_handlers import HANDLERS
+from tests.waiting import until_async
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,7 @@ async def test_a_crash_and_its_redelivery_show_both_attempts(store, nats_url, tm
             goal_id = await submit(
                 store, s, [spec("s", "slow", seconds=1.5, marker=str(marker))]
             )
-            await _until(lambda: marker.exists() and str(first.pid) in marker.read_text())
+            await until_async(lambda: marker.exists() and str(first.pid) in marker.read_text())
             first.kill()
             first.wait()
             second = worker_process(nats_url, tmp_path, "w2.log")
@@ -205,16 +206,6 @@ def _run(coro: Any) -> Any:
     import asyncio
 
     return asyncio.run(coro)
-
-
-async def _until(predicate: Any, timeout: float = 30) -> None:
-    import asyncio
-
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def _png(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
