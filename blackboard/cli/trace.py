@@ -129,6 +129,9 @@ def replay(
     goal_id = goal or envs[0].event.goal_id
     t = trace.build_trace(envs, goal_id, at=at)
     if t.submitted is None:
+        first = next((e.seq for e in envs if e.event.goal_id == goal_id), None)
+        if at is not None and first is not None:
+            fail(f"--at {at} is before goal {goal_id} began (first event: {first})")
         fail(f"no goal {goal_id!r} in {'the file' if from_file else 'the log'}")
     if task is not None and task not in t.tasks:
         fail(f"no task {task!r} in goal {goal_id}" + (f" as of seq {at}" if at else ""))

@@ -55,3 +55,14 @@ def test_unknown_goal_is_one_line_and_non_zero(cli_env, demo_goal):
         assert r.returncode != 0, args
         assert len(r.stderr.strip().splitlines()) == 1
         assert "no goal" in r.stderr or "invalid goal id" in r.stderr
+
+
+def test_replay_at_before_the_goal_says_so(cli_env):
+    assert bb(["submit", "an earlier goal"], cli_env).returncode == 0
+    r = bb(["demo", "--json"], cli_env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    goal = json.loads(r.stdout)["goal_id"]
+    r = bb(["replay", goal, "--at", "1"], cli_env)
+    assert r.returncode != 0
+    assert f"--at 1 is before goal {goal} began" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
