@@ -30,13 +30,13 @@ from blackboard.log.events import (
     GoalResumed,
     TaskCancelled,
 )
-from blackboard.log.store import MAX_BATCH
+from blackboard.log.ports import MAX_BATCH
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from blackboard.log.codec import Envelope
-    from blackboard.log.store import JetStreamEventStore
+    from blackboard.log.ports import EventStore
 
 FINAL = frozenset({"done", "failed", "cancelled"})
 
@@ -45,7 +45,7 @@ class NotFound(ConfigError):
     """No such goal or task."""
 
 
-async def goal_state(store: JetStreamEventStore, goal_id: str) -> GoalState:
+async def goal_state(store: EventStore, goal_id: str) -> GoalState:
     """Fold one goal's events into its current state."""
     state = fold([env async for env in store.read_goal(goal_id)])
     goal = state.goals.get(goal_id)
@@ -54,14 +54,14 @@ async def goal_state(store: JetStreamEventStore, goal_id: str) -> GoalState:
     return goal
 
 
-async def goals(store: JetStreamEventStore) -> list[GoalState]:
+async def goals(store: EventStore) -> list[GoalState]:
     """Every goal with its current state, oldest first."""
     state = fold([env async for env in store.read()])
     return list(state.goals.values())
 
 
 async def wait_goal(
-    store: JetStreamEventStore,
+    store: EventStore,
     goal_id: str,
     *,
     until: frozenset[str] = FINAL | {"halted"},
@@ -100,7 +100,7 @@ async def wait_goal(
 
 
 async def find_task(
-    store: JetStreamEventStore, task_id: str, goal_id: str | None = None
+    store: EventStore, task_id: str, goal_id: str | None = None
 ) -> TaskState:
     """A task's state; its goal is found from the log when not given."""
     if goal_id is None:
@@ -117,7 +117,7 @@ async def find_task(
 
 
 async def approve(
-    store: JetStreamEventStore,
+    store: EventStore,
     task_id: str,
     *,
     goal_id: str | None = None,
@@ -147,7 +147,7 @@ async def approve(
 
 
 async def resume(
-    store: JetStreamEventStore,
+    store: EventStore,
     goal_id: str,
     overrides: Mapping[str, Any],
     *,
@@ -174,7 +174,7 @@ async def resume(
 
 
 async def cancel(
-    store: JetStreamEventStore, goal_id: str, *, reason: str = "", by: str = ""
+    store: EventStore, goal_id: str, *, reason: str = "", by: str = ""
 ) -> tuple[GoalState, int]:
     """Cancel an open goal and every open task of it, at once.
 
