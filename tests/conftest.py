@@ -63,7 +63,7 @@ def nats_url(nats_server: EmbeddedServer) -> str:
 
 
 @pytest.fixture
-async def store(nats_url: str) -> AsyncIterator[JetStreamEventStore]:
+async def jetstream_store(nats_url: str) -> AsyncIterator[JetStreamEventStore]:
     """The JetStream store on the test server, streams created."""
     nc = await connect(nats_url, name="test")
     s = JetStreamEventStore(nc, StoreSettings())
@@ -72,6 +72,12 @@ async def store(nats_url: str) -> AsyncIterator[JetStreamEventStore]:
         yield s
     finally:
         await nc.drain()
+
+
+@pytest.fixture
+def store(jetstream_store: JetStreamEventStore) -> JetStreamEventStore:
+    """The event store of most tests: JetStream (tests/engine: either)."""
+    return jetstream_store
 
 
 @pytest.fixture
@@ -87,7 +93,7 @@ def any_store(request: pytest.FixtureRequest) -> EventStore:
     """Each adapter of the EventStore port in turn: JetStream, then the twin."""
     if request.param == "memory":
         return MemoryEventStore(StoreSettings())
-    store: JetStreamEventStore = request.getfixturevalue("store")
+    store: JetStreamEventStore = request.getfixturevalue("jetstream_store")
     return store
 
 
