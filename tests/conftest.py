@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
     from blackboard.log.ports import EventStore
 
-_SERVER_FIXTURES = frozenset({"nats_server", "nats_cluster", "cli_env", "bb_exe"})
+_SERVER_FIXTURES = frozenset(
+    {"nats_server", "nats_cluster", "jetstream_store", "cli_env", "bb_exe"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
     from blackboard.log.server import EmbeddedCluster
 
+pytestmark = pytest.mark.integration
+
+
 T = TypeVar("T")
 
 

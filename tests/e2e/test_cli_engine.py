@@ -17,6 +17,9 @@ from tests.e2e.test_cli_basics import bb
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+pytestmark = pytest.mark.integration
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import pytest
+
 from agents.session import DEMO_GOAL
 from blackboard.log.events import TaskClaimed
 from tests.faults.harness import audit, effect_goal, ledger_lines, submit, wait_all
+
+pytestmark = pytest.mark.integration
 
 
 async def start_goals(deployment, store) -> list[str]:

@@ -88,6 +88,7 @@ async def _settle() -> None:
     await asyncio.sleep(0.3)
 
 
+@pytest.mark.integration
 async def test_one_goal_is_one_trace_with_the_right_tree(store, otel):
     exporter, _ = otel
     goal_id, events = await run_demo(store)
@@ -141,6 +142,7 @@ async def test_one_goal_is_one_trace_with_the_right_tree(store, otel):
         assert by_id[link.context.span_id].name.startswith("task ")
 
 
+@pytest.mark.integration
 async def test_every_run_of_a_task_has_its_own_ids(store, otel, tmp_path):
     """A task run again after its NEED children starts its attempts at 1 again:
     spans, the projection's model_calls and replay must still tell its runs
@@ -242,6 +244,7 @@ def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
     ]
 
 
+@pytest.mark.integration
 async def test_metrics_agree_with_the_log(store, otel):
     _, reader = otel
     _, events = await run_demo(store)
@@ -266,6 +269,7 @@ async def test_metrics_agree_with_the_log(store, otel):
     assert sum(p.count for p in _points(reader, "bb.task.queue_wait")) == run_counts
 
 
+@pytest.mark.integration
 async def test_guardrail_breach_is_counted(store, otel):
     _, reader = otel
     s = scripted_settings()
@@ -338,6 +342,7 @@ class Receiver:
         self.server.server_close()
 
 
+@pytest.mark.integration
 def test_spans_from_separate_processes_form_one_tree_over_otlp(cli_env, tmp_path):
     with Receiver() as receiver:
         env = dict(
@@ -397,6 +402,7 @@ def test_spans_from_separate_processes_form_one_tree_over_otlp(cli_env, tmp_path
     assert msgspec  # the receiver decodes protobuf; nothing else is needed
 
 
+@pytest.mark.integration
 def test_replay_otlp_re_emits_a_past_goal_with_its_ids(cli_env, tmp_path):
     env = {k: v for k, v in cli_env.items() if k != "BB_NATS_URL"}
     env["BB_DATA_DIR"] = str(tmp_path / "bb")
