@@ -3,11 +3,12 @@
 The package is laid out along the data flow, each package saying in its
 docstring what lives there and what it may import (checked by import-linter):
 
-- ``blackboard.log``: events, subjects, codec, redaction, the JetStream store
-  and the embedded nats-server: where facts are kept.
+- ``blackboard.log``: events, subjects, codec, redaction, the ports (event
+  store, work queue, leader lock) with their JetStream adapters and in-memory
+  twins, and the embedded nats-server: where facts are kept.
 - ``blackboard.engine``: commands and submission (requests -> events), the
-  fold (events -> state), the scheduler's pure decisions, the scheduler, the
-  lane workers, the task context and the leader lock.
+  fold (events -> state), the scheduler's and the worker's pure decisions,
+  the scheduler, the lane workers and the task context.
 - ``blackboard.telemetry``: OpenTelemetry at the edges.
 - ``blackboard.runtime``: settings, the connection, components in one process.
 - ``blackboard.tools``: benchmarks.  ``blackboard.cli``: the ``bb`` command.

@@ -19,22 +19,16 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import nats.errors
-import nats.js.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from typing import TYPE_CHECKING
 
 from blackboard.engine.state import BoardState, evolve
-from blackboard.errors import BlackboardError, MalformedEvent
+from blackboard.errors import BlackboardError, MalformedEvent, StoreError
 from blackboard.log import subjects
 from projections.duckdb_view import DuckDBView
 from projections.rows import Rows, add_event, dead_letter
 
 if TYPE_CHECKING:
-    from nats.aio.msg import Msg
-
-    from blackboard.log.store import JetStreamEventStore
+    from blackboard.log.ports import Consumer, Delivery, EventStore
 
 __all__ = ["CONSUMER", "MAX_REPLY", "Projector", "api_subject"]
 
@@ -64,7 +58,7 @@ class Projector:
 
     def __init__(
         self,
-        store: JetStreamEventStore,
+        store: EventStore,
         db: Path | str,
         *,
         rebuild: bool = False,
@@ -99,12 +93,13 @@ class Projector:
                     if env.seq > last:
                         break
                     evolve(self.state, env)
-            await self._ensure_consumer(last)
-            sub = await self.store.js.pull_subscribe_bind(
-                durable=self.consumer, stream=self.store.events_stream
-            )
-            api = await self.store.nc.subscribe(
-                api_subject(self.store.settings.prefix), cb=self._answer
+            # The file, not the consumer, says what was applied. Messages a
+            # killed projector had fetched but not acked would come back only
+            # after their ack wait, and acking a later one (ack-all) would drop
+            # them: the consumer starts afresh right after the file's sequence.
+            sub = await self.store.durable(self.consumer, last + 1)
+            api = await self.store.serve(
+                api_subject(self.store.settings.prefix), self._answer
             )
             self.ready.set()
             log.info("projector: %s at sequence %d", self.db, last)
@@ -112,9 +107,9 @@ class Projector:
                 await self._loop(sub, stop)
             finally:
                 with contextlib.suppress(Exception):
-                    await api.unsubscribe()
+                    await api.close()
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                    await sub.close()
         finally:
             self.view.close()
             self.view = None
@@ -130,32 +125,30 @@ class Projector:
                 await asyncio.sleep(0.2)
         return DuckDBView(self.db)
 
-    async def _loop(self, sub: Any, stop: asyncio.Event) -> None:
+    async def _loop(self, sub: Consumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(self.batch, timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except (nats.errors.Error, nats.js.errors.Error) as e:
+            except StoreError as e:
                 log.warning("projector: fetch failed (%s); retrying", e)
                 await asyncio.sleep(0.5)
                 continue
             if not msgs:
                 continue
             await self.apply(msgs)
-            # AckPolicy.ALL: everything up to it. A lost ack costs nothing: a
+            # Ack-all: everything up to it. A lost ack costs nothing: a
             # redelivered message is at or below the file's sequence, skipped.
-            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+            with contextlib.suppress(StoreError):
                 await msgs[-1].ack()
 
-    async def apply(self, msgs: list[Msg]) -> None:
+    async def apply(self, msgs: list[Delivery]) -> None:
         """Fold, turn into rows and apply one batch in one transaction."""
         assert self.view is not None
         floor = self.view.last_seq
         rows = Rows()
         last = floor
         for msg in msgs:
-            seq = msg.metadata.sequence.stream
+            seq = msg.seq
             if seq <= floor:
                 continue  # applied before a restart; only its ack was lost
             last = max(last, seq)
@@ -190,39 +183,14 @@ class Projector:
                     self._progress.clear()
                     await self._progress.wait()
 
-    async def _ensure_consumer(self, last: int) -> None:
-        """(Re)create the durable consumer to start right after the file's sequence.
-
-        The file, not the consumer, says what was applied. Messages a killed
-        projector had fetched but not acked would come back only after their
-        ack wait, and acking a later one (ack-all) would drop them: starting
-        the consumer afresh from the file's sequence leaves no such gap.
-        """
-        js = self.store.js
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_consumer(self.store.events_stream, self.consumer)
-        cfg = ConsumerConfig(
-            durable_name=self.consumer,
-            ack_policy=AckPolicy.ALL,
-            ack_wait=60,
-            max_ack_pending=-1,
-            max_deliver=-1,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE
-            if last
-            else DeliverPolicy.ALL,
-            opt_start_seq=last + 1 if last else None,
-        )
-        await js.add_consumer(self.store.events_stream, cfg)
-
     async def _reset(self) -> None:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self.store.js.delete_consumer(self.store.events_stream, self.consumer)
+        await self.store.drop_durable(self.consumer)
         _remove(self.db)
 
-    async def _answer(self, msg: Msg) -> None:
+    async def _answer(self, data: bytes) -> bytes:
         """Answer one request: ``{"sql": ...}`` or ``{"export_parquet": dir}``."""
         try:
-            req = json.loads(msg.data or b"{}")
+            req = json.loads(data or b"{}")
             if self.view is None:
                 raise BlackboardError("the projector is starting")
             if "export_parquet" in req:
@@ -241,7 +209,7 @@ class Projector:
                     )
         except (BlackboardError, KeyError, ValueError, OSError) as e:
             body = json.dumps({"error": str(e)})
-        await msg.respond(body.encode())
+        return body.encode()
 
 
 def _remove(db: Path) -> None:

@@ -18,7 +18,7 @@ from blackboard.log.events import AnyEvent
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from blackboard.log.store import JetStreamEventStore
+    from blackboard.log.ports import EventStore
 
 __all__ = ["ExportLine", "from_file", "from_store"]
 
@@ -54,7 +54,7 @@ def from_file(path: Path) -> list[Envelope]:
     return out
 
 
-async def from_store(store: JetStreamEventStore, goal_id: str) -> list[Envelope]:
+async def from_store(store: EventStore, goal_id: str) -> list[Envelope]:
     """A goal's events from the stream, in order; ConfigError if there are none."""
     envs = [env async for env in store.read_goal(goal_id)]
     if not envs:

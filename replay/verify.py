@@ -15,14 +15,14 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from agents.handlers import Agents
 from agents.lanes import Lanes
 from agents.models import ModelClient, ModelRequest, ModelResponse
-from blackboard.engine.context import TaskContext
+from blackboard.engine.context import BaseTaskContext
 from blackboard.engine.handlers import BUILTIN, Followup, NeedsApproval, RetryableError
 from blackboard.engine.state import GoalState, TaskState, fold, fold_task
 from blackboard.log.codec import WorkItem
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
     from blackboard.engine.handlers import Handler
     from blackboard.log.codec import Envelope
-    from blackboard.log.store import JetStreamEventStore
     from blackboard.runtime.config import Settings
 
 __all__ = ["Divergence", "Report", "verify"]
@@ -172,8 +171,11 @@ class _RecordedLanes(Lanes):
         return {}
 
 
-class _ReplayContext(TaskContext):
-    """A task context whose reads come from the log as of the attempt."""
+class _ReplayContext(BaseTaskContext):
+    """A task context whose reads come from the log as of the attempt.
+
+    Its writes are collected in ``emitted``, never appended: it needs no store.
+    """
 
     def __init__(
         self,
@@ -192,7 +194,6 @@ class _ReplayContext(TaskContext):
             ready_seq=0,
         )
         super().__init__(
-            cast("JetStreamEventStore", None),
             item,
             worker=attempt.worker,
             attempt=attempt.n,
@@ -202,10 +203,16 @@ class _ReplayContext(TaskContext):
         self._before = [e for e in envs if e.seq <= attempt.claimed_seq]
         self._until = attempt.outcome_seq or attempt.claimed_seq
         self._envs = envs
-        self._task = created
-        self._goal = goal
+        self._created = created
+        self._submitted = goal
         self.emitted: list[Event] = []
         self._folded: GoalState | None = None
+
+    async def task(self) -> TaskCreated:
+        return self._created
+
+    async def goal(self) -> GoalSubmitted:
+        return self._submitted
 
     def _goal_state(self) -> GoalState | None:
         # Folded once per attempt: handlers read results more than once.

@@ -62,9 +62,9 @@ def bench_projector(
     as_json: JsonOpt = False,
 ) -> None:
     """Events/s applied to DuckDB beside DuckDB's bulk load; cost view latency."""
-    from blackboard.tools import bench_memory
+    from blackboard.tools import bench_offline
 
-    result = bench_memory.projector(events, batch)
+    result = bench_offline.projector(events, batch)
     if as_json:
         emit_json(result)
     else:
@@ -78,9 +78,9 @@ def bench_replay(
     as_json: JsonOpt = False,
 ) -> None:
     """Time to build and render the trace of a goal of N events (aim: < 2 s)."""
-    from blackboard.tools import bench_memory
+    from blackboard.tools import bench_offline
 
-    result = bench_memory.replay(events)
+    result = bench_offline.replay(events)
     if as_json:
         emit_json(result)
     else:

@@ -1,15 +1,23 @@
 """The task context a handler receives: its task, its goal, and its powers.
 
-Every write a handler makes through the context (a model call, a side effect)
-is appended to the log at once, guarded on the task's last sequence: if the
-worker's lease has expired and another worker took the task over, the write
-is refused with ConcurrencyConflict and this attempt stops.
+:class:`TaskContext` is the Protocol every handler is written against (and
+what ``from blackboard import TaskContext`` gives). Two contexts implement it:
+:class:`LiveTaskContext`, which the worker hands a handler, reads the log and
+appends to it; ``replay/verify.py``'s reads the log as of a past attempt and
+collects what the handler would write. What they share (new task specs,
+spawning, waiting, asking for approval) is :class:`BaseTaskContext`.
+
+Every write a live handler makes through the context (a model call, a side
+effect) is appended to the log at once, guarded on the task's last sequence:
+if the worker's lease has expired and another worker took the task over, the
+write is refused with ConcurrencyConflict and this attempt stops.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Protocol
 
 from blackboard import ids, telemetry
 from blackboard.engine import builders, dag
@@ -32,15 +40,108 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from blackboard.log.codec import WorkItem
-    from blackboard.log.store import JetStreamEventStore
+    from blackboard.log.ports import EventStore
 
 
-class TaskContext:
-    """What a handler knows and may do. One per attempt."""
+class TaskContext(Protocol):
+    """What a handler knows and may do during one attempt of its task."""
+
+    goal_id: str
+    task_id: str
+    task_type: str
+    lane: str
+    worker: str
+    attempt: int
+    dispatch: int
+    """The dispatch this attempt belongs to: ``(dispatch, attempt)`` is the run."""
+    approved: bool
+    spawned: list[TaskSpec]
+    """Tasks to create when this one completes (``spawn``)."""
+    calls: int
+    """Model calls recorded by this attempt: the next call's index."""
+
+    async def task(self) -> TaskCreated:
+        """The TaskCreated event of this task (type, payload, deps, depth)."""
+        ...
+
+    async def payload(self) -> dict[str, Any]:
+        """The task's payload."""
+        ...
+
+    async def goal(self) -> GoalSubmitted:
+        """The goal this task serves."""
+        ...
+
+    async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
+        """Results of other tasks of the goal that completed (missing: absent)."""
+        ...
+
+    async def dependency_results(self) -> dict[str, Any]:
+        """Results of the tasks this one depends on, by task id."""
+        ...
+
+    async def history(self) -> TaskState:
+        """This task's own events, folded (its calls, effects and attempts)."""
+        ...
+
+    async def goal_results(self) -> dict[str, Any]:
+        """Results of every task of the goal that completed, by task id."""
+        ...
+
+    async def children_results(self) -> dict[str, Any]:
+        """Results of the tasks this one spawned, by task id."""
+        ...
+
+    def new_task(
+        self,
+        task_type: str,
+        lane: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        depends_on: Sequence[str] = (),
+        requires_approval: bool = False,
+        priority: int = 0,
+        dedupe_key: str | None = None,
+    ) -> TaskSpec:
+        """A spec for a new task of this goal, with a fresh id."""
+        ...
+
+    def spawn(self, spec: TaskSpec) -> str:
+        """Create a task when this one completes, without waiting for it."""
+        ...
+
+    def wait_for(self, *children: TaskSpec, reason: str = "") -> Followup:
+        """Return this from the handler: spawn children, run again after them."""
+        ...
+
+    def request_approval(self, reason: str) -> None:
+        """Stop here until a human approves; the handler runs again after."""
+        ...
+
+    async def append(self, make: Callable[[str], Event]) -> int:
+        """Record an event on this task; ``make`` gets the event id."""
+        ...
+
+    async def effect(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[Any]],
+        *,
+        idempotent: bool = False,
+        request: Any = None,
+    ) -> Any:
+        """Perform a side effect once, and record it."""
+        ...
+
+
+class BaseTaskContext(ABC):
+    """What every task context does the same way, whatever it reads from.
+
+    Subclasses say where reads come from and where writes go.
+    """
 
     def __init__(
         self,
-        store: JetStreamEventStore,
         item: WorkItem,
         *,
         worker: str,
@@ -50,7 +151,6 @@ class TaskContext:
         spent: int | None = None,
         dispatch: int | None = None,
     ) -> None:
-        self.store = store
         self.goal_id = item.goal_id
         self.task_id = item.task_id
         self.task_type = item.task_type
@@ -64,90 +164,59 @@ class TaskContext:
         self.seq = seq
         """The task's last sequence: the guard of the next write."""
         self.approved = approved
-        self.writing = False
-        """True while a write is in flight (its sequence is not known yet)."""
         self.spawned: list[TaskSpec] = []
         self.calls = 0
         """Model calls recorded by this attempt: the next call's index."""
-        self._lock = asyncio.Lock()
         self._task: TaskCreated | None = None
         self._goal: GoalSubmitted | None = None
         self._history: TaskState | None = None
 
-    # --- what the handler knows ---------------------------------------------
-
+    @abstractmethod
     async def task(self) -> TaskCreated:
-        """The TaskCreated event of this task (type, payload, deps, depth)."""
-        if self._task is None:
-            env = await self.store.last_event(
-                self.goal_id, self.task_id, "task_created"
-            )
-            if env is None or not isinstance(env.event, TaskCreated):
-                # We hold its work item, so the creation is in the log: a
-                # read that cannot see it is the log's trouble, not the task's.
-                raise LogUnavailable(f"task {self.task_id}: creation not readable")
-            self._task = env.event
-        return self._task
+        """The TaskCreated event of this task."""
+
+    @abstractmethod
+    async def goal(self) -> GoalSubmitted:
+        """The goal this task serves."""
+
+    @abstractmethod
+    async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
+        """Results of other tasks of the goal that completed."""
+
+    @abstractmethod
+    async def history(self) -> TaskState:
+        """This task's own events, folded."""
+
+    @abstractmethod
+    async def goal_results(self) -> dict[str, Any]:
+        """Results of every task of the goal that completed, by task id."""
+
+    @abstractmethod
+    async def append(self, make: Callable[[str], Event]) -> int:
+        """Record an event on this task; ``make`` gets the event id."""
+
+    @abstractmethod
+    async def effect(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[Any]],
+        *,
+        idempotent: bool = False,
+        request: Any = None,
+    ) -> Any:
+        """Perform a side effect once, and record it."""
 
     async def payload(self) -> dict[str, Any]:
         """The task's payload."""
         return (await self.task()).payload
 
-    async def goal(self) -> GoalSubmitted:
-        """The goal this task serves."""
-        if self._goal is None:
-            env = await self.store.last_event(self.goal_id, None, "goal_submitted")
-            if env is None or not isinstance(env.event, GoalSubmitted):
-                raise LogUnavailable(f"goal {self.goal_id}: submission not readable")
-            self._goal = env.event
-        return self._goal
-
-    async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
-        """Results of other tasks of the goal that completed (missing: absent)."""
-        envs = await asyncio.gather(
-            *(
-                self.store.last_event(self.goal_id, t, "task_completed")
-                for t in task_ids
-            )
-        )
-        return {
-            t: env.event.result
-            for t, env in zip(task_ids, envs, strict=True)
-            if env is not None and isinstance(env.event, TaskCompleted)
-        }
-
     async def dependency_results(self) -> dict[str, Any]:
         """Results of the tasks this one depends on, by task id."""
         return await self.results_of((await self.task()).depends_on)
 
-    async def history(self) -> TaskState:
-        """This task's own events, folded (its calls, effects and attempts)."""
-        if self._history is None:
-            envs = [
-                env
-                async for env in self.store.read(
-                    self.store.subjects.task_events(self.goal_id, self.task_id)
-                )
-            ]
-            state = fold_task(self.goal_id, envs)
-            if state is None:
-                raise LogUnavailable(f"task {self.task_id}: history not readable")
-            self._history = state
-        return self._history
-
-    async def goal_results(self) -> dict[str, Any]:
-        """Results of every task of the goal that completed, by task id."""
-        state = fold([env async for env in self.store.read_goal(self.goal_id)])
-        goal = state.goals.get(self.goal_id)
-        if goal is None:
-            return {}
-        return {t.task_id: t.result for t in goal.tasks.values() if t.status == "done"}
-
     async def children_results(self) -> dict[str, Any]:
         """Results of the tasks this one spawned, by task id."""
         return await self.results_of((await self.history()).children)
-
-    # --- what the handler may do ----------------------------------------------
 
     def new_task(
         self,
@@ -189,6 +258,99 @@ class TaskContext:
         """Stop here until a human approves; the handler runs again after."""
         if not self.approved:
             raise NeedsApproval(reason)
+
+
+class LiveTaskContext(BaseTaskContext):
+    """The context of a running attempt: reads the log, appends to it."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        item: WorkItem,
+        *,
+        worker: str,
+        attempt: int,
+        seq: int,
+        approved: bool = False,
+        spent: int | None = None,
+        dispatch: int | None = None,
+    ) -> None:
+        super().__init__(
+            item,
+            worker=worker,
+            attempt=attempt,
+            seq=seq,
+            approved=approved,
+            spent=spent,
+            dispatch=dispatch,
+        )
+        self.store = store
+        self.writing = False
+        """True while a write is in flight (its sequence is not known yet)."""
+        self._lock = asyncio.Lock()
+
+    # --- what the handler knows ---------------------------------------------
+
+    async def task(self) -> TaskCreated:
+        """The TaskCreated event of this task (type, payload, deps, depth)."""
+        if self._task is None:
+            env = await self.store.last_event(
+                self.goal_id, self.task_id, "task_created"
+            )
+            if env is None or not isinstance(env.event, TaskCreated):
+                # We hold its work item, so the creation is in the log: a
+                # read that cannot see it is the log's trouble, not the task's.
+                raise LogUnavailable(f"task {self.task_id}: creation not readable")
+            self._task = env.event
+        return self._task
+
+    async def goal(self) -> GoalSubmitted:
+        """The goal this task serves."""
+        if self._goal is None:
+            env = await self.store.last_event(self.goal_id, None, "goal_submitted")
+            if env is None or not isinstance(env.event, GoalSubmitted):
+                raise LogUnavailable(f"goal {self.goal_id}: submission not readable")
+            self._goal = env.event
+        return self._goal
+
+    async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
+        """Results of other tasks of the goal that completed (missing: absent)."""
+        envs = await asyncio.gather(
+            *(
+                self.store.last_event(self.goal_id, t, "task_completed")
+                for t in task_ids
+            )
+        )
+        return {
+            t: env.event.result
+            for t, env in zip(task_ids, envs, strict=True)
+            if env is not None and isinstance(env.event, TaskCompleted)
+        }
+
+    async def history(self) -> TaskState:
+        """This task's own events, folded (its calls, effects and attempts)."""
+        if self._history is None:
+            envs = [
+                env
+                async for env in self.store.read(
+                    self.store.subjects.task_events(self.goal_id, self.task_id)
+                )
+            ]
+            state = fold_task(self.goal_id, envs)
+            if state is None:
+                raise LogUnavailable(f"task {self.task_id}: history not readable")
+            self._history = state
+        return self._history
+
+    async def goal_results(self) -> dict[str, Any]:
+        """Results of every task of the goal that completed, by task id."""
+        state = fold([env async for env in self.store.read_goal(self.goal_id)])
+        goal = state.goals.get(self.goal_id)
+        if goal is None:
+            return {}
+        return {t.task_id: t.result for t in goal.tasks.values() if t.status == "done"}
+
+    # --- what the handler may do ----------------------------------------------
 
     async def append(self, make: Callable[[str], Event]) -> int:
         """Append an event on this task, guarded; ``make`` gets the event id.

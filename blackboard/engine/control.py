@@ -33,14 +33,14 @@ from blackboard.engine.state import (
     fold_task,
 )
 from blackboard.errors import ConcurrencyConflict, ConfigError
-from blackboard.log.store import MAX_BATCH
+from blackboard.log.ports import MAX_BATCH
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from datetime import datetime
 
     from blackboard.log.codec import Envelope
-    from blackboard.log.store import JetStreamEventStore
+    from blackboard.log.ports import EventStore
 
 __all__ = [
     "FINAL",
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 
-async def goal_state(store: JetStreamEventStore, goal_id: str) -> GoalState:
+async def goal_state(store: EventStore, goal_id: str) -> GoalState:
     """Fold one goal's events into its current state."""
     state = fold([env async for env in store.read_goal(goal_id)])
     goal = state.goals.get(goal_id)
@@ -65,14 +65,14 @@ async def goal_state(store: JetStreamEventStore, goal_id: str) -> GoalState:
     return goal
 
 
-async def goals(store: JetStreamEventStore) -> list[GoalState]:
+async def goals(store: EventStore) -> list[GoalState]:
     """Every goal with its current state, oldest first."""
     state = fold([env async for env in store.read()])
     return list(state.goals.values())
 
 
 async def wait_goal(
-    store: JetStreamEventStore,
+    store: EventStore,
     goal_id: str,
     *,
     until: frozenset[str] = FINAL | {"halted"},
@@ -111,7 +111,7 @@ async def wait_goal(
 
 
 async def find_task(
-    store: JetStreamEventStore, task_id: str, goal_id: str | None = None
+    store: EventStore, task_id: str, goal_id: str | None = None
 ) -> TaskState:
     """A task's state; its goal is found from the log when not given."""
     if goal_id is None:
@@ -128,7 +128,7 @@ async def find_task(
 
 
 async def handle(
-    store: JetStreamEventStore,
+    store: EventStore,
     cmd: ApproveTask | DenyTask | ResumeGoal | CancelGoal,
     *,
     now: Callable[[], datetime] = ids.utcnow,
@@ -162,7 +162,7 @@ async def handle(
 
 
 async def approve(
-    store: JetStreamEventStore,
+    store: EventStore,
     task_id: str,
     *,
     goal_id: str | None = None,
@@ -183,7 +183,7 @@ async def approve(
 
 
 async def resume(
-    store: JetStreamEventStore,
+    store: EventStore,
     goal_id: str,
     overrides: Mapping[str, Any],
     *,
@@ -197,7 +197,7 @@ async def resume(
 
 
 async def cancel(
-    store: JetStreamEventStore, goal_id: str, *, reason: str = "", by: str = ""
+    store: EventStore, goal_id: str, *, reason: str = "", by: str = ""
 ) -> tuple[GoalState, int]:
     """Cancel an open goal and every open task of it, at once.
 

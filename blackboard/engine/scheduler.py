@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from blackboard import ids, telemetry
 from blackboard.engine.decide import Append, AppendBatch, Decider, Dispatch
-from blackboard.engine.lock import LeaderLock
 from blackboard.engine.state import BoardState, TaskState, evolve
 from blackboard.errors import (
     BatchRejected,
@@ -27,7 +26,7 @@ from blackboard.errors import (
     InvalidEvent,
     StoreError,
 )
-from blackboard.log import codec, subjects
+from blackboard.log import codec
 from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from blackboard.log.codec import Envelope
-    from blackboard.log.store import JetStreamEventStore
+    from blackboard.log.ports import EventStore, LeaderLock, WorkQueue
 
 log = logging.getLogger("blackboard.scheduler")
 
@@ -75,22 +74,36 @@ _GOAL_ENDS = (GoalCompleted, GoalFailed, GoalCancelled, GoalHalted)
 
 
 class Scheduler:
-    """The one active scheduler of a deployment (others wait as standbys)."""
+    """The one active scheduler of a deployment (others wait as standbys).
+
+    Args:
+        store: The log.
+        decider: The pure decisions, with the scheduler's name (its actor).
+        lock_ttl_s: The leader lease's time to live.
+        clock: Now, for decisions (retry times, metrics).
+        queue: Where work goes (default: the work queue beside ``store``).
+        lock: The leader lease (default: ``scheduler`` beside ``store``).
+    """
 
     def __init__(
         self,
-        store: JetStreamEventStore,
+        store: EventStore,
         decider: Decider,
         *,
         lock_ttl_s: float = 10.0,
         clock: Callable[[], datetime] = ids.utcnow,
+        queue: WorkQueue | None = None,
+        lock: LeaderLock | None = None,
     ) -> None:
         self.store = store
+        self.queue = queue if queue is not None else store.work_queue()
         self.decider = decider
         self.clock = clock
         self.state = BoardState()
-        self.lock = LeaderLock(
-            store.js, _lock_bucket(store), "scheduler", decider.actor, lock_ttl_s
+        self.lock = (
+            lock
+            if lock is not None
+            else store.leader_lock("scheduler", decider.actor, lock_ttl_s)
         )
         self.leading = asyncio.Event()
         self._busy_ids: dict[str, str] = {}
@@ -404,13 +417,11 @@ class Scheduler:
         async def one(item: codec.WorkItem) -> None:
             msg_id = f"work:{item.goal_id}:{item.task_id}:{item.dispatch}"
             try:
-                await self.store.js.publish(
-                    self.store.subjects.work(item.lane),
+                await self.queue.publish(
+                    item.lane,
                     codec.encode(item),
-                    headers={
-                        subjects.H_MSG_ID: msg_id,
-                        subjects.H_TRACEPARENT: telemetry.traceparent(item.goal_id),
-                    },
+                    msg_id=msg_id,
+                    traceparent=telemetry.traceparent(item.goal_id),
                 )
             except Exception as e:
                 log.warning("work for %s not sent (%s); will retry", item.task_id, e)
@@ -435,12 +446,6 @@ def _work_item(
         parent_attempt=task.parent_attempt,
         parent_dispatch=task.parent_dispatch,
     )
-
-
-def _lock_bucket(store: JetStreamEventStore) -> str:
-    prefix = store.settings.prefix
-    tag = prefix.replace(".", "_").replace("-", "_")
-    return subjects.LOCK_BUCKET if prefix == "bb" else f"{subjects.LOCK_BUCKET}_{tag}"
 
 
 async def stop_on(stop: asyncio.Event, *tasks: asyncio.Task[None]) -> None:

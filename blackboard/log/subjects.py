@@ -129,3 +129,18 @@ class Subjects:
             raise ValueError(msg)
         goal, task, kind = parts[n + 1], parts[n + 2], parts[n + 3]
         return goal, (None if task == GOAL_TOKEN else task), kind
+
+
+def matches(filter_subject: str, subject: str) -> bool:
+    """Whether ``subject`` is on ``filter_subject``, as NATS matches them.
+
+    ``*`` stands for exactly one token, ``>`` (last) for one or more.
+    """
+    want = filter_subject.split(".")
+    have = subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(have) == len(want)

@@ -17,7 +17,7 @@ import msgspec
 
 from blackboard.errors import ConfigError
 from blackboard.log.events import Limits
-from blackboard.log.store import StoreSettings
+from blackboard.log.ports import StoreSettings
 from blackboard.log.subjects import check_token
 
 

@@ -1,8 +1,9 @@
 """Running the engine's processes inside one Python process.
 
 ``bb up`` and ``bb demo`` run a scheduler and one worker per lane here; the
-tests do too. Separate processes (``bb scheduler``, ``bb worker``) run the very
-same classes.
+tests do too, on JetStream or on the in-memory twins (any ``EventStore``, with
+its work queue and lease, or others given). Separate processes
+(``bb scheduler``, ``bb worker``) run the very same classes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
     from blackboard.engine.handlers import Handler
-    from blackboard.log.store import JetStreamEventStore
+    from blackboard.log.ports import EventStore, LeaderLock, WorkQueue
     from blackboard.runtime.config import Settings
 
 log = logging.getLogger("blackboard.stack")
@@ -81,7 +82,7 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running(
-    store: JetStreamEventStore,
+    store: EventStore,
     settings: Settings,
     handlers: Mapping[str, Handler] | None = None,
     *,
@@ -89,8 +90,13 @@ async def running(
     scheduler: bool = True,
     concurrency: int | None = None,
     projector: Projecting | None = None,
+    queue: WorkQueue | None = None,
+    lock: LeaderLock | None = None,
 ) -> AsyncIterator[Stack]:
     """Run a scheduler, a worker per lane (and a projector) until the block exits.
+
+    ``queue`` and ``lock`` default to the ones beside ``store``
+    (``store.work_queue()``, ``store.leader_lock(...)``).
 
     If a component dies, the others are stopped, the block is interrupted and
     ComponentFailed is raised naming it: a command never goes on (or exits 0)
@@ -122,11 +128,20 @@ async def running(
     if scheduler:
         decider = Decider(f"scheduler-{ids.new_id()[-8:]}", policy_from(settings))
         stack.scheduler = Scheduler(
-            store, decider, lock_ttl_s=settings.engine.lock_ttl_s
+            store,
+            decider,
+            lock_ttl_s=settings.engine.lock_ttl_s,
+            queue=queue,
+            lock=lock,
         )
         watch("scheduler", asyncio.create_task(stack.scheduler.run(stack.stop)))
     for lane in lanes if lanes is not None else list(settings.lanes):
-        worker = Worker(store, worker_settings(settings, lane, concurrency), handlers)
+        worker = Worker(
+            store,
+            worker_settings(settings, lane, concurrency),
+            handlers,
+            queue=queue,
+        )
         await worker.ensure_consumer()
         stack.workers.append(worker)
         watch(f"{lane} worker", asyncio.create_task(worker.run(stack.stop)))

@@ -2,7 +2,9 @@
 
 Each benchmark starts its own embedded server in a temporary directory (unless
 BB_NATS_URL is set, in which case it uses fresh streams under a private prefix
-and deletes them after), so figures are never polluted by other data.
+and deletes them after), so figures are never polluted by other data. Those
+that need no server (replay, the projector's apply path) are in
+bench_offline.py.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from blackboard.log.server import EmbeddedServer
 from blackboard.log.store import JetStreamEventStore, StoreSettings
 from blackboard.runtime import config
 from blackboard.runtime import connection as runtime
+from blackboard.tools.bench_offline import projector, replay
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+    from nats.aio.client import Client as NatsClient
     from opentelemetry.sdk.trace import ReadableSpan
 
     from blackboard.engine.context import TaskContext
@@ -33,10 +37,17 @@ if TYPE_CHECKING:
 
 WINDOW = 512
 
+__all__ = ["append", "bench_store", "engine", "print_table", "projector", "replay"]
+
 
 @contextlib.asynccontextmanager
-async def bench_store(tag: str) -> AsyncIterator[JetStreamEventStore]:
-    """A store on a private server (or private streams on BB_NATS_URL)."""
+async def bench_store(
+    tag: str,
+) -> AsyncIterator[tuple[JetStreamEventStore, NatsClient]]:
+    """A store on a private server (or private streams on BB_NATS_URL).
+
+    The connection comes with it: the raw JetStream figures use it directly.
+    """
     settings = config.load()
     with contextlib.ExitStack() as stack:
         url = settings.nats.url
@@ -49,15 +60,16 @@ async def bench_store(tag: str) -> AsyncIterator[JetStreamEventStore]:
         nc = await runtime.open_client(settings, url, name=f"bb-bench-{tag}")
         store = JetStreamEventStore(nc, StoreSettings(prefix=prefix))
         await store.ensure()
+        js = nc.jetstream()
         try:
-            yield store
+            yield store, nc
         finally:
             if prefix != "bb":
                 for name in (store.events_stream, store.work_stream):
                     with contextlib.suppress(Exception):
-                        await store.js.delete_stream(name)
+                        await js.delete_stream(name)
                 with contextlib.suppress(Exception):
-                    await store.js.delete_object_store(store.blob_bucket)
+                    await js.delete_object_store(store.blob_bucket)
             await nc.drain()
 
 
@@ -83,8 +95,8 @@ def _created(goal: str, task: str) -> TaskCreated:
 async def append(n: int = 5000) -> dict[str, Any]:
     """Events/s for each way of appending, beside raw JetStream publish."""
     progress = typer.echo
-    async with bench_store("append") as store:
-        js = store.js
+    async with bench_store("append") as (store, nc):
+        js = nc.jetstream()
         await js.add_stream(name="BENCH_RAW", subjects=["benchraw.>"])
         goal = ids.new_id()
         sample = _created(goal, "T0")
@@ -141,7 +153,7 @@ async def append(n: int = 5000) -> dict[str, Any]:
 
         results: dict[str, Any] = {
             "events": n,
-            "server": store.nc.connected_url.netloc if store.nc.connected_url else "",
+            "server": nc.connected_url.netloc if nc.connected_url else "",
         }
         for name, fn, count in (
             ("jetstream_publish_pipelined", raw_pipelined, n),
@@ -219,9 +231,9 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def _raw_jetstream(store: JetStreamEventStore, n: int) -> tuple[float, float]:
+async def _raw_jetstream(nc: NatsClient, n: int) -> tuple[float, float]:
     """Raw publish and fetch+ack rates on a work-queue stream, same server."""
-    js = store.js
+    js = nc.jetstream()
     await js.add_stream(
         name="BENCH_WQ",
         subjects=["benchwq.>"],
@@ -276,7 +288,7 @@ async def engine(
     settings = config.load()
     settings.engine.lease_s = 30.0
     async with (
-        bench_store("engine") as store,
+        bench_store("engine") as (store, nc),
         stack.running(
             store, settings, BENCH_HANDLERS, lanes=["local"], concurrency=concurrency
         ),
@@ -326,7 +338,7 @@ async def engine(
             for i in range(1, chain)
         ]
         progress("  raw JetStream publish and fetch+ack...", err=True)
-        publish, fetch_ack = await _raw_jetstream(store, tasks)
+        publish, fetch_ack = await _raw_jetstream(nc, tasks)
     return {
         "tasks": tasks,
         "tasks_per_s": round(tasks_per_s, 1),

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
     from blackboard.log.store import JetStreamEventStore
 
+pytestmark = pytest.mark.integration
+
+
 PRICES = {
     "claude-main": {"input_per_mtok": 3.0, "output_per_mtok": 15.0, "cached_per_mtok": 0.3},
     "claude-backup": {"input_per_mtok": 1.0, "output_per_mtok": 5.0, "cached_per_mtok": 0.1},

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agents.handlers import Agents
 from agents.session import DEMO_GOAL
 from blackboard.engine import control as client
@@ -14,6 +16,8 @@ from blackboard.runtime import config
 from blackboard.runtime.inprocess import running
 from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import events_of, submit
+
+pytestmark = pytest.mark.integration
 
 
 async def test_a_plan_over_max_tasks_halts_then_resumes_to_done(store, cli_env):

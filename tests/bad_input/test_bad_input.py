@@ -1,6 +1,9 @@
 """Bad input everywhere we read: each gets a recorded reason or a clear error,
 nothing crashes, nothing is lost.
 
+pytestmark = pytest.mark.integration
+
+
 Messages: garbage, truncated and oversized bodies on the event and work
 subjects while goals run. Model output: empty, invalid, huge, wrong types,
 cyclic and dangling plans, unknown lanes and task types. (Invalid CLI input:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import nats.errors
 import pytest
 
+from blackboard.errors import StoreError
 from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from tests import factories as f
 
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from blackboard.log.server import EmbeddedCluster
+
+pytestmark = pytest.mark.integration
+
 
 T = TypeVar("T")
 
@@ -100,7 +104,7 @@ async def eventually(
         started = time.monotonic()
         try:
             return await asyncio.wait_for(attempt(), attempt_s)
-        except (nats.errors.Error, TimeoutError) as e:
+        except (nats.errors.Error, StoreError, TimeoutError) as e:
             if time.monotonic() > deadline:
                 raise
             took = time.monotonic() - started

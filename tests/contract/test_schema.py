@@ -101,6 +101,7 @@ def test_the_schema_is_plain_json_schema(schema):
     assert "BlobStub" in schema["$defs"]
 
 
+@pytest.mark.integration
 async def test_python_jsonschema_compiles_it_and_validates_every_body(schema, wire):
     _check_coverage(wire)
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -167,6 +168,7 @@ def _ajv(modules: Path, tmp_path: Path, schema: Any, bodies: list[Body]) -> Any:
     return json.loads(r.stdout)
 
 
+@pytest.mark.integration
 async def test_ajv_strict_compiles_it_and_validates_every_body(
     schema, wire, ajv_modules, tmp_path
 ):

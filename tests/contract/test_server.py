@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+pytestmark = pytest.mark.integration
+
+
 def test_binary_comes_from_the_pinned_wheel():
     path = find_binary()
     assert path.name == "nats-server"

@@ -1,9 +1,16 @@
-"""The JetStream event store against a real nats-server."""
+"""The EventStore contract, written once and run on both adapters.
+
+Every test on ``any_store`` runs on the JetStream store against a real
+nats-server (marked integration) and on the in-memory twin. Those at the end
+are about JetStream itself (stream configuration, the object store, readers
+lost with their server) and run on it alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats
@@ -13,46 +20,45 @@ from nats.js.api import StreamConfig
 from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
+    InvalidEvent,
     MalformedEvent,
     StreamConfigDrift,
 )
 from blackboard.log import codec
 from blackboard.log.events import GoalSubmitted, TaskCompleted
+from blackboard.log.memory import MemoryEventStore
 from blackboard.log.store import JetStreamEventStore, StoreSettings
 from tests import factories as f
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from blackboard.log.ports import EventStore
 
 
 async def collect(aiter) -> list[Any]:
     return [x async for x in aiter]
 
 
-async def stream_messages(store: JetStreamEventStore) -> int:
-    info = await store.js.stream_info(store.events_stream)
-    return info.state.messages
+async def count(store: EventStore) -> int:
+    return len(await collect(store.read()))
 
 
-async def test_ensure_is_idempotent_and_reports_drift(store: JetStreamEventStore):
-    await store.ensure()  # second time: finds what it needs
-    other = JetStreamEventStore(store.nc, StoreSettings(prefix="drift"))
-    await store.js.add_stream(
-        StreamConfig(name=other.events_stream, subjects=["drift.evt.>"], max_msgs=5)
-    )
-    # Same subjects but no atomic batches: using it silently would break spawns.
-    with pytest.raises(StreamConfigDrift, match="allow_atomic"):
-        await other.ensure()
+# --- writes -------------------------------------------------------------------
 
 
-async def test_resent_event_is_stored_once(store: JetStreamEventStore):
+async def test_resent_event_is_stored_once(any_store: EventStore):
     event = f.goal("G1")
-    first = await store.append(event)
-    again = await store.append(event)
-    assert again == first
-    assert await stream_messages(store) == 1
+    first = await any_store.append(event)
+    again = await any_store.append(event)
+    assert again == first == 1
+    assert await any_store.events_last_seq() == 1
 
 
 async def test_concurrent_claims_one_wins_other_gets_typed_conflict(
-    store: JetStreamEventStore,
+    any_store: EventStore,
 ):
+    store = any_store
     seq = await store.append(f.created("G1", "T1"))
     results = await asyncio.gather(
         store.append(f.claimed("G1", "T1", "w1"), expect=seq),
@@ -65,27 +71,57 @@ async def test_concurrent_claims_one_wins_other_gets_typed_conflict(
     assert len(losses) == 1
     assert losses[0].expected == seq
     assert losses[0].actual == wins[0]
+    assert losses[0].subject == "bb.evt.G1.T1.*"
     events = await collect(store.read_goal("G1"))
     assert [type(e.event).__name__ for e in events] == ["TaskCreated", "TaskClaimed"]
     assert events[1].seq == wins[0]
 
 
-async def test_retry_of_a_landed_guarded_write_is_success(store: JetStreamEventStore):
-    seq = await store.append(f.created("G1", "T1"))
+async def test_retry_of_a_landed_guarded_write_is_success(any_store: EventStore):
+    seq = await any_store.append(f.created("G1", "T1"))
     claim = f.claimed("G1", "T1")
-    landed = await store.append(claim, expect=seq)
+    landed = await any_store.append(claim, expect=seq)
     # The ack was "lost": the writer retries with the same event and guard.
-    assert await store.append(claim, expect=seq) == landed
-    assert await stream_messages(store) == 2
+    assert await any_store.append(claim, expect=seq) == landed
+    assert await any_store.events_last_seq() == 2
 
 
-async def test_guard_zero_means_task_has_no_events(store: JetStreamEventStore):
-    await store.append(f.created("G1", "T1"), expect=0)
-    with pytest.raises(ConcurrencyConflict):
-        await store.append(f.created("G1", "T1"), expect=0)
+async def test_guard_zero_means_task_has_no_events(any_store: EventStore):
+    await any_store.append(f.created("G1", "T1"), expect=0)
+    with pytest.raises(ConcurrencyConflict) as err:
+        await any_store.append(f.created("G1", "T1"), expect=0)
+    assert (err.value.expected, err.value.actual) == (0, 1)
 
 
-async def test_atomic_batch_lands_whole(store: JetStreamEventStore):
+async def test_guard_scope_is_the_task_and_goal_events_have_their_own(
+    any_store: EventStore,
+):
+    store = any_store
+    await store.append(f.goal("G1"), expect=0)  # goal-level: the `_` token
+    await store.append(f.created("G1", "T1"), expect=0)  # another task: unaffected
+    await store.append(f.created("G2", "T1"), expect=0)  # same task id, other goal
+    assert await store.last_seq("G1", None) == 1
+    assert await store.last_seq("G1", "T1") == 2
+    assert await store.last_seq("G2", "T1") == 3
+    assert await store.last_seq("G2", "T9") == 0
+
+
+async def test_events_that_can_never_be_written_are_refused_before_sending(
+    any_store: EventStore,
+):
+    with pytest.raises(InvalidEvent, match="not a legal subject token"):
+        await any_store.append(f.created("G1", "a.b"))
+    with pytest.raises(InvalidEvent, match="goal id"):
+        await any_store.append(f.goal("G 1"))
+    with pytest.raises(InvalidEvent):
+        await any_store.append_batch(
+            [(f.created("G1", "ok"), 0), (f.created("G1", "*"), 0)]
+        )
+    assert await any_store.events_last_seq() == 0
+
+
+async def test_atomic_batch_lands_whole(any_store: EventStore):
+    store = any_store
     seq = await store.append(f.created("G1", "P"))
     claim = await store.append(f.claimed("G1", "P"), expect=seq)
     children = [f.created("G1", f"C{i}", depth=1, parent_id="P") for i in range(3)]
@@ -96,36 +132,58 @@ async def test_atomic_batch_lands_whole(store: JetStreamEventStore):
     assert [e.seq for e in got][-4:] == seqs
 
 
-async def test_atomic_batch_with_stale_guard_lands_nothing(store: JetStreamEventStore):
+async def test_atomic_batch_with_stale_guard_lands_nothing(any_store: EventStore):
+    store = any_store
     seq = await store.append(f.created("G1", "P"))
     await store.append(f.claimed("G1", "P", "w1"), expect=seq)
-    before = await stream_messages(store)
+    before = await store.events_last_seq()
     children = [f.created("G1", f"C{i}") for i in range(3)]
     with pytest.raises(ConcurrencyConflict):
         # w2 still believes the task is at `seq`: its whole batch is refused.
         await store.append_batch(
             [*((c, None) for c in children), (f.completed("G1", "P"), seq)]
         )
-    assert await stream_messages(store) == before
+    assert await store.events_last_seq() == before
     assert [e.event.task_id for e in await collect(store.read_goal("G1"))] == ["P", "P"]
 
 
-async def test_resent_atomic_batch_is_recognised(store: JetStreamEventStore):
+async def test_resent_atomic_batch_is_recognised(any_store: EventStore):
     items = [(f.created("G1", f"C{i}"), None) for i in range(3)]
-    first = await store.append_batch(items)
-    assert await store.append_batch(items) == first
-    assert await stream_messages(store) == 3
+    first = await any_store.append_batch(items)
+    assert await any_store.append_batch(items) == first
+    assert await any_store.events_last_seq() == 3
 
 
-async def test_batch_over_server_limit_is_refused_before_sending(
-    store: JetStreamEventStore,
-):
+async def test_batch_over_server_limit_is_refused_before_sending(any_store: EventStore):
     items = [(f.created("G1", f"C{i}"), None) for i in range(1001)]
     with pytest.raises(ValueError, match="at most 1000"):
-        await store.append_batch(items)
+        await any_store.append_batch(items)
+    assert await any_store.append_batch([]) == []
 
 
-async def test_goal_events_read_back_in_order(store: JetStreamEventStore):
+async def test_append_many_stores_each_once(any_store: EventStore):
+    events = [f.created("G1", f"T{i:03d}") for i in range(40)]
+    seqs = await any_store.append_many(events)
+    assert sorted(seqs) == list(range(1, 41))
+    assert sorted(await any_store.append_many(events)) == sorted(seqs)
+    assert await count(any_store) == 40
+
+
+async def test_large_event_round_trips(any_store: EventStore):
+    big = "x" * (2 * 1024 * 1024)
+    event = f.completed("G1", "T1", result={"text": big})
+    seq = await any_store.append(event)
+    (env,) = await collect(any_store.read_goal("G1"))
+    assert env.event == event and env.seq == seq
+    last = await any_store.last_event("G1", "T1")
+    assert last is not None and last.event == event
+
+
+# --- reads and lookups ------------------------------------------------------
+
+
+async def test_goal_events_read_back_in_order(any_store: EventStore):
+    store = any_store
     written = []
     for i in range(60):
         goal_id = "GA" if i % 3 else "GB"
@@ -137,33 +195,82 @@ async def test_goal_events_read_back_in_order(store: JetStreamEventStore):
     assert [(e.seq, e.event) for e in got] == written
     tail = await collect(store.read(from_seq=written[-1][0]))
     assert [e.event for e in tail] == [written[-1][1]]
+    assert await collect(store.read_goal("nosuch")) == []
 
 
-async def test_two_mib_payload_round_trips_through_object_store(
-    store: JetStreamEventStore,
-):
-    big = "x" * (2 * 1024 * 1024)
-    event = f.completed("G1", "T1", result={"text": big})
-    seq = await store.append(event)
-    raw = await store.js.get_msg(store.events_stream, seq)
-    assert len(raw.data or b"") < 1024  # the log holds a reference...
-    assert raw.headers and raw.headers["Bb-Blob"] == codec.sha256(codec.encode(event))
-    (env,) = await collect(store.read_goal("G1"))  # ...readers get the event
-    assert env.event == event
-    assert isinstance(env.event, TaskCompleted)
-    assert len(env.event.result["text"]) == len(big)
+async def test_last_on_filters_with_wildcards(any_store: EventStore):
+    store = any_store
+    g = await store.append(f.goal("G1"))
+    c1 = await store.append(f.created("G1", "T1"))
+    c2 = await store.append(f.created("G2", "T2"))
+    cl = await store.append(f.claimed("G1", "T1"))
+    s = store.subjects
+    last = await store.last_on(s.task_events("G1", "T1"))
+    assert last is not None and (last.seq, last.subject) == (
+        cl,
+        "bb.evt.G1.T1.task_claimed",
+    )
+    assert (await store.last_on(s.goal_events("G1"))).seq == cl  # type: ignore[union-attr]
+    assert (await store.last_on(s.kind_filter("task_created"))).seq == c2  # type: ignore[union-attr]
+    assert (await store.last_on(s.kind_filter("task_created", "G1"))).seq == c1  # type: ignore[union-attr]
+    assert (await store.last_on(s.task_events("G1", None))).seq == g  # type: ignore[union-attr]
+    assert (await store.last_on(s.events_all)).seq == cl  # type: ignore[union-attr]
+    assert await store.last_on(s.task_events("G1", "T9")) is None
+    assert await store.last_on("bb.evt.G1.*") is None  # `*` is exactly one token
+    assert await store.goal_of_task("T2") == "G2"
+    assert await store.goal_of_task("T9") is None
+    env = await store.last_event("G1", "T1", "task_created")
+    assert env is not None and env.seq == c1
+    assert await store.last_event("G1", "T1", "task_completed") is None
+    got = await store.get(c2)
+    assert got is not None and got.event.goal_id == "G2"
+    assert await store.events_last_seq() == cl
+
+
+async def test_follow_from_now_and_from_a_sequence(any_store: EventStore):
+    store = any_store
+    await store.append(f.goal("G1"))
+    seen_new: list[int] = []
+    seen_all: list[int] = []
+
+    async def follow(into: list[int], from_seq: int | None, want: int) -> None:
+        async for env in store.follow(store.subjects.goal_events("G1"), from_seq):
+            into.append(env.seq)
+            if len(into) == want:
+                return
+
+    new = asyncio.create_task(follow(seen_new, None, 2))
+    every = asyncio.create_task(follow(seen_all, 1, 3))
+    await asyncio.sleep(0.5)  # both readers in place before the writes
+    await store.append(f.created("G2", "X"))  # another goal: not followed
+    a = await store.append(f.created("G1", "A"))
+    b = await store.append(f.created("G1", "B"))
+    await asyncio.wait_for(asyncio.gather(new, every), 10)
+    assert seen_new == [a, b]
+    assert seen_all == [1, a, b]
+
+
+async def test_follow_batches_are_empty_while_the_log_is_idle(any_store: EventStore):
+    batches = any_store.follow_batches(from_seq=1, idle_s=0.05)
+    first = await asyncio.wait_for(anext(batches), 5)
+    assert first == []
+    seq = await any_store.append(f.goal("G1"))
+    for _ in range(100):
+        got = await asyncio.wait_for(anext(batches), 5)
+        if got:
+            break
+    assert [e.seq for e in got] == [seq]
+    await batches.aclose()
 
 
 async def test_garbage_on_an_event_subject_is_reported_and_skipped(
-    store: JetStreamEventStore, nats_url: str
+    any_store: EventStore, raw_publish: Callable[[str, bytes], Awaitable[None]]
 ):
+    store = any_store
     await store.append(f.goal("G1"))
-    other = await nats.connect(nats_url)
-    js = other.jetstream()
-    await js.publish("bb.in.evt.G1._.goal_submitted", b"\x00not json")
-    await js.publish("bb.in.evt.G1._.goal_completed", b'{"type": "goal_completed"}')
-    await js.publish("bb.in.evt.G1.T1.task_created", codec.encode(f.goal("G1")))
-    await other.close()
+    await raw_publish("bb.in.evt.G1._.goal_submitted", b"\x00not json")
+    await raw_publish("bb.in.evt.G1._.goal_completed", b'{"type": "goal_completed"}')
+    await raw_publish("bb.in.evt.G1.T1.task_created", codec.encode(f.goal("G1")))
     await store.append(f.created("G1", "T9"))
 
     bad: list[MalformedEvent] = []
@@ -185,6 +292,117 @@ async def test_garbage_on_an_event_subject_is_reported_and_skipped(
     assert len(bad_live) == 3
 
 
+async def test_a_guard_taken_from_a_fold_is_not_blocked_by_garbage(
+    any_store: EventStore, raw_publish: Callable[[str, bytes], Awaitable[None]]
+):
+    store = any_store
+    seq = await store.append(f.created("G1", "T1"))
+    await raw_publish("bb.in.evt.G1.T1.task_claimed", b"junk")
+    # The fold never saw the junk: it still believes the task is at `seq`.
+    landed = await store.append(f.claimed("G1", "T1"), expect=seq)
+    assert landed == seq + 2
+    done = await store.append_batch([(f.completed("G1", "T1"), landed)])
+    assert done == [landed + 1]
+
+
+# --- live subscriptions and durable readers -----------------------------------
+
+
+async def test_watchers_see_stored_events_only(any_store: EventStore):
+    store = any_store
+    seen: list[str] = []
+
+    async def got(subject: str) -> None:
+        seen.append(subject)
+
+    sub = await store.watch(store.subjects.kind_filter("task_claimed"), got)
+    await asyncio.sleep(0.2)
+    seq = await store.append(f.created("G1", "T1"))
+    await store.append(f.claimed("G1", "T1", "w1"), expect=seq)
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(f.claimed("G1", "T1", "w2"), expect=seq)  # refused
+    for _ in range(100):
+        if seen:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # anything extra would arrive by now
+    await sub.close()
+    assert seen == ["bb.evt.G1.T1.task_claimed"]
+
+
+async def test_durable_reader_starts_where_asked_and_follows(any_store: EventStore):
+    store = any_store
+    for i in range(5):
+        await store.append(f.created("G1", f"T{i}"))
+    reader = await store.durable("bb-test", 3)
+    got = await reader.fetch(10, timeout=1)
+    assert [m.seq for m in got] == [3, 4, 5]
+    envs = [await store.decode(m) for m in got]
+    assert [e.event.task_id for e in envs if e is not None] == ["T2", "T3", "T4"]
+    await got[-1].ack()
+    assert await reader.fetch(10, timeout=0.2) == []
+    await store.append(f.created("G1", "T5"))
+    (late,) = await reader.fetch(10, timeout=5)
+    assert late.seq == 6
+    await reader.close()
+    await store.drop_durable("bb-test")
+    await store.drop_durable("bb-test")  # gone already: nothing to do
+
+
+# --- the twin's own clock ---------------------------------------------------
+
+
+async def test_twin_dedupes_only_within_the_window():
+    now = [f.at(0)]
+    store = MemoryEventStore(
+        StoreSettings(duplicate_window_s=120), clock=lambda: now[0]
+    )
+    event = f.goal("G1")
+    assert await store.append(event) == 1
+    now[0] += timedelta(seconds=119)
+    assert await store.append(event) == 1
+    now[0] += timedelta(seconds=2)  # past the window: a new message
+    assert await store.append(event) == 2
+
+
+# --- JetStream itself -------------------------------------------------------
+
+
+async def stream_messages(store: JetStreamEventStore) -> int:
+    info = await store.js.stream_info(store.events_stream)
+    return info.state.messages
+
+
+@pytest.mark.integration
+async def test_ensure_is_idempotent_and_reports_drift(store: JetStreamEventStore):
+    await store.ensure()  # second time: finds what it needs
+    other = JetStreamEventStore(store.nc, StoreSettings(prefix="drift"))
+    await store.js.add_stream(
+        StreamConfig(name=other.events_stream, subjects=["drift.evt.>"], max_msgs=5)
+    )
+    # Same subjects but no atomic batches: using it silently would break spawns.
+    with pytest.raises(StreamConfigDrift, match="allow_atomic"):
+        await other.ensure()
+
+
+@pytest.mark.integration
+async def test_two_mib_payload_round_trips_through_object_store(
+    store: JetStreamEventStore,
+):
+    big = "x" * (2 * 1024 * 1024)
+    event = f.completed("G1", "T1", result={"text": big})
+    seq = await store.append(event)
+    raw = await store.js.get_msg(store.events_stream, seq)
+    assert len(raw.data or b"") < 1024  # the log holds a reference...
+    assert raw.headers and raw.headers["Bb-Blob"] == codec.sha256(codec.encode(event))
+    (env,) = await collect(store.read_goal("G1"))  # ...readers get the event
+    assert env.event == event
+    assert isinstance(env.event, TaskCompleted)
+    assert len(env.event.result["text"]) == len(big)
+    assert await stream_messages(store) == 1
+
+
+@pytest.mark.integration
 async def test_plain_subscriber_decodes_what_bb_submit_wrote(
     nats_url: str, cli_env: dict[str, str], bb_exe: list[str], store
 ):
@@ -212,6 +430,7 @@ async def test_plain_subscriber_decodes_what_bb_submit_wrote(
     assert msgspec.json.decode(msg.data, type=GoalSubmitted).goal_id == goal_id
 
 
+@pytest.mark.integration
 async def test_batch_to_a_stream_without_atomic_is_a_typed_rejection(
     store: JetStreamEventStore,
 ):
@@ -229,6 +448,7 @@ async def test_batch_to_a_stream_without_atomic_is_a_typed_rejection(
 # --- reads never return part of the history silently -----------------------
 
 
+@pytest.mark.integration
 async def test_read_whose_reader_vanishes_mid_way_still_reads_to_the_end(
     store: JetStreamEventStore,
 ):
@@ -251,6 +471,7 @@ async def _consumers(store: JetStreamEventStore):
         yield info
 
 
+@pytest.mark.integration
 async def test_read_from_a_server_that_went_away_raises_instead_of_ending(
     nats_server, tmp_path
 ):

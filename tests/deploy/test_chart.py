@@ -237,6 +237,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.integration
 def test_processes_with_the_charts_args_and_env_complete_a_goal(tmp_path):
     docs = render({**EXTERNAL, "scripted": True, "streams": {"replicas": 1}})
     secrets = {name: d["stringData"] for name, d in by_kind(docs, "Secret").items()}

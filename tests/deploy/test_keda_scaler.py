@@ -40,6 +40,9 @@ RELEASE, NAMESPACE = "rel", "bb"  # what test_chart.render() uses
 
 # --- KEDA's scaler, in Python -------------------------------------------------
 
+pytestmark = pytest.mark.integration
+
+
 KEDA_SOURCE = (
     "kedacore/keda v2.20.2 (68a5b5028f35b22d50597c69819ab32c4e92f21a), "
     "pkg/scalers/nats_jetstream_scaler.go"

@@ -12,12 +12,16 @@ import time
 from typing import TYPE_CHECKING
 
 import nats
+import pytest
 
 from blackboard.log.events import kind
 from blackboard.log.store import JetStreamEventStore, connect
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+
+pytestmark = pytest.mark.integration
 
 
 def bb(args: list[str], env: dict[str, str], timeout: float = 30, **kw):

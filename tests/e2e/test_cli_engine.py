@@ -18,6 +18,9 @@ from tests.waiting import bb_status_until, until
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+pytestmark = pytest.mark.integration
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

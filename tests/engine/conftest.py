@@ -1,4 +1,10 @@
-"""An in-process engine (scheduler + workers) on the test server."""
+"""An in-process engine (scheduler + workers), on JetStream or on the twins.
+
+The engine's tests run on both: ``store`` is the JetStream store on a test
+server (marked integration) or the in-memory twin, with its work queue and
+lease. Modules that need a real server (processes, scale) take
+``jetstream_store`` alone.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import pytest
 
 from blackboard.engine import submission as service
 from blackboard.log.events import TaskSpec
+from blackboard.log.memory import MemoryEventStore
 from blackboard.runtime import config
 from blackboard.runtime.inprocess import Stack, running
 from tests.engine_handlers import HANDLERS
@@ -16,7 +23,18 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from blackboard.log.events import AnyEvent
-    from blackboard.log.store import JetStreamEventStore
+    from blackboard.log.ports import EventStore
+
+BACKENDS = [pytest.param("jetstream", marks=pytest.mark.integration), "memory"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest) -> EventStore:
+    """The JetStream store, then the in-memory twin."""
+    if request.param == "memory":
+        return MemoryEventStore()
+    jetstream: EventStore = request.getfixturevalue("jetstream_store")
+    return jetstream
 
 
 def engine_settings(**engine: Any) -> config.Settings:
@@ -37,9 +55,7 @@ def settings() -> config.Settings:
 
 
 @pytest.fixture
-async def engine(
-    store: JetStreamEventStore, settings: config.Settings
-) -> AsyncIterator[Stack]:
+async def engine(store: EventStore, settings: config.Settings) -> AsyncIterator[Stack]:
     async with running(store, settings, HANDLERS, concurrency=32) as stack:
         yield stack
 
@@ -52,13 +68,13 @@ def spec(
     )
 
 
-async def events_of(store: JetStreamEventStore, goal_id: str) -> list[AnyEvent]:
+async def events_of(store: EventStore, goal_id: str) -> list[AnyEvent]:
     """One goal's events, in log order."""
     return [env.event async for env in store.read_goal(goal_id)]
 
 
 async def submit(
-    store: JetStreamEventStore,
+    store: EventStore,
     settings: config.Settings,
     specs: list[TaskSpec],
     text: str = "test goal",

@@ -33,6 +33,18 @@ from tests.waiting import goal_until, until_async
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from blackboard.log.store import JetStreamEventStore
+
+
+# Processes and scale need a real server: these run on JetStream only.
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(jetstream_store: JetStreamEventStore) -> JetStreamEventStore:
+    return jetstream_store
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

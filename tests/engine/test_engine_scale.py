@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import pytest
+
 from blackboard.engine import control as client
 from blackboard.log.events import TaskCompleted, TaskReady
 from tests.engine.conftest import spec, submit
+
+if TYPE_CHECKING:
+    from blackboard.log.store import JetStreamEventStore
+
+# Processes and scale need a real server: these run on JetStream only.
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(jetstream_store: JetStreamEventStore) -> JetStreamEventStore:
+    return jetstream_store
 
 
 async def test_fan_out_500_then_fan_in(store, settings, engine):

@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import pytest
+
 from agents.session import DEMO_GOAL
 from blackboard.log.events import TaskClaimed
 from tests.faults.harness import audit, effect_goal, ledger_lines, submit, wait_all
 from tests.waiting import goal_until, until_async
+
+pytestmark = pytest.mark.integration
 
 
 async def start_goals(deployment, store) -> list[str]:

@@ -78,6 +78,7 @@ def test_sums_in_the_views_are_bigint(tmp_path: Path):
         view.close()
 
 
+@pytest.mark.integration
 async def test_task_type_rates_counts_only_failures_that_were_retried(
     store: JetStreamEventStore, tmp_path: Path
 ):
@@ -138,6 +139,7 @@ def _check_parquet(out: Path) -> None:
         con.close()
 
 
+@pytest.mark.integration
 async def test_read_while_the_projector_runs_through_sql_and_parquet(
     store: JetStreamEventStore, cli_env: dict[str, str], tmp_path: Path
 ):

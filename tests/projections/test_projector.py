@@ -128,6 +128,7 @@ def caught_up(env: dict[str, str], db: Path, last: int) -> bool:
     return bool(rows) and rows[0]["last_seq"] >= last
 
 
+@pytest.mark.integration
 async def test_killed_mid_batch_then_restarted_equals_a_rebuild(
     store, cli_env, tmp_path
 ):
@@ -173,6 +174,7 @@ async def test_killed_mid_batch_then_restarted_equals_a_rebuild(
     assert "Traceback" not in log.read_text()
 
 
+@pytest.mark.integration
 async def test_model_call_totals_equal_sums_from_the_raw_events(store, tmp_path):
     s = scripted()
     db = tmp_path / "p.duckdb"
@@ -229,6 +231,7 @@ async def test_model_call_totals_equal_sums_from_the_raw_events(store, tmp_path)
         con.close()
 
 
+@pytest.mark.integration
 def test_sql_errors_and_formats(cli_env, tmp_path):
     db = tmp_path / "none.duckdb"
     r = bb(["sql", "select 1", "--db", str(db)], cli_env)

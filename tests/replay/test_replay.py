@@ -42,6 +42,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"env": env, "goal": json.loads(r.stdout)["goal_id"], "dir": data}
 
 
+@pytest.mark.integration
 def test_demo_replays_to_the_same_bytes_from_the_log_and_from_its_export(demo):
     env, goal = demo["env"], demo["goal"]
     outs = {}
@@ -70,6 +71,7 @@ def test_demo_replays_to_the_same_bytes_from_the_log_and_from_its_export(demo):
     assert {t["lane"] for t in doc["totals"]} == {"frontier", "local"}
 
 
+@pytest.mark.integration
 def test_verify_passes_on_the_demo_and_reports_a_changed_prompt(demo, monkeypatch):
     export = demo["dir"] / "verify.ndjson"
     assert bb(["export", demo["goal"], "-o", str(export)], demo["env"], timeout=60).returncode == 0
@@ -99,6 +101,7 @@ def test_verify_passes_on_the_demo_and_reports_a_changed_prompt(demo, monkeypatc
     assert "DIVERGES: task" in result.output and "execute/v2" in result.output
 
 
+@pytest.mark.integration
 def test_verify_reports_a_changed_result(demo, monkeypatch):
     export = demo["dir"] / "verify2.ndjson"
     assert bb(["export", demo["goal"], "-o", str(export)], demo["env"], timeout=60).returncode == 0
@@ -118,6 +121,7 @@ def test_verify_reports_a_changed_result(demo, monkeypatch):
     assert "STRUCTURED AUDIT LOGGING" in d.diff()
 
 
+@pytest.mark.integration
 def test_at_and_task(demo):
     env, goal = demo["env"], demo["goal"]
     doc = json.loads(bb(["replay", goal, "--format", "json"], env, timeout=60).stdout)
@@ -145,6 +149,7 @@ def test_bad_export_line_is_named(tmp_path):
     assert r.returncode == 1 and "line 1" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.integration
 async def test_a_crash_and_its_redelivery_show_both_attempts(store, nats_url, tmp_path):
     s = config.load(env={"BB_LEASE_SECONDS": "2"}, path=None)
     marker = tmp_path / "starts"
@@ -177,6 +182,7 @@ async def test_a_crash_and_its_redelivery_show_both_attempts(store, nats_url, tm
     assert len(claims) == 2
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (run.sh test installs it)")
 def test_html_page_renders_the_dag_in_headless_chromium(demo, tmp_path):
     page = tmp_path / "trace.html"

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+pytestmark = pytest.mark.integration
+
+
 @pytest.fixture
 def locked(tmp_path: Path) -> Iterator[EmbeddedServer]:
     conf = 'authorization { users = [ { user: "bb", password: "s3cret-pw" } ] }\n'

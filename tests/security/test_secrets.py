@@ -79,6 +79,7 @@ def test_redactor_masks_keys_tokens_and_patterns():
         Redactor(["("])
 
 
+@pytest.mark.integration
 async def test_no_secret_in_events_logs_or_spans(store, fake, logs):
     spans = InMemorySpanExporter()
     tp = telemetry.tracer_provider("bb-test")

@@ -94,6 +94,7 @@ async def root_span_written(exporter: InMemorySpanExporter, goal_id: str) -> Non
     )
 
 
+@pytest.mark.integration
 async def test_one_goal_is_one_trace_with_the_right_tree(store, otel):
     exporter, _ = otel
     goal_id, events = await run_demo(store, exporter)
@@ -147,6 +148,7 @@ async def test_one_goal_is_one_trace_with_the_right_tree(store, otel):
         assert by_id[link.context.span_id].name.startswith("task ")
 
 
+@pytest.mark.integration
 async def test_every_run_of_a_task_has_its_own_ids(store, otel, tmp_path):
     """A task run again after its NEED children starts its attempts at 1 again:
     spans, the projection's model_calls and replay must still tell its runs
@@ -248,6 +250,7 @@ def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
     ]
 
 
+@pytest.mark.integration
 async def test_metrics_agree_with_the_log(store, otel):
     exporter, reader = otel
     _, events = await run_demo(store, exporter)
@@ -279,6 +282,7 @@ async def test_metrics_agree_with_the_log(store, otel):
     assert sum(p.count for p in _points(reader, "bb.task.queue_wait")) == run_counts
 
 
+@pytest.mark.integration
 async def test_guardrail_breach_is_counted(store, otel):
     _, reader = otel
     s = scripted_settings()
@@ -353,6 +357,7 @@ class Receiver:
         self.server.server_close()
 
 
+@pytest.mark.integration
 def test_spans_from_separate_processes_form_one_tree_over_otlp(cli_env, tmp_path):
     with Receiver() as receiver:
         env = dict(
@@ -419,6 +424,7 @@ def test_spans_from_separate_processes_form_one_tree_over_otlp(cli_env, tmp_path
     assert "/v1/metrics" in receiver.paths
 
 
+@pytest.mark.integration
 def test_replay_otlp_re_emits_a_past_goal_with_its_ids(cli_env, tmp_path):
     env = {k: v for k, v in cli_env.items() if k != "BB_NATS_URL"}
     env["BB_DATA_DIR"] = str(tmp_path / "bb")

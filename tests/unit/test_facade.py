@@ -6,6 +6,8 @@ import importlib
 import subprocess
 import sys
 
+import pytest
+
 import blackboard
 
 
@@ -22,6 +24,7 @@ def test_facade_names_are_the_engine_s_own_objects():
     assert blackboard.TaskContext.__module__ == "blackboard.engine.context"
 
 
+@pytest.mark.integration
 def test_importing_the_package_loads_no_sdk():
     code = (
         "import sys, blackboard, blackboard.log.events; "

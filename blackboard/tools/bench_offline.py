@@ -1,20 +1,17 @@
-"""In-memory benchmarks behind ``bb bench replay`` and ``bb bench projector``.
+"""Benchmarks behind ``bb bench replay`` and ``bb bench projector``: no server.
 
-They build a synthetic goal of any size without a server, so the figures are
-those of the fold, the renderers and DuckDB alone.
+The log is made in memory, so the figures are replay's and the projection's
+own cost, not the network's or the server's.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from blackboard import ids
-from blackboard.log.codec import Envelope
-from blackboard.log.events import GoalSubmitted
 
 
 def replay(events: int = 100_000) -> dict[str, Any]:
@@ -47,8 +44,11 @@ def replay(events: int = 100_000) -> dict[str, Any]:
 
 
 def _synthetic_goal(events: int, first_seq: int = 1) -> list[Any]:
+    from datetime import UTC, datetime, timedelta
 
+    from blackboard.log.codec import Envelope
     from blackboard.log.events import (
+        GoalSubmitted,
         ModelCalled,
         TaskClaimed,
         TaskCompleted,

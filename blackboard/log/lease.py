@@ -1,9 +1,10 @@
 """One active scheduler: a lease in a JetStream key-value bucket.
 
-The holder writes its id under a key in a bucket whose entries expire after
-``ttl_s``, and rewrites it (compare-and-set on the revision) every third of
-that. A standby tries to create the key; it succeeds only once the holder has
-released it or stopped renewing and the entry expired.
+The JetStream adapter of the ``LeaderLock`` port (ports.py). The holder writes
+its id under a key in a bucket whose entries expire after ``ttl_s``, and
+rewrites it (compare-and-set on the revision) every third of that. A standby
+tries to create the key; it succeeds only once the holder has released it or
+stopped renewing and the entry expired.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("blackboard.lock")
 
 
-class LeaderLock:
+class JetStreamLeaderLock:
     """A lease named ``key`` held by ``holder``."""
 
     def __init__(

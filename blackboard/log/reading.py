@@ -1,0 +1,374 @@
+"""Reading the JetStream log: reads to the end, follows, last messages.
+
+Readers use an ephemeral pull consumer (ack none, in memory) from a start
+sequence with a subject filter. They never crash on a message they cannot
+decode: they hand a ``MalformedEvent`` to ``on_bad`` (by default a logged
+warning) and go on. They never return part of the history silently either: a
+read goes on to the end of the log as it was when the read began, or raises
+LogUnavailable. A follower whose reader is lost (a server restart) recreates
+it from the next sequence, so nothing is skipped or doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from blackboard.errors import LogUnavailable, MalformedEvent, StoreError
+from blackboard.log import wire
+from blackboard.log.ports import Last, OnBad, StoreSettings, warn_bad
+from blackboard.log.retry import NATS_ERRORS, quietly, retry, transient
+from blackboard.log.subjects import H_MSG_ID, Subjects
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+    from nats.js.object_store import ObjectStore
+
+    from blackboard.log.codec import Envelope
+    from blackboard.log.ports import StoredMessage
+
+log = logging.getLogger("blackboard.store")
+
+S = TypeVar("S")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def translated(
+    fn: Callable[Concatenate[S, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    """Raise nats-py's own errors that escape a store method as StoreError.
+
+    The ports promise StoreError for trouble with the log, so callers (the
+    worker, the scheduler) never need to know what NATS raises.
+    """
+
+    async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(self, *args, **kwargs)
+        except nats.errors.Error as e:
+            raise StoreError(f"{fn.__name__}: {type(e).__name__}: {e}") from e
+
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+class JetStreamReads:
+    """The reading half of the JetStream event store (see store.py)."""
+
+    js: JetStreamContext
+    settings: StoreSettings
+    subjects: Subjects
+    events_stream: str
+
+    async def _blob_store(self) -> ObjectStore:
+        raise NotImplementedError
+
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op``, retrying transient server trouble (see retry.py)."""
+        return await retry(what, op, self.settings.transient_s)
+
+    # --- decoding -------------------------------------------------------------
+
+    async def decode(
+        self, msg: StoredMessage, on_bad: OnBad = warn_bad
+    ) -> Envelope | None:
+        """Decode a stored message into an Envelope; None (reported) if bad."""
+        return await self.decode_raw(
+            msg.subject, msg.data, msg.headers, msg.seq, on_bad
+        )
+
+    @translated
+    async def decode_raw(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        seq: int | None,
+        on_bad: OnBad = warn_bad,
+    ) -> Envelope | None:
+        """Decode a body with its headers, fetching a blob if the body is a stub."""
+        try:
+            stub = wire.stub_of(headers, data, subject, seq)
+            if stub is not None:
+                blobs = await self._blob_store()
+                try:
+                    obj = await blobs.get(stub.blob_sha256)
+                except nats.js.errors.ObjectNotFoundError as e:
+                    raise MalformedEvent(subject, seq, "blob is missing") from e
+                data = obj.data or b""
+                wire.check_blob(data, stub, subject, seq)
+            return wire.envelope(self.subjects, subject, data, seq)
+        except MalformedEvent as e:
+            on_bad(e)
+            return None
+        except ValueError as e:
+            on_bad(MalformedEvent(subject, seq, str(e)))
+            return None
+
+    async def _decode_msg(self, msg: Msg, on_bad: OnBad) -> Envelope | None:
+        seq = msg.metadata.sequence.stream
+        return await self.decode_raw(msg.subject, msg.data, msg.headers, seq, on_bad)
+
+    # --- reads ----------------------------------------------------------------
+
+    async def _reader(
+        self,
+        filter_subject: str | None,
+        from_seq: int,
+        deliver_new: bool = False,
+    ) -> tuple[JetStreamContext.PullSubscription, int]:
+        cfg = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        if deliver_new:
+            cfg.deliver_policy = DeliverPolicy.NEW
+        else:
+            cfg.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            cfg.opt_start_seq = max(1, from_seq)
+        subject = filter_subject or self.subjects.events_all
+        sub = await self.js.pull_subscribe(
+            subject, stream=self.events_stream, config=cfg
+        )
+        info = await sub.consumer_info()
+        return sub, info.num_pending or 0
+
+    async def read(
+        self,
+        filter_subject: str | None = None,
+        from_seq: int = 1,
+        on_bad: OnBad = warn_bad,
+        batch: int = 1000,
+    ) -> AsyncGenerator[Envelope, None]:
+        """Yield every event stored so far on ``filter_subject``, in order.
+
+        "So far" is the end of the log when the read began (the reader's
+        pending count): the read gets there, or raises LogUnavailable. A
+        reader that stops answering (its node paused, its consumer lost) is
+        recreated from the next sequence, so nothing is skipped or doubled.
+        """
+        what = f"reading {filter_subject or self.subjects.events_all}"
+        next_seq = max(1, from_seq)
+        try:
+            sub, pending = await self._retry(
+                what, lambda: self._reader(filter_subject, next_seq)
+            )
+        except nats.errors.Error as e:
+            raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.transient_s
+        try:
+            while pending > 0:
+                try:
+                    msgs = await sub.fetch(min(batch, pending), timeout=5)
+                except Exception as e:
+                    lost = isinstance(e, nats.js.errors.NotFoundError)
+                    if not (lost or transient(e)):
+                        if isinstance(e, nats.errors.Error):
+                            raise StoreError(f"{what}: {e}") from e
+                        raise
+                    if loop.time() > deadline:
+                        raise LogUnavailable(
+                            f"{what}: stopped at seq {next_seq} with {pending} "
+                            f"event(s) still to read ({e})"
+                        ) from e
+                    log.info(
+                        "%s: reader lost at %d (%s); recreating", what, next_seq, e
+                    )
+                    await quietly(sub.unsubscribe())
+                    sub, pending = await self._retry(
+                        what, functools.partial(self._reader, filter_subject, next_seq)
+                    )
+                    continue
+                deadline = loop.time() + self.settings.transient_s
+                for msg in msgs:
+                    next_seq = msg.metadata.sequence.stream + 1
+                    pending = msg.metadata.num_pending
+                    env = await self._decode_msg(msg, on_bad)
+                    if env is not None:
+                        yield env
+        finally:
+            await quietly(sub.unsubscribe())
+
+    def read_goal(
+        self, goal_id: str, on_bad: OnBad = warn_bad
+    ) -> AsyncGenerator[Envelope, None]:
+        """Yield one goal's events in stream order."""
+        return self.read(self.subjects.goal_events(goal_id), on_bad=on_bad)
+
+    async def follow(
+        self,
+        filter_subject: str | None = None,
+        from_seq: int | None = None,
+        on_bad: OnBad = warn_bad,
+        batch: int = 500,
+    ) -> AsyncGenerator[Envelope, None]:
+        """Yield events as they arrive, forever; from ``from_seq`` or from now."""
+        async with contextlib.aclosing(
+            self.follow_batches(filter_subject, from_seq, on_bad, batch)
+        ) as batches:
+            async for envs in batches:
+                for env in envs:
+                    yield env
+
+    async def follow_batches(
+        self,
+        filter_subject: str | None = None,
+        from_seq: int | None = None,
+        on_bad: OnBad = warn_bad,
+        batch: int = 500,
+        idle_s: float = 0.25,
+    ) -> AsyncGenerator[list[Envelope], None]:
+        """Yield batches of events as they arrive, forever (empty when idle).
+
+        The reader is an in-memory ephemeral consumer; if it disappears (the
+        server restarted) it is recreated from the sequence after the last one
+        seen, so nothing is skipped and nothing is yielded twice. Close the
+        generator (``contextlib.aclosing``) to release the reader at once.
+        """
+        next_seq = from_seq
+        sub: JetStreamContext.PullSubscription | None = None
+        scope = filter_subject or self.subjects.events_all
+        loop = asyncio.get_running_loop()
+        idle_since = loop.time()
+        try:
+            while True:
+                if sub is None:
+                    try:
+                        sub, _ = await self._reader(
+                            filter_subject, next_seq or 1, next_seq is None
+                        )
+                    except NATS_ERRORS as e:
+                        log.warning("reader could not start (%s); retrying", e)
+                        await asyncio.sleep(0.5)
+                        yield []
+                        continue
+                    idle_since = loop.time()
+                try:
+                    msgs = await sub.fetch(batch, timeout=idle_s)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    if loop.time() - idle_since >= self.settings.stall_check_s:
+                        idle_since = loop.time()
+                        if await self._stalled(scope, next_seq):
+                            await quietly(sub.unsubscribe())
+                            sub = None
+                    yield []
+                    continue
+                except NATS_ERRORS as e:
+                    log.warning("reader lost (%s); recreating it", e)
+                    await quietly(sub.unsubscribe())
+                    sub = None
+                    await asyncio.sleep(0.25)
+                    yield []
+                    continue
+                idle_since = loop.time()
+                envs: list[Envelope] = []
+                for msg in msgs:
+                    next_seq = msg.metadata.sequence.stream + 1
+                    env = await self._decode_msg(msg, on_bad)
+                    if env is not None:
+                        envs.append(env)
+                yield envs
+        finally:
+            if sub is not None:
+                await quietly(sub.unsubscribe())
+
+    async def _stalled(self, scope: str, next_seq: int | None) -> bool:
+        """Whether the log holds events on ``scope`` that a follower never got.
+
+        A reader whose node is paused or partitioned gets only timeouts, which
+        look like an idle log; the log's own last message tells them apart.
+        """
+        try:
+            last = await self.last_on(scope)
+        except StoreError as e:
+            log.warning("follower on %s: cannot check the log (%s)", scope, e)
+            return False
+        if last is None or next_seq is None or last.seq < next_seq:
+            return False
+        log.warning(
+            "follower on %s stopped receiving at seq %d while the log is at %d; "
+            "recreating its reader",
+            scope,
+            next_seq,
+            last.seq,
+        )
+        return True
+
+    # --- lookups --------------------------------------------------------------
+
+    @translated
+    async def last_on(self, scope: str) -> Last | None:
+        """Sequence, event id and subject of the last message on a filter."""
+        try:
+            msg = await self._retry(
+                f"last message on {scope}",
+                lambda: self.js.get_last_msg(self.events_stream, scope),
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        msg_id = (msg.headers or {}).get(H_MSG_ID, "")
+        assert msg.seq is not None
+        return Last(msg.seq, msg_id, msg.subject or "")
+
+    async def last_seq(self, goal_id: str, task_id: str | None) -> int:
+        """The guard value of a task now: its last event's sequence, or 0."""
+        last = await self.last_on(self.subjects.task_events(goal_id, task_id))
+        return last.seq if last else 0
+
+    @translated
+    async def events_last_seq(self) -> int:
+        """The last sequence of the events stream."""
+        info = await self._retry(
+            "stream info", lambda: self.js.stream_info(self.events_stream)
+        )
+        return info.state.last_seq
+
+    @translated
+    async def get(self, seq: int, on_bad: OnBad = warn_bad) -> Envelope | None:
+        """One event by its stream sequence."""
+        raw = await self._retry(
+            f"event {seq}", lambda: self.js.get_msg(self.events_stream, seq)
+        )
+        assert raw.subject is not None
+        return await self.decode_raw(
+            raw.subject, raw.data or b"", raw.headers, seq, on_bad
+        )
+
+    async def goal_of_task(self, task_id: str) -> str | None:
+        """The goal a task belongs to, found from its TaskCreated; None if none."""
+        last = await self.last_on(self.subjects.task_anywhere(task_id, "task_created"))
+        return None if last is None else self.subjects.parse_event(last.subject)[0]
+
+    @translated
+    async def last_event(
+        self, goal_id: str, task_id: str | None, kind_: str | None = None
+    ) -> Envelope | None:
+        """The last event of a task (optionally of one kind), or None."""
+        scope = (
+            self.subjects.event(goal_id, task_id, kind_)
+            if kind_
+            else self.subjects.task_events(goal_id, task_id)
+        )
+        try:
+            raw = await self._retry(
+                f"last event on {scope}",
+                lambda: self.js.get_last_msg(self.events_stream, scope),
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        assert raw.subject is not None
+        return await self.decode_raw(raw.subject, raw.data or b"", raw.headers, raw.seq)
