@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from blackboard.errors import MalformedEvent, StoreError
 from blackboard.log import subjects, wire
-from blackboard.log.ports import Last, OnBad, warn_bad
+from blackboard.log.ports import DerivedReads, Last, OnBad, warn_bad
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterator
@@ -38,7 +38,7 @@ class Stored:
     at: datetime
 
 
-class MemoryReads:
+class MemoryReads(DerivedReads):
     """The reading half of the in-memory event store (see memory.py)."""
 
     settings: StoreSettings
@@ -117,27 +117,6 @@ class MemoryReads:
                 yield env
             if n % batch == 0:
                 await asyncio.sleep(0)
-
-    def read_goal(
-        self, goal_id: str, on_bad: OnBad = warn_bad
-    ) -> AsyncGenerator[Envelope, None]:
-        """Yield one goal's events in stream order."""
-        return self.read(self.subjects.goal_events(goal_id), on_bad=on_bad)
-
-    async def follow(
-        self,
-        filter_subject: str | None = None,
-        from_seq: int | None = None,
-        on_bad: OnBad = warn_bad,
-        batch: int = 500,
-    ) -> AsyncGenerator[Envelope, None]:
-        """Yield events as they arrive, forever; from ``from_seq`` or from now."""
-        async with contextlib.aclosing(
-            self.follow_batches(filter_subject, from_seq, on_bad, batch)
-        ) as batches:
-            async for envs in batches:
-                for env in envs:
-                    yield env
 
     async def follow_batches(
         self,

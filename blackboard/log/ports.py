@@ -20,6 +20,7 @@ event that can never be written, ``BatchRejected`` for a refused batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -389,3 +390,55 @@ class EventStore(Protocol):
     def leader_lock(self, key: str, holder: str, ttl_s: float) -> LeaderLock:
         """A lease named ``key`` for ``holder``, beside this log."""
         ...
+
+
+class DerivedReads:
+    """``read_goal`` and ``follow``, the same for every adapter.
+
+    Both are shapes of the adapter's own ``read`` and ``follow_batches``;
+    written once here, mixed into the JetStream and the in-memory readers.
+    """
+
+    subjects: Subjects
+
+    def read(
+        self,
+        filter_subject: str | None = None,
+        from_seq: int = 1,
+        on_bad: OnBad = warn_bad,
+        batch: int = 1000,
+    ) -> AsyncGenerator[Envelope, None]:
+        """The adapter's own read (see EventStore.read)."""
+        raise NotImplementedError
+
+    def follow_batches(
+        self,
+        filter_subject: str | None = None,
+        from_seq: int | None = None,
+        on_bad: OnBad = warn_bad,
+        batch: int = 500,
+        idle_s: float = 0.25,
+    ) -> AsyncGenerator[list[Envelope], None]:
+        """The adapter's own follower (see EventStore.follow_batches)."""
+        raise NotImplementedError
+
+    def read_goal(
+        self, goal_id: str, on_bad: OnBad = warn_bad
+    ) -> AsyncGenerator[Envelope, None]:
+        """Yield one goal's events in stream order."""
+        return self.read(self.subjects.goal_events(goal_id), on_bad=on_bad)
+
+    async def follow(
+        self,
+        filter_subject: str | None = None,
+        from_seq: int | None = None,
+        on_bad: OnBad = warn_bad,
+        batch: int = 500,
+    ) -> AsyncGenerator[Envelope, None]:
+        """Yield events as they arrive, forever; from ``from_seq`` or from now."""
+        async with contextlib.aclosing(
+            self.follow_batches(filter_subject, from_seq, on_bad, batch)
+        ) as batches:
+            async for envs in batches:
+                for env in envs:
+                    yield env

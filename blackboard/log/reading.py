@@ -12,7 +12,6 @@ it from the next sequence, so nothing is skipped or doubled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -23,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from blackboard.errors import LogUnavailable, MalformedEvent, StoreError
 from blackboard.log import wire
-from blackboard.log.ports import Last, OnBad, StoreSettings, warn_bad
+from blackboard.log.ports import DerivedReads, Last, OnBad, StoreSettings, warn_bad
 from blackboard.log.retry import NATS_ERRORS, quietly, retry, transient
 from blackboard.log.subjects import H_MSG_ID, Subjects
 
@@ -63,7 +62,7 @@ def translated(
     return wrapper
 
 
-class JetStreamReads:
+class JetStreamReads(DerivedReads):
     """The reading half of the JetStream event store (see store.py)."""
 
     js: JetStreamContext
@@ -202,27 +201,6 @@ class JetStreamReads:
                         yield env
         finally:
             await quietly(sub.unsubscribe())
-
-    def read_goal(
-        self, goal_id: str, on_bad: OnBad = warn_bad
-    ) -> AsyncGenerator[Envelope, None]:
-        """Yield one goal's events in stream order."""
-        return self.read(self.subjects.goal_events(goal_id), on_bad=on_bad)
-
-    async def follow(
-        self,
-        filter_subject: str | None = None,
-        from_seq: int | None = None,
-        on_bad: OnBad = warn_bad,
-        batch: int = 500,
-    ) -> AsyncGenerator[Envelope, None]:
-        """Yield events as they arrive, forever; from ``from_seq`` or from now."""
-        async with contextlib.aclosing(
-            self.follow_batches(filter_subject, from_seq, on_bad, batch)
-        ) as batches:
-            async for envs in batches:
-                for env in envs:
-                    yield env
 
     async def follow_batches(
         self,
