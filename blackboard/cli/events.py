@@ -47,11 +47,20 @@ def tail(
         fail(f"unknown kind {kind!r}; one of: {', '.join(sorted(KINDS))}", 2)
     s = settings(config)
     start = since if since is not None else (1 if from_start else None)
-    run(_tail(s, goal, kind, start, count, as_json))
+    from blackboard.errors import BlackboardError
+    from blackboard.runtime import connection as runtime
+
+    try:
+        # Offline too: the data dir's log is served for the command's length.
+        with runtime.log_server(s) as url:
+            run(_tail(s, url, goal, kind, start, count, as_json))
+    except BlackboardError as e:
+        fail(str(e))
 
 
 async def _tail(
     s: config_mod.Settings,
+    url: str,
     goal: str | None,
     kind: str | None,
     start: int | None,
@@ -66,7 +75,7 @@ async def _tail(
     def bad(err: MalformedEvent) -> None:
         typer.echo(f"bb: skipped malformed message: {err}", err=True)
 
-    async with runtime.open_store(s, name="bb-tail") as store:
+    async with runtime.open_store(s, url, name="bb-tail") as store:
         subj = store.subjects
         if kind:
             flt = subj.kind_filter(kind, goal)

@@ -209,18 +209,29 @@ def status(
     config: ConfigOpt = None,
 ) -> None:
     """Show a goal's DAG with statuses and counts (or list every goal)."""
+    from blackboard.runtime import connection as runtime
+
     s = settings(config)
-    run(_status(s, goal, watch, as_json))
+    try:
+        # Offline too: the data dir's log is served for the command's length.
+        with runtime.log_server(s) as url:
+            run(_status(s, url, goal, watch, as_json))
+    except BlackboardError as e:
+        fail(str(e))
 
 
 async def _status(
-    s: config_mod.Settings, goal_id: str | None, watch: bool, as_json: bool
+    s: config_mod.Settings,
+    url: str,
+    goal_id: str | None,
+    watch: bool,
+    as_json: bool,
 ) -> None:
     from blackboard.cli import display
     from blackboard.engine import control as client
     from blackboard.runtime import connection as runtime
 
-    async with runtime.open_store(s, name="bb-status") as store:
+    async with runtime.open_store(s, url, name="bb-status") as store:
         if goal_id is None:
             goals = await client.goals(store)
             if as_json:

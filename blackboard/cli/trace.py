@@ -28,25 +28,9 @@ FormatOpt = Annotated[str, typer.Option("--format", "-f", help="text, json or ht
 
 
 def _log_server(s: config_mod.Settings) -> Any:
-    """The server that holds the log, started just to read if need be.
-
-    The configured or running server; else the embedded server's data left by
-    `bb up` or `bb demo`.
-    """
-    import contextlib
-
-    from blackboard.errors import NotConnected
     from blackboard.runtime import connection as runtime
 
-    url = runtime.resolve_url(s)
-    if url is not None:
-        return contextlib.nullcontext(url)
-    if (Path(s.data_dir) / "nats" / "jetstream").exists():
-        return runtime.server_for(s, port=0)
-    raise NotConnected(
-        "no NATS server and no local data: run `bb up`, set BB_NATS_URL, "
-        "or replay an export with --from-file"
-    )
+    return runtime.log_server(s)
 
 
 async def _goal_envelopes(s: config_mod.Settings, url: str, goal_id: str) -> Any:

@@ -105,8 +105,55 @@ async def _silent(_: Exception) -> None:
 
 
 async def open_client(settings: Settings, url: str, name: str = "bb") -> NatsClient:
-    """Connect with the configured credentials."""
-    return await connect(url, name=name, error_cb=_silent, **connect_options(settings))
+    """Connect with the configured credentials.
+
+    A server that cannot be reached is explained by where its URL came from:
+    ``BB_NATS_URL`` (is it running?) or a ``bb up`` that has gone away.
+    """
+    try:
+        return await connect(
+            url, name=name, error_cb=_silent, **connect_options(settings)
+        )
+    except NotConnected as e:
+        if "refused the connection" in str(e):
+            raise
+        if settings.nats.url:
+            why = (
+                f"cannot reach NATS at {url} (BB_NATS_URL): is it running? "
+                "Unset BB_NATS_URL to use the embedded server of the data dir"
+            )
+        else:
+            why = (
+                f"cannot reach NATS at {url}, which {url_file(settings)} names: "
+                "the bb up that wrote it has stopped; start it again with `bb up`"
+            )
+        raise NotConnected(why) from e
+
+
+def _nothing_here(settings: Settings) -> NotConnected:
+    data = Path(settings.data_dir).resolve()
+    return NotConnected(
+        f"no NATS server and no log in {data}: run `bb up` there, point "
+        "BB_DATA_DIR (or --config) at the data dir you used, or set BB_NATS_URL"
+    )
+
+
+@contextlib.contextmanager
+def log_server(settings: Settings) -> Iterator[str]:
+    """The server that holds the log, started just to read it if need be.
+
+    The configured or running server; else the embedded server's store left
+    by `bb up` or `bb demo` in the data dir, served for the command's length.
+    So every read command works the same offline.
+    """
+    url = resolve_url(settings)
+    if url is not None:
+        yield url
+        return
+    if not (Path(settings.data_dir) / "nats" / "jetstream").exists():
+        raise _nothing_here(settings)
+    with server_for(settings, port=0) as started:
+        yield started
 
 
 @contextlib.asynccontextmanager
@@ -116,10 +163,7 @@ async def open_store(
     """Connect to NATS, make sure the streams exist, yield the store."""
     url = url or resolve_url(settings)
     if url is None:
-        raise NotConnected(
-            "no NATS server: run `bb up` in another terminal, "
-            "or set BB_NATS_URL to a running server"
-        )
+        raise _nothing_here(settings)
     nc = await open_client(settings, url, name)
     try:
         store = JetStreamEventStore(nc, store_settings(settings))

@@ -40,15 +40,35 @@ def test_no_server_reachable_is_one_line_and_non_zero(cli_env, tmp_path):
     r = bb(["submit", "x"], env)
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1
-    assert "cannot reach NATS" in r.stderr and "bb up" in r.stderr
+    assert "cannot reach NATS at nats://127.0.0.1:9 (BB_NATS_URL)" in r.stderr
+    assert "start one with" not in r.stderr  # BB_NATS_URL set: bb up would not help
     assert "Traceback" not in r.stderr
+    r = bb(["up"], env)
+    assert r.returncode == 1 and "start one with" not in r.stderr
 
 
-def test_no_url_and_no_local_up_says_what_to_do(cli_env):
+def test_no_url_and_no_local_up_says_what_to_do(cli_env, tmp_path):
     env = {k: v for k, v in cli_env.items() if k != "BB_NATS_URL"}
+    env["BB_DATA_DIR"] = str(tmp_path / "empty")
     r = bb(["tail", "--count", "1"], env)
     assert r.returncode == 1
-    assert "bb up" in r.stderr and "BB_NATS_URL" in r.stderr
+    assert str(tmp_path / "empty") in r.stderr  # where it looked
+    assert "bb up" in r.stderr and "BB_NATS_URL" in r.stderr and "BB_DATA_DIR" in r.stderr
+
+
+def test_read_commands_work_offline_after_a_demo(cli_env, tmp_path):
+    """No server running, the demo's data dir left: every read command reads it."""
+    env = {k: v for k, v in cli_env.items() if k != "BB_NATS_URL"}
+    env["BB_DATA_DIR"] = str(tmp_path / "data")
+    r = bb(["demo", "--json"], env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    goal_id = json.loads(r.stdout)["goal_id"]
+    for args in (["status"], ["status", goal_id], ["tail", "--from-start",
+                 "--count", "3"], ["replay", goal_id], ["cost", goal_id],
+                 ["sql", "SELECT count(*) FROM goals"]):
+        got = bb(args, env, timeout=60)
+        assert got.returncode == 0, (args, got.stderr)
+        assert "Traceback" not in got.stderr
 
 
 def test_submit_then_tail_from_start(cli_env):
