@@ -60,9 +60,10 @@ def up(
     _say_missing_models(s, lane_list)
     here = runtime.running_here(s) if join and not s.nats.url else None
     if here is not None:
-        pid, url = here
-        typer.echo(f"joining the bb up of {s.data_dir} (pid {pid}, {url}): workers")
-        serve(lambda stop: _up(s, url, lane_list, registry, False, stop))
+        typer.echo(
+            f"joining the bb up of {s.data_dir} (pid {here.pid}, {here.url}): workers"
+        )
+        serve(lambda stop: _up(s, here.url, lane_list, registry, False, stop))
         return
     try:
         with runtime.server_for(s, port=port or _default_port()) as url:

@@ -113,11 +113,23 @@ def demo(
             )
         _submit_only(s, session.DEMO_GOAL, as_json)
         return
+    here = runtime.running_here(s) if not s.nats.url else None
+    if here is not None and not here.scripted:
+        fail(
+            f"a bb up with real models serves {s.data_dir} (pid {here.pid}): the "
+            "demo would spend on them; restart it with BB_SCRIPTED=1, or stop it"
+        )
+    if here is not None and not as_json:
+        typer.echo(
+            f"using the bb up of {s.data_dir} (pid {here.pid}, {here.url})", err=True
+        )
+    # A running deployment answers the goal (its projector, its workers);
+    # otherwise the engine runs here, on the configured or an embedded server.
     drive_goal(
         s,
         session.DEMO_GOAL,
-        runtime.resolve_url(s),
-        True,
+        here.url if here is not None else runtime.resolve_url(s),
+        here is None,
         {},
         whoami(None),
         as_json,

@@ -17,7 +17,7 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from blackboard.errors import ConfigError, NotConnected
 from blackboard.log.server import EmbeddedServer
@@ -47,8 +47,17 @@ class AlreadyRunning(ConfigError):
         self.url = url
 
 
-def running_here(settings: Settings) -> tuple[str, str] | None:
-    """(pid, url) of the ``bb up`` holding this data dir's lock, if one does."""
+class Here(NamedTuple):
+    """The ``bb up`` that serves a data dir."""
+
+    pid: str
+    url: str
+    scripted: bool
+    """Whether its lanes run on scripted models (BB_SCRIPTED)."""
+
+
+def running_here(settings: Settings) -> Here | None:
+    """The ``bb up`` holding this data dir's lock, if one does."""
     lock = Path(settings.data_dir) / LOCK_FILE
     if not lock.exists():
         return None
@@ -56,8 +65,8 @@ def running_here(settings: Settings) -> tuple[str, str] | None:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid, _, url = f.read().partition(" ")
-            return pid.strip(), url.strip()
+            pid, url, mode = ([*f.read().split(), "", "", ""])[:3]
+            return Here(pid, url, mode == "scripted")
         fcntl.flock(f, fcntl.LOCK_UN)
     return None
 
@@ -192,14 +201,15 @@ def server_for(settings: Settings, port: int = 0) -> Iterator[str]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
-            pid, _, url = lock.read().partition(" ")
-            raise AlreadyRunning(data.resolve(), pid.strip(), url.strip()) from None
+            pid, url = ([*lock.read().split(), "", ""])[:2]
+            raise AlreadyRunning(data.resolve(), pid, url) from None
         # Ours now (a crashed holder's lock went with it): say who we are.
         server = EmbeddedServer(data / "nats", port=port)
         server.start()
         lock.seek(0)
         lock.truncate()
-        lock.write(f"{os.getpid()} {server.url}")
+        mode = "scripted" if settings.scripted else "models"
+        lock.write(f"{os.getpid()} {server.url} {mode}")
         lock.flush()
         marker = url_file(settings)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -144,6 +145,41 @@ def test_run_piped_says_which_task_waits_and_how_to_approve(env, tmp_path):
         out, err = run.communicate(timeout=90)
         assert run.returncode == 0, err
         assert "done" in out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_demo_uses_the_running_deployment(env, tmp_path):
+    log = tmp_path / "up.log"
+    proc = up(env, log)  # BB_SCRIPTED=1 (the env fixture)
+    try:
+        wait_text(log, "ready")
+        r = bb(["demo", "--json"], env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "failed" not in r.stderr
+        goal = json.loads(r.stdout)["goal_id"]
+        assert json.loads(r.stdout)["status"] == "done"
+        # Answered by the deployment's own projector (it holds the file).
+        wait_text(log, f"goal {goal} done")
+        q = bb(["sql", f"SELECT status FROM goals WHERE goal_id = '{goal}'",
+                "--json"], env)
+        assert q.returncode == 0, q.stderr
+        assert json.loads(q.stdout) == [{"status": "done"}]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_demo_refuses_a_deployment_on_real_models(env, tmp_path):
+    real = {k: v for k, v in env.items() if k != "BB_SCRIPTED"}
+    log = tmp_path / "up.log"
+    proc = up(real, log)
+    try:
+        wait_text(log, "ready")
+        r = bb(["demo"], real, timeout=60)
+        assert r.returncode != 0
+        assert "BB_SCRIPTED=1" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     finally:
         proc.terminate()
         proc.wait(timeout=30)
