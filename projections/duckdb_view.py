@@ -9,6 +9,7 @@ its sequence, or none of it is.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,23 @@ _ENCODE = msgspec.json.Encoder().encode
 
 class QueryError(ConfigError):
     """A query DuckDB refused (its message says why)."""
+
+
+MAX_REPLY = 900_000
+"""Bytes of a query's answer (NATS's default message limit is 1 MiB). The same
+cap applies when the file is read directly, so a query that works offline
+works online too."""
+
+
+def answer(columns: list[str], rows: list[Any]) -> str:
+    """A query's answer as JSON, or QueryError if it is over ``MAX_REPLY``."""
+    body = json.dumps({"columns": columns, "rows": rows}, default=str)
+    if len(body) > MAX_REPLY:
+        raise QueryError(
+            f"the result is {len(body):,} bytes ({len(rows):,} rows), over what "
+            "one answer holds: add a LIMIT, or use `bb export-parquet`"
+        )
+    return body
 
 
 class DuckDBView:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 
 from blackboard.errors import ConfigError
-from projections.duckdb_view import DuckDBView
+from projections.duckdb_view import DuckDBView, answer
 from projections.runner import api_subject
 
 if TYPE_CHECKING:
@@ -56,4 +56,5 @@ def query_file(db: Path, sql: str) -> dict[str, Any]:
         columns, rows = view.query(sql)
     finally:
         view.close()
-    return {"columns": columns, "rows": json.loads(json.dumps(rows, default=str))}
+    result: dict[str, Any] = json.loads(answer(columns, rows))
+    return result

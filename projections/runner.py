@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from blackboard.engine.state import BoardState, evolve
 from blackboard.errors import BlackboardError, MalformedEvent, StoreError
 from blackboard.log import subjects
-from projections.duckdb_view import DuckDBView
+from projections.duckdb_view import MAX_REPLY, DuckDBView, answer
 from projections.rows import Rows, add_event, dead_letter
 
 if TYPE_CHECKING:
@@ -37,8 +37,6 @@ log = logging.getLogger("blackboard.projector")
 CONSUMER = "bb-projector"
 _OPEN_TRIES = 100
 """Tries, 0.2 s apart, to open a file a reader holds for a moment."""
-MAX_REPLY = 900_000
-"""Bytes of a query reply (NATS's default message limit is 1 MiB)."""
 
 
 def api_subject(prefix: str) -> str:
@@ -198,15 +196,7 @@ class Projector:
                 body = json.dumps({"files": [str(f) for f in files]})
             else:
                 columns, rows = self.view.query(str(req["sql"]))
-                body = json.dumps({"columns": columns, "rows": rows}, default=str)
-                if len(body) > MAX_REPLY:
-                    body = json.dumps(
-                        {
-                            "error": f"the result is {len(body):,} bytes ({len(rows):,}"
-                            " rows), over what one reply holds: add a LIMIT, or "
-                            "use `bb export-parquet`"
-                        }
-                    )
+                body = answer(columns, rows)
         except (BlackboardError, KeyError, ValueError, OSError) as e:
             body = json.dumps({"error": str(e)})
         return body.encode()

@@ -170,3 +170,19 @@ async def test_read_while_the_projector_runs_through_sql_and_parquet(
     r = bb(["export-parquet", str(tmp_path / "idle"), "--db", str(db)], cli_env)
     assert r.returncode == 0, r.stderr
     _check_parquet(tmp_path / "idle")
+
+
+def test_the_size_cap_is_the_same_reading_the_file(tmp_path):
+    """Offline (the file read directly) a query over the cap fails as online."""
+    import pytest
+
+    from blackboard.errors import ConfigError
+    from projections import query
+    from projections.duckdb_view import MAX_REPLY, DuckDBView
+
+    db = tmp_path / "p.duckdb"
+    DuckDBView(db).close()
+    big = f"SELECT repeat('x', 1000) AS x FROM range({MAX_REPLY // 900})"
+    with pytest.raises(ConfigError, match="over what one answer holds"):
+        query.query_file(db, big)
+    assert query.query_file(db, "SELECT 1 AS one")["rows"] == [[1]]
