@@ -113,13 +113,39 @@ class Report:
         out += [f"  skipped: {s}" for s in self.skipped]
         if not self.divergences:
             out.append("OK: today's code does what was recorded")
+            return "\n".join(out) + "\n"
+        # The summary first: how many differ, and where; the details after.
+        wheres = sorted({d.where.split(":")[0] for d in self.divergences})
+        out.append(
+            f"DIFFERS: {len(self.divergences)} of {self.tasks} task(s), at "
+            + ", ".join(wheres)
+        )
+        out += [f"  {d.task_id}  {d.where}" for d in self.divergences]
         for d in self.divergences:
             run = f"attempt {d.attempt}" + (
                 f" (dispatch {d.dispatch})" if d.dispatch > 1 else ""
             )
-            out.append(f"DIVERGES: task {d.task_id} {run}: {d.where}")
-            out += ["  " + line for line in d.diff().splitlines()]
+            out.append("")
+            out.append(f"task {d.task_id} {run}: {d.where}")
+            out += ["  " + line for line in _trimmed(d.diff())]
         return "\n".join(out) + "\n"
+
+
+_LINE = 160
+_LINES = 40
+
+
+def _trimmed(diff: str) -> list[str]:
+    """A diff's changed lines, each cut to a screen's width, at most _LINES."""
+    lines = [
+        line if len(line) <= _LINE else line[: _LINE - 1] + "…"
+        for line in diff.splitlines()
+        if line.startswith(("-", "+", "@")) and not line.startswith(("---", "+++"))
+    ]
+    if len(lines) > _LINES:
+        more = len(lines) - _LINES
+        lines = [*lines[:_LINES], f"… {more} more line(s): --json has the whole diff"]
+    return lines
 
 
 class _Stop(Exception):

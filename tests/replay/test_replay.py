@@ -98,7 +98,15 @@ def test_verify_passes_on_the_demo_and_reports_a_changed_prompt(demo, monkeypatc
         app, ["replay", "--from-file", str(export), "--verify"], env={"BB_DATA_DIR": "/nonexistent"}
     )
     assert result.exit_code == 1, result.output
-    assert "DIVERGES: task" in result.output and "execute/v2" in result.output
+    assert "execute/v2" in result.output
+    # The summary comes first: how many tasks differ and where; details after.
+    lines = result.output.splitlines()
+    assert lines[1].startswith("DIFFERS: ") and "model call 0" in lines[1]
+    differing = int(lines[1].split()[1])
+    assert differing == len(report.divergences)
+    details = [x for x in lines if x.startswith("task ") and "model call 0" in x]
+    assert len(details) == differing
+    assert all(len(x) <= 162 for x in lines if x.startswith("  "))
 
 
 @pytest.mark.integration
