@@ -183,3 +183,35 @@ def test_demo_refuses_a_deployment_on_real_models(env, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_ctrl_c_on_run_says_the_goal_goes_on_and_how_to_follow(env, tmp_path):
+    cfg = tmp_path / "bb.toml"
+    cfg.write_text('[approvals]\ntask_types = ["aggregate"]\n')
+    env = dict(env, BB_CONFIG=str(cfg))
+    log = tmp_path / "up.log"
+    proc = up(env, log)
+    try:
+        wait_text(log, "ready")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "blackboard.cli", "run", "a goal to leave"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+        )
+        assert run.stderr is not None
+        first = run.stderr.readline()
+        goal = first.split()[1]
+        seen = [first]
+        while not any("approve it:" in line for line in seen):
+            seen.append(run.stderr.readline())
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=30)
+        assert run.returncode == 130
+        assert f"stopped following goal {goal}" in err
+        assert "keeps running in the deployment" in err
+        assert f"status {goal} --watch" in err and "Traceback" not in err
+        status = bb(["status", goal, "--json"], env)
+        assert json.loads(status.stdout)["status"] == "running"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
