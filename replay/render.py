@@ -397,7 +397,9 @@ def render_html(trace: Trace) -> str:
             if isinstance(t.created.payload, dict)
             else None
         )
-        full = f"{t.created.task_type}@{t.created.lane} {t.status}: {title or t.task_id}"
+        full = (
+            f"{t.created.task_type}@{t.created.lane} {t.status}: {title or t.task_id}"
+        )
         name = str(title or f"{t.created.task_type}: {t.task_id}")
         # The end of a title tells tasks apart ("... to POST /orders").
         short = name if len(name) <= 28 else "…" + name[-27:]
@@ -459,3 +461,23 @@ function show(id) {{
 document.querySelectorAll(".node").forEach(n => n.addEventListener("click", () => show(n.dataset.task)));
 </script></body></html>
 """
+
+
+_DIFF_LINE = 160
+_DIFF_LINES = 40
+
+
+def trim_diff(diff: str) -> list[str]:
+    """A diff's changed lines, each cut to a screen's width, at most _DIFF_LINES."""
+    lines = [
+        line if len(line) <= _DIFF_LINE else line[: _DIFF_LINE - 1] + "…"
+        for line in diff.splitlines()
+        if line.startswith(("-", "+", "@")) and not line.startswith(("---", "+++"))
+    ]
+    if len(lines) > _DIFF_LINES:
+        more = len(lines) - _DIFF_LINES
+        lines = [
+            *lines[:_DIFF_LINES],
+            f"… {more} more line(s): --json has the whole diff",
+        ]
+    return lines

@@ -38,6 +38,7 @@ from blackboard.log.events import (
     TaskNeedsFollowup,
     TaskSpec,
 )
+from replay.render import trim_diff
 from replay.trace import Attempt, TaskTrace, build_trace
 
 if TYPE_CHECKING:
@@ -127,25 +128,9 @@ class Report:
             )
             out.append("")
             out.append(f"task {d.task_id} {run}: {d.where}")
-            out += ["  " + line for line in _trimmed(d.diff())]
+            out += ["  " + line for line in trim_diff(d.diff())]
         return "\n".join(out) + "\n"
 
-
-_LINE = 160
-_LINES = 40
-
-
-def _trimmed(diff: str) -> list[str]:
-    """A diff's changed lines, each cut to a screen's width, at most _LINES."""
-    lines = [
-        line if len(line) <= _LINE else line[: _LINE - 1] + "…"
-        for line in diff.splitlines()
-        if line.startswith(("-", "+", "@")) and not line.startswith(("---", "+++"))
-    ]
-    if len(lines) > _LINES:
-        more = len(lines) - _LINES
-        lines = [*lines[:_LINES], f"… {more} more line(s): --json has the whole diff"]
-    return lines
 
 
 class _Stop(Exception):
