@@ -364,7 +364,9 @@ class LiveTaskContext(BaseTaskContext):
             try:
                 self.seq = await self.store.append(event, expect=self.seq)
             except ConcurrencyConflict:
-                if isinstance(event, ModelCalled) and await self._cancelled():
+                if isinstance(event, ModelCalled) and await ends_cancelled(
+                    self.store, self.goal_id, self.task_id
+                ):
                     # The call was made and paid for before the cancellation
                     # reached us: its cost stays in the ledger (unguarded, after
                     # the fence); its answer is never used.
@@ -375,12 +377,6 @@ class LiveTaskContext(BaseTaskContext):
         if isinstance(event, ModelCalled):
             telemetry.get().model_call(event)
         return self.seq
-
-    async def _cancelled(self) -> bool:
-        last = await self.store.last_on(
-            self.store.subjects.task_events(self.goal_id, self.task_id)
-        )
-        return last is not None and last.subject.endswith(".task_cancelled")
 
     async def effect(
         self,
@@ -477,3 +473,14 @@ class LiveTaskContext(BaseTaskContext):
         return {d for s in specs for d in s.depends_on if d not in new} | {
             me.task_id or ""
         }
+
+
+async def ends_cancelled(store: EventStore, goal_id: str, task_id: str) -> bool:
+    """Whether a task's last event is its cancellation (the fence of a cancel).
+
+    Tells a write refused by a cancel from one refused by a new lease holder.
+    """
+    last = await store.last_on(store.subjects.task_events(goal_id, task_id))
+    return last is not None and store.subjects.parse_event(last.subject)[2] == (
+        "task_cancelled"
+    )

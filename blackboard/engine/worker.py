@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from blackboard import ids, telemetry
+from blackboard.engine.context import ends_cancelled
 from blackboard.engine.handlers import BUILTIN
 from blackboard.engine.runs import Runner
 from blackboard.errors import ConcurrencyConflict, MalformedEvent, StoreError
@@ -202,14 +203,9 @@ class Worker:
         """Whether the task of a work message ends with its cancellation."""
         try:
             item = codec.decode_work(msg.data)
-            last = await self.store.last_on(
-                self.store.subjects.task_events(item.goal_id, item.task_id)
-            )
+            return await ends_cancelled(self.store, item.goal_id, item.task_id)
         except (MalformedEvent, StoreError):
             return False
-        if last is None:
-            return False
-        return self.store.subjects.parse_event(last.subject)[2] == "task_cancelled"
 
     async def handle(self, msg: Delivery) -> None:
         """Run one work message to an outcome."""

@@ -125,19 +125,15 @@ class JetStreamReads(DerivedReads):
         self,
         filter_subject: str | None,
         from_seq: int,
-        deliver_new: bool = False,
     ) -> tuple[JetStreamContext.PullSubscription, int]:
         cfg = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
             inactive_threshold=60.0,
             mem_storage=True,
             num_replicas=1,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, from_seq),
         )
-        if deliver_new:
-            cfg.deliver_policy = DeliverPolicy.NEW
-        else:
-            cfg.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            cfg.opt_start_seq = max(1, from_seq)
         subject = filter_subject or self.subjects.events_all
         sub = await self.js.pull_subscribe(
             subject, stream=self.events_stream, config=cfg
@@ -226,10 +222,12 @@ class JetStreamReads(DerivedReads):
             while True:
                 if sub is None:
                     try:
-                        sub, _ = await self._reader(
-                            filter_subject, next_seq or 1, next_seq is None
-                        )
-                    except NATS_ERRORS as e:
+                        if next_seq is None:
+                            # "From now" as a sequence, so a reader recreated
+                            # later (and the stall check) knows where it was.
+                            next_seq = await self.events_last_seq() + 1
+                        sub, _ = await self._reader(filter_subject, next_seq)
+                    except (*NATS_ERRORS, StoreError) as e:
                         log.warning("reader could not start (%s); retrying", e)
                         await asyncio.sleep(0.5)
                         yield []

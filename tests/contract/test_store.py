@@ -466,6 +466,27 @@ async def test_read_whose_reader_vanishes_mid_way_still_reads_to_the_end(
     assert [e.seq for e in got] == list(range(1, 122))
 
 
+@pytest.mark.integration
+async def test_follow_from_now_whose_reader_vanishes_skips_nothing(
+    store: JetStreamEventStore,
+):
+    """A follower "from now" that lost its reader before its first event."""
+    import contextlib
+
+    await store.append(f.goal("G0"))  # before: not to be seen
+    batches = store.follow_batches(store.subjects.goal_events("G1"))
+    async with contextlib.aclosing(batches):
+        assert await anext(batches) == []  # the reader exists, nothing yet
+        for info in await store.js.consumers_info(store.events_stream):
+            await store.js.delete_consumer(store.events_stream, info.name)
+        await store.append(f.goal("G1"))  # while no reader is there
+        got = []
+        while not got:
+            got = await anext(batches)
+    assert [type(e.event).__name__ for e in got] == ["GoalSubmitted"]
+    assert got[0].event.goal_id == "G1"
+
+
 async def _consumers(store: JetStreamEventStore):
     for info in await store.js.consumers_info(store.events_stream):
         yield info
