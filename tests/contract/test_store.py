@@ -480,7 +480,7 @@ async def test_follow_from_now_whose_reader_vanishes_skips_nothing(
         for info in await store.js.consumers_info(store.events_stream):
             await store.js.delete_consumer(store.events_stream, info.name)
         await store.append(f.goal("G1"))  # while no reader is there
-        got = []
+        got: list[Any] = []
         while not got:
             got = await anext(batches)
     assert [type(e.event).__name__ for e in got] == ["GoalSubmitted"]
