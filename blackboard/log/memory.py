@@ -28,7 +28,6 @@ from blackboard import ids
 from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
-    InvalidEvent,
     StoreError,
 )
 from blackboard.log import codec, subjects, wire
@@ -98,13 +97,7 @@ class MemoryEventStore(MemoryReads):
     def _prepare(
         self, event: Event, traceparent: str | None
     ) -> tuple[str, bytes, dict[str, str]]:
-        k = kind(event)
-        subject = self.subjects.event_in(event.goal_id, event.task_id, k)
-        bad = wire.unwritable(event, subject)
-        if bad:
-            raise InvalidEvent(f"cannot write {k} {event.event_id[:60]!r}: {bad}")
-        body = codec.encode(event)
-        headers = wire.headers_of(event, traceparent)
+        subject, body, headers = wire.prepared(event, self.subjects, traceparent)
         if len(body) > self.settings.blob_threshold:
             digest = codec.sha256(body)
             self._blobs[digest] = body

@@ -148,13 +148,7 @@ class JetStreamEventStore(JetStreamReads):
         self, event: Event, traceparent: str | None = None
     ) -> tuple[str, bytes, dict[str, str]]:
         """Subject, body and headers of one event; large bodies go to blobs."""
-        k = kind(event)
-        subject = self.subjects.event_in(event.goal_id, event.task_id, k)
-        bad = wire.unwritable(event, subject)
-        if bad:
-            raise InvalidEvent(f"cannot write {k} {event.event_id[:60]!r}: {bad}")
-        body = codec.encode(event)
-        headers = wire.headers_of(event, traceparent)
+        subject, body, headers = wire.prepared(event, self.subjects, traceparent)
         if len(body) > self.settings.blob_threshold:
             digest = codec.sha256(body)
             blobs = await self._blob_store()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from blackboard.errors import MalformedEvent
+from blackboard.errors import InvalidEvent, MalformedEvent
 from blackboard.log import codec, subjects
 from blackboard.log.codec import Envelope
 from blackboard.log.events import SCHEMA_VERSION, Event, kind
@@ -54,6 +54,22 @@ def unwritable(event: Event, subject: str) -> str:
     if len(event.event_id) > _MAX_EVENT_ID:
         return f"its id has {len(event.event_id)} characters (at most {_MAX_EVENT_ID})"
     return ""
+
+
+def prepared(
+    event: Event, subjects_: Subjects, traceparent: str | None
+) -> tuple[str, bytes, dict[str, str]]:
+    """The subject, body and headers of one event, ready to publish.
+
+    Raises InvalidEvent when it can never be written. Moving a large body to
+    the blob store is the adapter's part.
+    """
+    k = kind(event)
+    subject = subjects_.event_in(event.goal_id, event.task_id, k)
+    bad = unwritable(event, subject)
+    if bad:
+        raise InvalidEvent(f"cannot write {k} {event.event_id[:60]!r}: {bad}")
+    return subject, codec.encode(event), headers_of(event, traceparent)
 
 
 def headers_of(event: Event, traceparent: str | None) -> dict[str, str]:
