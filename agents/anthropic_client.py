@@ -7,8 +7,6 @@ so every attempt is visible and recorded.
 
 from __future__ import annotations
 
-from typing import Any
-
 import anthropic
 from anthropic.types import (
     AssistantMessageParam,
@@ -23,7 +21,9 @@ from agents.models import (
     ModelRequest,
     ModelResponse,
     TerminalModelError,
+    ToolCall,
     error_from_sdk,
+    tool_arguments,
 )
 
 __all__ = ["AnthropicModel"]
@@ -111,12 +111,18 @@ class AnthropicModel(ModelClient):
             ) from e
 
         texts: list[str] = []
-        tool_calls: list[dict[str, Any]] = []
+        tool_calls: list[ToolCall] = []
         for block in response.content:
             if isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, ToolUseBlock):
-                tool_calls.append(block.model_dump(mode="json"))
+                tool_calls.append(
+                    ToolCall(
+                        id=block.id,
+                        name=block.name,
+                        arguments=tool_arguments(block.input),
+                    )
+                )
         usage = response.usage
         return ModelResponse(
             provider=self.provider,

@@ -43,6 +43,9 @@ __all__ = [
     "RetryableModelError",
     "SupportsAclose",
     "TerminalModelError",
+    "ToolCall",
+    "ToolResult",
+    "ToolSpec",
     "approx_tokens",
     "error_for_status",
     "error_from_sdk",
@@ -50,20 +53,67 @@ __all__ = [
     "is_retryable_status",
     "parse_retry_after",
     "provider_error_message",
+    "request_body",
     "request_hash",
+    "tool_arguments",
 ]
 
 
 # --- data -----------------------------------------------------------------
 
 
-class Message(msgspec.Struct, frozen=True):
-    """One conversational turn."""
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool as a model is offered it: a name, what it does, its arguments."""
+
+    name: str
+    """The tool's name as the model calls it (``workspace.write``...)."""
+    description: str = ""
+    """What the tool does, for the model."""
+    input_schema: dict[str, Any] = msgspec.field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+    """A JSON Schema (an object) of the tool's arguments."""
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One tool call a model asked for, in no provider's shape."""
+
+    id: str
+    """The provider's id of the call (``toolu_...``, ``call_...``)."""
+    name: str
+    """The tool's name as offered (``workspace.write``)."""
+    arguments: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The arguments, decoded. Arguments a model sent that are not a JSON
+    object are kept as ``{"_raw": text}`` so the tool can refuse them."""
+
+
+class ToolResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a tool call returned, sent back to the model."""
+
+    call_id: str
+    """The :attr:`ToolCall.id` it answers."""
+    content: str
+    """The result as text (JSON for structured results)."""
+    is_error: bool = False
+    """True when the tool failed or was refused; ``content`` says why."""
+
+
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One conversational turn.
+
+    An assistant turn may carry the tool calls the model made; the user turn
+    after it carries their results. Both are omitted from the encoding when
+    empty, so a request without tools hashes as it always has.
+    """
 
     role: str
     """``"user"`` or ``"assistant"``; the system prompt is ``ModelRequest.system``."""
     content: str
     """The turn's text."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """On an assistant turn: the tool calls the model made."""
+    tool_results: tuple[ToolResult, ...] = ()
+    """On a user turn: the results of the previous turn's tool calls."""
 
 
 class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +133,10 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     """The version of the prompt template that built this request."""
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     """Routing facts such as ``task_type`` and ``lane``; never sent to providers."""
+    tools: tuple[ToolSpec, ...] = ()
+    """Tools the model may call. Last, and left out of :func:`request_body`
+    and :func:`request_hash` when empty: a request without tools records and
+    hashes as it did before tools existed, so older logs still verify."""
 
 
 class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,8 +156,9 @@ class ModelResponse(msgspec.Struct, frozen=True, kw_only=True):
     """Output tokens."""
     tokens_cached: int = 0
     """Input tokens read from the provider's prompt cache."""
-    tool_calls: tuple[dict[str, Any], ...] = ()
-    """Tool calls the model asked for, in the provider's own shape."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Tool calls the model asked for, in order (the raw body has the
+    provider's own shape)."""
     raw: dict[str, Any]
     """The provider's full response body, JSON-able."""
     scripted: bool = False
@@ -127,6 +182,7 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     text: str = ""
     stop_reason: str | None = None
     tool_calls: tuple[dict[str, Any], ...] = ()
+    """``msgspec.to_builtins`` of the response's :class:`ToolCall` list."""
     tokens_in: int = 0
     tokens_out: int = 0
     tokens_cached: int = 0
@@ -393,17 +449,64 @@ def provider_error_message(body: object, fallback: str) -> str:
 # --- pure helpers ---------------------------------------------------------
 
 _ENCODER = msgspec.json.Encoder(order="deterministic")
+_NO_TOOLS = b',"tools":[]}'
 
 
 def request_hash(request: ModelRequest) -> str:
-    """Return the sha256 hex digest of the request's canonical JSON encoding."""
-    return hashlib.sha256(_ENCODER.encode(request)).hexdigest()
+    """Return the sha256 hex digest of the request's canonical JSON encoding.
+
+    ``tools`` is the request's last field; when empty it is cut from the
+    encoding, so a request without tools hashes exactly as before the field
+    existed (recorded answers of older logs are still found by their hash).
+    """
+    raw = _ENCODER.encode(request)
+    if not request.tools and raw.endswith(_NO_TOOLS):
+        raw = raw[: -len(_NO_TOOLS)] + b"}"
+    return hashlib.sha256(raw).hexdigest()
+
+
+def request_body(request: ModelRequest) -> dict[str, Any]:
+    """The request as it is recorded: builtins, ``tools`` left out when empty."""
+    body: dict[str, Any] = msgspec.to_builtins(request)
+    if not request.tools:
+        body.pop("tools", None)
+    return body
+
+
+def tool_arguments(raw: object) -> dict[str, Any]:
+    """A tool call's arguments as a dict, whatever the provider sent.
+
+    OpenAI sends a JSON string, Anthropic an object. Anything that does not
+    decode to an object (a truncated string, a list) is kept as
+    ``{"_raw": text}``, for the tool's schema check to refuse with a reason
+    the model can read, never dropped.
+    """
+    value: object = raw
+    if isinstance(raw, str | bytes):
+        try:
+            value = msgspec.json.decode(raw) if raw else {}
+        except msgspec.DecodeError:
+            return {
+                "_raw": raw if isinstance(raw, str) else raw.decode(errors="replace")
+            }
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    return {"_raw": _ENCODER.encode(value).decode()}
 
 
 def input_text(request: ModelRequest) -> str:
-    """Return the system prompt and every message content, joined by newlines."""
+    """Return the system prompt and every turn's text, joined by newlines.
+
+    A turn's tool calls and tool results count as text too (their names,
+    arguments and contents), for token estimates and scripted matching.
+    """
     parts = [request.system] if request.system else []
-    parts.extend(m.content for m in request.messages)
+    for m in request.messages:
+        parts.append(m.content)
+        parts.extend(
+            f"{c.name} {_ENCODER.encode(c.arguments).decode()}" for c in m.tool_calls
+        )
+        parts.extend(r.content for r in m.tool_results)
     return "\n".join(parts)
 
 

@@ -13,7 +13,7 @@ OpenAI's ``prompt_tokens`` *includes* cached prompt tokens, while this layer's
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import openai
 from openai.types.chat import (
@@ -28,7 +28,9 @@ from agents.models import (
     ModelRequest,
     ModelResponse,
     TerminalModelError,
+    ToolCall,
     error_from_sdk,
+    tool_arguments,
 )
 
 __all__ = ["OpenAICompatibleModel"]
@@ -123,13 +125,19 @@ class OpenAICompatibleModel(ModelClient):
 
         text = ""
         stop_reason: str | None = None
-        tool_calls: tuple[dict[str, Any], ...] = ()
+        tool_calls: tuple[ToolCall, ...] = ()
         if completion.choices:
             choice = completion.choices[0]
             text = choice.message.content or ""
             stop_reason = choice.finish_reason
             tool_calls = tuple(
-                call.model_dump(mode="json") for call in choice.message.tool_calls or ()
+                ToolCall(
+                    id=call.id,
+                    name=call.function.name,
+                    arguments=tool_arguments(call.function.arguments),
+                )
+                for call in choice.message.tool_calls or ()
+                if call.type == "function"
             )
         tokens_in = tokens_out = cached = 0
         if completion.usage is not None:

@@ -34,6 +34,7 @@ from agents.models import (
     SupportsAclose,
     approx_tokens,
     input_text,
+    request_body,
     request_hash,
 )
 
@@ -139,7 +140,7 @@ class ResilientModel(ModelClient):
             context = _CallContext(
                 provider=client.provider,
                 model=model,
-                request=msgspec.to_builtins(sent),
+                request=request_body(sent),
                 request_hash=request_hash(sent),
                 prompt_version=sent.prompt_version,
             )
@@ -229,7 +230,7 @@ class _CallContext(msgspec.Struct, frozen=True, kw_only=True):
             response=response.raw,
             text=response.text,
             stop_reason=response.stop_reason,
-            tool_calls=response.tool_calls,
+            tool_calls=tuple(msgspec.to_builtins(c) for c in response.tool_calls),
             tokens_in=response.tokens_in,
             tokens_out=response.tokens_out,
             tokens_cached=response.tokens_cached,

@@ -37,7 +37,10 @@ into one line.
     ├── InvalidAnswer(BlackboardError, ValueError)  agents.answers  unusable answer
     ├── UnusableAnswer            agents.handlers       still unusable after repair
     │   └── NeedLoop                                    NEED again and again
-    └── ModelRefused              agents.handlers       the provider said no for good
+    ├── ModelRefused              agents.handlers       the provider said no for good
+    └── ToolError                 agents.tools.registry  a tool call failed (the
+        │                                               model is shown why)
+        └── ToolRefused                                 refused before it ran
 """
 
 from __future__ import annotations

@@ -36,6 +36,8 @@ from blackboard.log.events import (
     TaskHeld,
     TaskNeedsFollowup,
     TaskReady,
+    ToolCallFinished,
+    ToolCallStarted,
     kind,
 )
 
@@ -163,6 +165,8 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
             | TaskNeedsFollowup()
             | TaskCancelled()
             | TaskHeld()
+            | ToolCallStarted()
+            | ToolCallFinished()
         ):
             pass  # only in `events`, and in the goal and task rows of the fold
         case _:

@@ -39,6 +39,8 @@ from blackboard.log.events import (
     TaskHeld,
     TaskNeedsFollowup,
     TaskReady,
+    ToolCallFinished,
+    ToolCallStarted,
     kind,
 )
 
@@ -305,6 +307,8 @@ def _apply(trace: Trace, env: Envelope) -> None:
             | GoalCancelled()
             | GoalHalted()
             | GoalResumed()
+            | ToolCallStarted()
+            | ToolCallFinished()
         ):
             pass  # a creation is applied above; a goal event names no task
         case _:

@@ -21,7 +21,7 @@ import msgspec
 
 from agents.handlers import Agents
 from agents.lanes import Lanes
-from agents.models import ModelClient, ModelRequest, ModelResponse
+from agents.models import ModelClient, ModelRequest, ModelResponse, ToolCall
 from blackboard.engine.context import BaseTaskContext
 from blackboard.engine.handlers import BUILTIN, Followup, NeedsApproval, RetryableError
 from blackboard.engine.state import GoalState, TaskState, fold, fold_task
@@ -132,7 +132,6 @@ class Report:
         return "\n".join(out) + "\n"
 
 
-
 class _Stop(Exception):
     """Today's handler did something the log has no answer for."""
 
@@ -162,7 +161,7 @@ class _RecordedModel(ModelClient):
             tokens_in=c.tokens_in,
             tokens_out=c.tokens_out,
             tokens_cached=c.tokens_cached,
-            tool_calls=c.tool_calls,
+            tool_calls=tuple(msgspec.convert(t, ToolCall) for t in c.tool_calls),
             raw=c.response,
             scripted=c.scripted,
         )

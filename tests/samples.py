@@ -59,6 +59,22 @@ _REQUIRED: dict[type[ev.Event], dict[str, Any]] = {
         "idempotency_key": "T1:open_pr",
         "error": "403",
     },
+    ev.ToolCallStarted: {
+        "tool": "workspace.write",
+        "call_id": "toolu_1",
+        "idempotency_key": "G1:T1:1.1:toolu_1",
+        "arguments": {"path": "a.py", "content": "x = 1"},
+        "effect": "reversible",
+        "source": "workspace",
+    },
+    ev.ToolCallFinished: {
+        "tool": "workspace.write",
+        "call_id": "toolu_1",
+        "idempotency_key": "G1:T1:1.1:toolu_1",
+        "result": {"path": "a.py", "bytes": 5},
+        "effect": "reversible",
+        "duration_ms": 1.5,
+    },
 }
 
 

@@ -29,6 +29,8 @@ from blackboard.log.events import (
     TaskHeld,
     TaskNeedsFollowup,
     TaskReady,
+    ToolCallFinished,
+    ToolCallStarted,
     kind,
 )
 
@@ -94,6 +96,15 @@ def detail(event: AnyEvent) -> str:
             return f"{event.name}: {clip(str(event.result), 40)}"
         case SideEffectFailed():
             return f"{event.name}: {clip(event.error, 40)}"
+        case ToolCallStarted():
+            return f"{event.tool} ({event.effect}) {clip(str(event.arguments), 40)}"
+        case ToolCallFinished():
+            if event.error is not None:
+                verb = "refused" if event.refused else "error"
+                return f"{event.tool} {verb}: {clip(event.error, 40)}"
+            return (
+                f"{event.tool}: {clip(str(event.result), 40)} {event.duration_ms:.0f}ms"
+            )
         case _:
             assert_never(event)
 

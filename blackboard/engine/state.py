@@ -42,6 +42,8 @@ from blackboard.log.events import (
     TaskHeld,
     TaskNeedsFollowup,
     TaskReady,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 
 if TYPE_CHECKING:
@@ -287,6 +289,8 @@ def _evolve_goal(goal: GoalState, event: AnyEvent, env: Envelope) -> None:
             | SideEffectStarted()
             | SideEffectCompleted()
             | SideEffectFailed()
+            | ToolCallStarted()
+            | ToolCallFinished()
         ):
             # A submission is applied before this point; a task event with no
             # task id (another client's garbage) names no task to apply it to.
@@ -419,6 +423,10 @@ def _evolve_task(
             task.effect_results[event.idempotency_key] = event.result
         case SideEffectFailed():
             task.effects[event.idempotency_key] = "failed"
+        case ToolCallStarted() | ToolCallFinished():
+            # The conversation reads them (blackboard.engine.transcript); the
+            # scheduler needs only their sequence, taken above.
+            pass
         case (
             GoalSubmitted()
             | GoalCompleted()

@@ -58,6 +58,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_tasks: int | None = None
     max_tokens: int | None = None
     max_cost_usd: float | None = None
+    max_turns: int | None = None
+    """Model turns one task's conversation may take (its agent loop)."""
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -328,6 +330,56 @@ class SideEffectFailed(Event, frozen=True, kw_only=True):
     error: str
 
 
+# --- tool calls -----------------------------------------------------------
+
+
+class ToolCallStarted(Event, frozen=True, kw_only=True):
+    """A tool a model asked for is about to run.
+
+    ``idempotency_key`` is ``goal:task:dispatch.attempt:call_id`` of the run
+    whose model answer asked for the call: an attempt that reuses that answer
+    (a resumed conversation) finds the call by the same key.
+    """
+
+    tool: str
+    """The tool's name as offered to the model (``workspace.write``)."""
+    call_id: str
+    """The provider's id of the call."""
+    idempotency_key: str
+    arguments: Any = None
+    """The arguments, redacted."""
+    effect: str = "irreversible"
+    """``read``, ``reversible`` or ``irreversible``."""
+    source: str = ""
+    """Where the tool comes from: ``workspace``, ``mcp:<server>``, ``python``."""
+    model_call: str = ""
+    """The event id of the ``ModelCalled`` whose answer asked for the call."""
+    attempt: int = 1
+    dispatch: int = 1
+
+
+class ToolCallFinished(Event, frozen=True, kw_only=True):
+    """A tool call ended: its result, or the error the model was shown.
+
+    A call refused before it ran (a path out of the workspace, arguments that
+    do not fit the schema, an unknown tool) ends here too, with ``refused``.
+    """
+
+    tool: str
+    call_id: str
+    idempotency_key: str
+    result: Any = None
+    """What the tool returned, redacted (``None`` on error)."""
+    error: str | None = None
+    """Why the call failed or was refused; ``None`` when it succeeded."""
+    refused: bool = False
+    """True when the call never ran (its arguments or target were refused)."""
+    effect: str = "irreversible"
+    duration_ms: float = 0.0
+    attempt: int = 1
+    dispatch: int = 1
+
+
 AnyEvent = (
     GoalSubmitted
     | GoalCompleted
@@ -350,6 +402,8 @@ AnyEvent = (
     | SideEffectStarted
     | SideEffectCompleted
     | SideEffectFailed
+    | ToolCallStarted
+    | ToolCallFinished
 )
 """The union of every event; the decoder of the ``BB_EVENTS`` stream."""
 

@@ -72,6 +72,38 @@ class LaneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_retries: int = 2
     """Retries of one model before the next of the chain takes over."""
     timeout_s: float = 120.0
+    tools: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    """Glob patterns of the tools this lane's agents are offered
+    (``["workspace.*", "orders.*"]``); ``[]`` offers none."""
+
+
+class McpServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One MCP server: a command over stdio, or a URL over streamable HTTP."""
+
+    command: str | None = None
+    """The program to start (stdio); ``python`` means this interpreter."""
+    args: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    """Extra environment of the stdio process (the worker's own is inherited)."""
+    cwd: str | None = None
+    url: str | None = None
+    """A streamable-HTTP endpoint (``http://host:port/mcp``)."""
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    timeout_s: float = 30.0
+    """Seconds one tool call may take before it fails (and is recorded so)."""
+
+
+class ToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where agents' tools come from: the workspace, Python, MCP servers."""
+
+    workspace: bool = True
+    """Offer the built-in workspace tools (read, write, list, search files)."""
+    workspace_dir: str | None = None
+    """Root of the per-goal workspaces (default ``<data_dir>/workspaces``)."""
+    python: list[str] = msgspec.field(default_factory=list)
+    """``module:attribute`` naming a function or a list of functions."""
+    mcp: dict[str, McpServerSettings] = msgspec.field(default_factory=dict)
+    """MCP servers by name; their tools are offered as ``name.tool``."""
 
 
 class ApprovalSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -111,7 +143,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
     data_dir: str = ".bb"
     limits: Limits = Limits(
-        max_depth=6, max_tasks=1000, max_tokens=5_000_000, max_cost_usd=50.0
+        max_depth=6,
+        max_tasks=1000,
+        max_tokens=5_000_000,
+        max_cost_usd=50.0,
+        max_turns=20,
     )
     lanes: dict[str, LaneSettings] = msgspec.field(default_factory=_default_lanes)
     approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
@@ -120,6 +156,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     scripted: bool = False
     script: str | None = None
     redact: list[str] = msgspec.field(default_factory=list)
+    tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -211,6 +248,17 @@ def load(
             check_token(lane, "lane name", id_like=False)
         except ValueError as e:
             raise ConfigError(f"[lanes]: {e}") from e
+    for name, server in settings.tools.mcp.items():
+        # A server's name is the first part of its tools' names.
+        try:
+            check_token(name, "MCP server name", id_like=False)
+        except ValueError as e:
+            raise ConfigError(f"[tools.mcp]: {e}") from e
+        if (server.command is None) == (server.url is None):
+            raise ConfigError(
+                f"[tools.mcp.{name}]: give either command (stdio) or url"
+                " (streamable HTTP), not both or neither"
+            )
     return settings
 
 

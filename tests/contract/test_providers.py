@@ -22,6 +22,7 @@ from agents.models import (
     ModelRequest,
     RetryableModelError,
     TerminalModelError,
+    request_body,
     request_hash,
 )
 from agents.openai_client import OpenAICompatibleModel
@@ -195,7 +196,7 @@ async def test_tokens_and_cost_recorded_exactly(
     assert record.text == "hi there"
     assert record.prompt_version == "greet@1"
     sent = msgspec.structs.replace(REQUEST, model=main)
-    assert record.request == msgspec.to_builtins(sent)
+    assert record.request == request_body(sent)
     assert record.request_hash == request_hash(sent)
     assert record.response["id"] in ("msg_fake_0001", "chatcmpl-fake0001")
     assert record.response["model"] == main
@@ -452,7 +453,7 @@ async def test_anthropic_tool_use_and_temperature_opt_in(
     assert response.text == "let me look"
     assert response.stop_reason == "tool_use"
     [call] = response.tool_calls
-    assert (call["name"], call["input"]) == ("search", {"q": "x"})
+    assert (call.name, call.arguments) == ("search", {"q": "x"})
     # SDK 2.x has no sampling parameters: temperature is sent only on request.
     assert "temperature" not in fake.requests[0].body
     assert fake.requests[1].body["temperature"] == 0.7
