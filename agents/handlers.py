@@ -6,9 +6,17 @@ The orchestrator is not a process: it is ``plan`` (decompose the goal) and
 answers ``NEED: ...`` and the task spawns a frontier task for it and runs
 again after it. ``review`` checks work and may ask for fix-ups.
 
-Every model call is recorded as a ``ModelCalled`` event the moment it returns,
-before the handler goes on (the worker's context appends it, guarded), so a
-crash never loses a paid-for answer and ``bb replay`` sees every call.
+Every model call is a conversation (:meth:`Agents.converse`): the lane's
+model is offered the lane's tools, and each tool call it makes is run and its
+result sent back, turn after turn, until it answers without tools or reaches
+the goal's ``max_turns`` (the goal halts, resumably). Every model call is
+recorded as a ``ModelCalled`` event the moment it returns, and every tool call
+as a ``ToolCallStarted``/``ToolCallFinished`` pair, before the handler goes on
+(the worker's context appends them, guarded), so a crash never loses a
+paid-for answer and ``bb replay`` sees every step. A later attempt of the same
+task reuses every recorded answer whose request it sends again (by request
+hash) and every finished tool call's result: it resumes the conversation
+where it stopped, and spends nothing twice.
 
 ::
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,10 +46,20 @@ from agents.answers import (
     plan_specs,
 )
 from agents.lanes import Lanes
-from agents.models import CallRecord, RetryableModelError, TerminalModelError
+from agents.models import (
+    CallRecord,
+    Message,
+    ModelRequest,
+    RetryableModelError,
+    TerminalModelError,
+    ToolCall,
+    ToolResult,
+    request_hash,
+)
 from agents.prompts import (
     AGGREGATE,
     ANSWERS_HEADER,
+    DELIVER,
     EXECUTE,
     FIXUPS_HEADER,
     FOLLOWUPS_HEADER,
@@ -48,13 +67,16 @@ from agents.prompts import (
     REVIEW,
     Prompt,
 )
+from agents.toolbox import Toolbox, with_demo_tools
+from agents.tools.registry import Invocation, Tool, ToolError, ToolRefused
 from blackboard import ids
-from blackboard.engine.handlers import RetryableError
+from blackboard.engine.handlers import GuardrailBreached, RetryableError
+from blackboard.engine.transcript import ToolCallRecord, ToolOutcome
 from blackboard.errors import BlackboardError, ConfigError
 from blackboard.log.redact import Redactor
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from blackboard.engine.context import TaskContext
     from blackboard.engine.handlers import Handler
@@ -84,6 +106,24 @@ class ModelRefused(BlackboardError):
     """The provider refused the request for good (a 400, a 401...)."""
 
 
+log = logging.getLogger("blackboard.agents")
+
+CONVERSE_VERSION = "converse/v1"
+"""The prompt version recorded for a handler's own ``ctx.converse`` prompt."""
+
+
+class _Answer(msgspec.Struct, frozen=True, kw_only=True):
+    """One model answer as the conversation goes on with it (as recorded)."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...]
+    event_id: str
+    """The ``ModelCalled`` event that recorded it."""
+    dispatch: int
+    attempt: int
+    """The run that made the call (a reused answer keeps its own)."""
+
+
 class Agents:
     """The agent handlers of one process, over its model lanes.
 
@@ -93,9 +133,15 @@ class Agents:
             ``--verify`` passes lanes that answer from the log.
     """
 
-    def __init__(self, settings: Settings, lanes: Lanes | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        lanes: Lanes | None = None,
+        toolbox: Toolbox | None = None,
+    ) -> None:
         self.settings = settings
         self.lanes = lanes if lanes is not None else Lanes(settings)
+        self.toolbox = toolbox if toolbox is not None else Toolbox(settings)
         try:
             self.redactor = Redactor.from_env(settings.redact, self.lanes.env)
         except ValueError as e:
@@ -111,17 +157,45 @@ class Agents:
         }
 
     async def aclose(self) -> None:
-        """Close the model clients."""
-        await self.lanes.aclose()
+        """Close the model clients and stop the MCP servers."""
+        try:
+            await self.toolbox.aclose()
+        finally:
+            await self.lanes.aclose()
 
     # --- asking models ------------------------------------------------------
 
     async def ask(self, ctx: TaskContext, prompt: Prompt, **values: Any) -> str:
-        """One completion on the task's lane, recorded; the answer's text."""
+        """A conversation on the task's lane, recorded; the final answer's text."""
         lane = self.lanes.lane(ctx.lane)
         meta = {"task_type": ctx.task_type, "lane": ctx.lane}
         request = prompt.request(lane.model, meta, **values)
         return await self._complete(ctx, request)
+
+    async def converse(
+        self,
+        ctx: TaskContext,
+        prompt: str,
+        *,
+        system: str = "",
+        tools: Sequence[str] | None = None,
+        max_tokens: int = 2048,
+    ) -> str:
+        """A handler's own conversation (``ctx.converse``): the final answer.
+
+        ``tools`` are glob patterns of the tools to offer (default: the
+        lane's ``tools`` setting).
+        """
+        lane = self.lanes.lane(ctx.lane)
+        request = ModelRequest(
+            model=lane.model,
+            system=system,
+            messages=(Message("user", prompt),),
+            max_tokens=max_tokens,
+            prompt_version=CONVERSE_VERSION,
+            metadata={"task_type": ctx.task_type, "lane": ctx.lane},
+        )
+        return await self._complete(ctx, request, tools)
 
     async def ask_json(
         self,
@@ -154,16 +228,80 @@ class Agents:
                     f"after one repair: {second} (answer: {_clip(again, 300)!r})"
                 ) from second
 
-    async def _complete(self, ctx: TaskContext, request: Any) -> str:
+    async def _complete(
+        self,
+        ctx: TaskContext,
+        request: ModelRequest,
+        patterns: Sequence[str] | None = None,
+    ) -> str:
+        """Run the conversation that starts with ``request``; the final text."""
+        if patterns is None:
+            patterns = self.lanes.lane(ctx.lane).tools
+        offered = await self.toolbox.offered(patterns)
+        by_name = {t.name: t for t in offered}
+        specs = tuple(t.spec() for t in offered)
+        goal = await ctx.goal()
+        limit = goal.limits.max_turns or self.settings.limits.max_turns
+        messages = list(request.messages)
+        turns = 0
+        while True:
+            sent = msgspec.structs.replace(
+                request, messages=tuple(messages), tools=specs
+            )
+            answer = await self._answer(ctx, sent)
+            turns += 1
+            if not answer.tool_calls:
+                return answer.text
+            if limit is not None and turns >= limit:
+                # The answer is recorded: a resumed run reuses it and goes on.
+                raise GuardrailBreached("max_turns", limit, turns)
+            results = [
+                await self._tool(ctx, call, answer, by_name)
+                for call in answer.tool_calls
+            ]
+            messages += [
+                Message("assistant", answer.text, tool_calls=answer.tool_calls),
+                Message("user", "", tool_results=tuple(results)),
+            ]
+
+    async def _answer(self, ctx: TaskContext, request: ModelRequest) -> _Answer:
+        """An earlier run's recorded answer to this request, else a new call's."""
+        known = await ctx.transcript()
+        for c in known.answers:
+            if c.event_id in known.used:
+                continue
+            if c.request_hash == request_hash(
+                msgspec.structs.replace(request, model=c.model)
+            ):
+                known.used.add(c.event_id)
+                return _Answer(
+                    text=c.text,
+                    tool_calls=tuple(
+                        msgspec.convert(t, ToolCall) for t in c.tool_calls
+                    ),
+                    event_id=c.event_id,
+                    dispatch=c.dispatch,
+                    attempt=c.attempt,
+                )
+        return await self._call(ctx, request)
+
+    async def _call(self, ctx: TaskContext, request: ModelRequest) -> _Answer:
+        recorded: list[tuple[str, CallRecord]] = []
+
         async def record(call: CallRecord) -> None:
             index = ctx.calls
             ctx.calls += 1
             clean = self._redacted(call)
-            await ctx.append(lambda i: _model_called(ctx, clean, index, i))
+
+            def make(event_id: str) -> ModelCalled:
+                recorded.append((event_id, clean))
+                return _model_called(ctx, clean, index, event_id)
+
+            await ctx.append(make)
 
         model = self.lanes.model(ctx.lane, record)
         try:
-            response = await model.complete(request)
+            await model.complete(request)
         except RetryableModelError as e:
             raise RetryableError(
                 f"{e.message} (status {e.status})", retry_after=e.retry_after
@@ -172,9 +310,71 @@ class Agents:
             raise ModelRefused(
                 f"the model refused the request: {self.redactor.text(e.message)}"
             ) from e
-        # The handler goes on with the answer as it is recorded, so nothing it
-        # passes on (a result, the next prompt) holds what was redacted.
-        return self.redactor.text(response.text)
+        # The conversation goes on with the answer as it is recorded (the
+        # last, successful call), so nothing it passes on (a result, the next
+        # prompt, a tool's arguments) holds what was redacted, and a resumed
+        # run sends exactly the requests this one did.
+        event_id, clean = recorded[-1]
+        (await ctx.transcript()).used.add(event_id)
+        return _Answer(
+            text=clean.text,
+            tool_calls=tuple(msgspec.convert(t, ToolCall) for t in clean.tool_calls),
+            event_id=event_id,
+            dispatch=ctx.dispatch,
+            attempt=ctx.attempt,
+        )
+
+    async def _tool(
+        self,
+        ctx: TaskContext,
+        call: ToolCall,
+        answer: _Answer,
+        by_name: Mapping[str, Tool],
+    ) -> ToolResult:
+        """Run one tool call once, recorded; its result as the model sees it."""
+        tool = by_name.get(call.name)
+        record = ToolCallRecord(
+            tool=call.name,
+            call_id=call.id,
+            # The run of the answer that asked: the same in every run reusing it.
+            key=f"{ctx.goal_id}:{ctx.task_id}:{answer.dispatch}.{answer.attempt}"
+            f":{call.id}",
+            arguments=call.arguments,
+            # A call to a tool that is not offered runs nothing: nothing to undo.
+            effect=tool.effect if tool is not None else "read",
+            source=tool.source if tool is not None else "",
+            model_call=answer.event_id,
+        )
+
+        async def run() -> ToolOutcome:
+            if tool is None:
+                offered = ", ".join(sorted(by_name)) or "none"
+                return ToolOutcome(
+                    error=f"unknown tool {call.name!r}; offered: {offered}",
+                    refused=True,
+                )
+            where = Invocation(
+                ctx.goal_id, ctx.task_id, self.toolbox.workspace(ctx.goal_id)
+            )
+            try:
+                result = _plain(await tool.run(where, dict(call.arguments)))
+            except ToolRefused as e:
+                return ToolOutcome(error=self.redactor.text(str(e)), refused=True)
+            except ToolError as e:
+                return ToolOutcome(error=self.redactor.text(str(e)))
+            except Exception as e:  # a bug in a tool: the model is told, we log
+                log.exception("tool %s raised", call.name)
+                return ToolOutcome(error=self.redactor.text(f"{type(e).__name__}: {e}"))
+            return ToolOutcome(result=self.redactor.apply(result))
+
+        outcome = await ctx.tool_call(record, run)
+        if outcome.error is not None:
+            return ToolResult(call_id=call.id, content=outcome.error, is_error=True)
+        result = outcome.result
+        content = (
+            result if isinstance(result, str) else json.dumps(result, sort_keys=True)
+        )
+        return ToolResult(call_id=call.id, content=content)
 
     def _redacted(self, call: CallRecord) -> CallRecord:
         """The call as it may be recorded: no keys, no configured patterns."""
@@ -228,6 +428,11 @@ class Agents:
         payload = await ctx.payload()
         title = str(payload.get("title", ctx.task_id))
         answers = await ctx.children_results()
+        artifact = payload.get("artifact")
+        if not isinstance(artifact, str) or not artifact:
+            artifact = None
+        # An agent that can write files delivers the artifact itself.
+        writes = artifact is not None and self._offers(ctx, "workspace.write")
         text = await self.ask(
             ctx,
             EXECUTE,
@@ -236,6 +441,7 @@ class Agents:
             instruction=payload.get("instruction", ""),
             dependencies=_brief(await ctx.dependency_results()),
             answers=(ANSWERS_HEADER + _brief(answers)) if answers else "",
+            deliver=DELIVER.format(artifact=artifact) if writes else "",
         )
         need = need_of(text)
         if need is not None:
@@ -261,8 +467,9 @@ class Agents:
             )
             return ctx.wait_for(child, reason=f"NEED: {need}")
         result: dict[str, Any] = {"title": title, "output": text}
-        artifact = payload.get("artifact")
-        if isinstance(artifact, str) and artifact:
+        if writes:
+            result["artifact"] = {"path": artifact, "in": "workspace"}
+        elif artifact is not None:
             result["artifact"] = await ctx.effect(
                 f"write:{artifact}",
                 lambda: self._write(ctx.goal_id, artifact, text),
@@ -323,6 +530,11 @@ class Agents:
 
     # --- helpers ------------------------------------------------------------
 
+    def _offers(self, ctx: TaskContext, tool: str) -> bool:
+        """Whether the task's lane offers this (built-in or Python) tool."""
+        patterns = self.lanes.lane(ctx.lane).tools
+        return any(t.name == tool for t in self.toolbox.registry.offered(patterns))
+
     def _lane(self, wanted: str) -> str:
         names = self.lanes.names
         return wanted if wanted in names else names[0]
@@ -374,11 +586,24 @@ def registry(settings: Settings) -> dict[str, Handler]:
     return Agents(settings).handlers()
 
 
+def for_worker(settings: Settings) -> Agents:
+    """The agent of a worker process: scripted ones also get the demo's tools."""
+    return Agents(with_demo_tools(settings))
+
+
 def _checked(text: str, kind: type[T], check: Callable[[T], object] | None) -> T:
     value = decode(text, kind)
     if check is not None:
         check(value)
     return value
+
+
+def _plain(value: Any) -> Any:
+    """A tool's result as JSON-able builtins (what the log can hold)."""
+    try:
+        return msgspec.to_builtins(value)
+    except TypeError as e:
+        raise ToolError(f"the tool returned something not JSON-able: {e}") from e
 
 
 def _clip(text: str, n: int) -> str:

@@ -18,6 +18,7 @@ from agents.models import Message, ModelRequest
 
 __all__ = [
     "AGGREGATE",
+    "DELIVER",
     "EXECUTE",
     "PLAN",
     "REPAIR",
@@ -116,7 +117,7 @@ PLAN = Prompt(
 
 EXECUTE = Prompt(
     name="execute",
-    version=1,
+    version=2,
     system=(
         "You are a worker in a fleet. Do exactly the task you are given. If a "
         "fact you need is missing, do not invent it: answer with one line "
@@ -128,8 +129,15 @@ EXECUTE = Prompt(
         "Instruction: {instruction}\n\n"
         "Results of the tasks this one depends on:\n{dependencies}\n\n"
         "{answers}"
+        "{deliver}"
     ),
 )
+
+DELIVER = (
+    "Write your change to the workspace file `{artifact}` with the "
+    "workspace.write tool, then answer with a short summary of it.\n"
+)
+"""How an execute task with an artifact is asked to deliver it (v2)."""
 
 ANSWERS_HEADER = "Answers to what you asked:\n"
 """Introduces NEED answers in a re-run execute prompt (scripts match on it)."""

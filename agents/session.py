@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents.handlers import Agents
 from agents.report import Usage, usage_by_lane_model, usage_json
+from agents.toolbox import with_demo_tools
 from blackboard import telemetry
 from blackboard.engine import control as client
 from blackboard.engine import submission as service
@@ -64,13 +65,14 @@ class Outcome:
 async def _engine(
     store: Any, settings: Settings, projector_db: str | None
 ) -> AsyncIterator[stack.Stack]:
-    agents = Agents(settings)
+    agents = Agents(with_demo_tools(settings))
     try:
         async with stack.running(
             store,
             settings,
             {**BUILTIN, **agents.handlers()},
             projector=None if projector_db is None else _projector(store, projector_db),
+            agent=agents,
         ) as running:
             yield running
     finally:

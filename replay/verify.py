@@ -4,10 +4,12 @@ Each recorded attempt of a task is run again through today's handler, in a
 context that answers from the log: the model calls return the recorded
 answers (no model is called), a side effect returns its recorded result (none
 is performed), dependency and child results are those recorded before the
-attempt's claim. What the handler does is compared with what was recorded,
-in order: each model request (system prompt, messages, prompt version, max
-tokens), then the outcome (the result, the tasks it spawned, or the error).
-The first difference of each task is reported, recorded beside today's.
+attempt's claim. A tool call returns its recorded result and runs nothing.
+What the handler does is compared with what was recorded, in order: each
+model request (system prompt, messages, prompt version, max tokens), each tool
+call (tool and arguments), then the outcome (the result, the tasks it spawned,
+or the error). The first difference of each task is reported, recorded beside
+today's.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import msgspec
 from agents.handlers import Agents
 from agents.lanes import Lanes
 from agents.models import ModelClient, ModelRequest, ModelResponse, ToolCall
-from blackboard.engine.context import BaseTaskContext
+from blackboard.engine.context import BaseTaskContext, check_unfinished
 from blackboard.engine.handlers import BUILTIN, Followup, NeedsApproval, RetryableError
 from blackboard.engine.state import GoalState, TaskState, fold, fold_task
+from blackboard.engine.transcript import ToolOutcome
 from blackboard.log.codec import WorkItem
 from blackboard.log.events import (
     ApprovalRequested,
@@ -37,6 +40,8 @@ from blackboard.log.events import (
     TaskFailed,
     TaskNeedsFollowup,
     TaskSpec,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 from replay.render import trim_diff
 from replay.trace import Attempt, TaskTrace, build_trace
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from blackboard.engine.handlers import Handler
+    from blackboard.engine.transcript import ToolCallRecord
     from blackboard.log.codec import Envelope
     from blackboard.runtime.config import Settings
 
@@ -141,6 +147,16 @@ class _Stop(Exception):
         self.today = today
 
 
+class _ToolDiverged(Exception):
+    """Today's handler calls another tool, or with other arguments."""
+
+    def __init__(self, index: int, recorded: Any, today: Any) -> None:
+        super().__init__(f"tool call {index}")
+        self.index = index
+        self.recorded = recorded
+        self.today = today
+
+
 class _RecordedModel(ModelClient):
     """Answers with the recorded successful calls of one attempt, in order."""
 
@@ -217,6 +233,17 @@ class _ReplayContext(BaseTaskContext):
         self._submitted = goal
         self.emitted: list[Event] = []
         self._folded: GoalState | None = None
+        self.tools_today: list[dict[str, Any]] = []
+        # This run's own tool calls (an abandoned run has no outcome to bound
+        # it: its events are told apart by their run).
+        self.tools = [
+            e.event
+            for e in envs
+            if e.seq > attempt.claimed_seq
+            and isinstance(e.event, ToolCallStarted | ToolCallFinished)
+            and e.event.task_id == task.task_id
+            and (e.event.dispatch, e.event.attempt) == (attempt.dispatch, attempt.n)
+        ]
 
     async def task(self) -> TaskCreated:
         return self._created
@@ -240,13 +267,46 @@ class _ReplayContext(BaseTaskContext):
             if t in state.tasks and state.tasks[t].status == "done"
         }
 
+    async def _task_events(self) -> list[Envelope]:
+        return [e for e in self._before if e.event.task_id == self.task_id]
+
     async def history(self) -> TaskState:
         if self._history is None:
-            mine = [e for e in self._before if e.event.task_id == self.task_id]
-            state = fold_task(self.goal_id, mine)
+            state = fold_task(self.goal_id, await self._task_events())
             assert state is not None
             self._history = state
         return self._history
+
+    async def tool_call(
+        self, call: ToolCallRecord, run: Callable[[], Awaitable[ToolOutcome]]
+    ) -> ToolOutcome:
+        known = await self.transcript()
+        done = known.finished.get(call.key)
+        if done is not None:
+            return ToolOutcome.recorded(done)  # an earlier run's, as live
+        check_unfinished(known, call, approved=self.approved)
+        index = len(self.tools_today)
+        today = {"tool": call.tool, "arguments": _plain(call.arguments)}
+        self.tools_today.append(today)
+        started = [e for e in self.tools if isinstance(e, ToolCallStarted)]
+        if index >= len(started):
+            raise _Stop(f"a tool call the log does not have: {call.tool}", today)
+        r = started[index]
+        recorded = {"tool": r.tool, "arguments": _plain(r.arguments)}
+        if recorded != today:
+            raise _ToolDiverged(index, recorded, today)
+        finished = next(
+            (
+                e
+                for e in self.tools
+                if isinstance(e, ToolCallFinished)
+                and e.idempotency_key == r.idempotency_key
+            ),
+            None,
+        )
+        if finished is None:
+            raise _Stop(f"a tool call that never finished: {call.tool}", today)
+        return ToolOutcome.recorded(finished)
 
     async def goal_results(self) -> dict[str, Any]:
         state = self._goal_state()
@@ -337,8 +397,17 @@ async def _check(
         outcome = await handler(ctx)
         kind_ = "followup" if isinstance(outcome, Followup) else "done"
     except _Stop as stop:
+        first = _first_call_difference(attempt, ctx)
+        if first is not None or attempt.outcome_seq is None:
+            # A run that never ended (its worker died) stops where its log
+            # does: what it did up to there is all there is to compare.
+            return first
+        return diverge(f"today's handler makes {stop.where}", None, stop.today)
+    except _ToolDiverged as tool:
         return _first_call_difference(attempt, ctx) or diverge(
-            f"today's handler makes {stop.where}", None, stop.today
+            f"tool call {tool.index}: {tool.recorded['tool']}",
+            tool.recorded,
+            tool.today,
         )
     except NeedsApproval as e:
         outcome, kind_ = e.reason, "approval"
@@ -354,6 +423,13 @@ async def _check(
             f"today's handler stops after {len(_today_calls(ctx))} model call(s)",
             [_request_of(c.request) for c in model.calls],
             None,
+        )
+    made = len([e for e in ctx.tools if isinstance(e, ToolCallStarted)])
+    if len(ctx.tools_today) < made:
+        return diverge(
+            f"today's handler stops after {len(ctx.tools_today)} tool call(s)",
+            made,
+            len(ctx.tools_today),
         )
     recorded = _recorded_outcome(envs, task, attempt)
     if recorded is None:

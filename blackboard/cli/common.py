@@ -70,6 +70,8 @@ def _root(
     ] = False,
 ) -> None:
     """Blackboard: an event-sourced control plane for fleets of AI agents."""
+
+
 bench_app = typer.Typer(help="Benchmarks (print figures; never part of the tests).")
 app.add_typer(bench_app, name="bench", rich_help_panel=DEPLOY)
 
@@ -88,6 +90,10 @@ MaxDepth = Annotated[int | None, typer.Option(help="Guardrail: deepest spawn lev
 MaxTasks = Annotated[int | None, typer.Option(help="Guardrail: tasks in the goal.")]
 MaxTokens = Annotated[int | None, typer.Option(help="Guardrail: tokens of the goal.")]
 MaxCost = Annotated[float | None, typer.Option(help="Guardrail: USD for the goal.")]
+MaxTurns = Annotated[
+    int | None,
+    typer.Option(min=1, help="Guardrail: model turns of one task's conversation."),
+]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -173,6 +179,7 @@ def limit_overrides(
     max_tasks: int | None,
     max_tokens: int | None,
     max_cost: float | None,
+    max_turns: int | None = None,
 ) -> dict[str, Any]:
     """Guardrail options as the overrides the service takes."""
     return {
@@ -180,28 +187,32 @@ def limit_overrides(
         "max_tasks": max_tasks,
         "max_tokens": max_tokens,
         "max_cost_usd": max_cost,
+        "max_turns": max_turns,
     }
 
 
-def load_handlers(s: config_mod.Settings, spec: str | None) -> dict[str, Any]:
-    """The task handlers a worker runs: built-ins, agents', and --handlers."""
+def load_handlers(
+    s: config_mod.Settings, spec: str | None
+) -> tuple[dict[str, Any], Any]:
+    """A worker's handlers (built-ins, agents', --handlers), and its agent.
+
+    The agent is what the handlers' ``ctx.converse`` talks to.
+    """
+    from agents import handlers as agent_handlers
     from blackboard.engine import handlers as h
 
+    try:
+        agent = agent_handlers.for_worker(s)
+    except BlackboardError as e:
+        fail(str(e), 2)
     registry: dict[str, Any] = dict(h.BUILTIN)
-    registry.update(_agent_handlers(s))
+    registry.update(agent.handlers())
     if spec:
         try:
             registry.update(h.load(spec))
         except BlackboardError as e:
             fail(str(e), 2)
-    return registry
-
-
-def _agent_handlers(s: config_mod.Settings) -> dict[str, Any]:
-    """The model-backed handlers: plan, execute, review, aggregate."""
-    from agents import handlers as agent_handlers
-
-    return dict(agent_handlers.registry(s))
+    return registry, agent
 
 
 DbOpt = Annotated[

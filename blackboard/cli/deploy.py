@@ -56,19 +56,23 @@ def up(
 
     s = settings(config)
     lane_list = _lanes(s, lanes)
-    registry = load_handlers(s, handlers)
+    registry, agent = load_handlers(s, handlers)
     _say_missing_models(s, lane_list)
     here = runtime.running_here(s) if join and not s.nats.url else None
     if here is not None:
         typer.echo(
             f"joining the bb up of {s.data_dir} (pid {here.pid}, {here.url}): workers"
         )
-        serve(lambda stop: _up(s, here.url, lane_list, registry, False, stop))
+        serve(lambda stop: _up(s, here.url, lane_list, (registry, agent), False, stop))
         return
     try:
         with runtime.server_for(s, port=port or _default_port()) as url:
             typer.echo(f"NATS at {url}  (export BB_NATS_URL={url})")
-            serve(lambda stop: _up(s, url, lane_list, registry, not no_scheduler, stop))
+            serve(
+                lambda stop: _up(
+                    s, url, lane_list, (registry, agent), not no_scheduler, stop
+                )
+            )
     except BlackboardError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -114,7 +118,7 @@ async def _up(
     s: config_mod.Settings,
     url: str,
     lanes: list[str],
-    handlers: dict[str, Any],
+    handlers: tuple[dict[str, Any], Any],
     scheduler: bool,
     stop: asyncio.Event,
 ) -> None:
@@ -127,10 +131,11 @@ async def _up(
         stack.running(
             store,
             s,
-            handlers,
+            handlers[0],
             lanes=lanes,
             scheduler=scheduler,
             projector=Projector(store, db_path(s, None)) if scheduler else None,
+            agent=handlers[1],
         ),
     ):
         typer.echo(
@@ -138,7 +143,10 @@ async def _up(
             f"scheduler {'on' if scheduler else 'off'}; "
             f"workers: {', '.join(lanes) or 'none'}; Ctrl-C to stop"
         )
-        await stop.wait()
+        try:
+            await stop.wait()
+        finally:
+            await handlers[1].aclose()  # the MCP servers it started
 
 
 @app.command(rich_help_panel=DEPLOY)
@@ -174,15 +182,15 @@ def worker(
     """Run a lane worker until stopped."""
     s = settings(config)
     _lanes(s, lane)
-    registry = load_handlers(s, handlers)
-    serve(lambda stop: _worker(s, lane, concurrency, registry, stop))
+    registry, agent = load_handlers(s, handlers)
+    serve(lambda stop: _worker(s, lane, concurrency, (registry, agent), stop))
 
 
 async def _worker(
     s: config_mod.Settings,
     lane: str,
     concurrency: int | None,
-    handlers: dict[str, Any],
+    handlers: tuple[dict[str, Any], Any],
     stop: asyncio.Event,
 ) -> None:
     from blackboard.engine.worker import Worker
@@ -190,9 +198,17 @@ async def _worker(
     from blackboard.runtime import inprocess as stack
 
     async with runtime.open_store(s, name=f"bb-worker-{lane}") as store:
-        w = Worker(store, stack.worker_settings(s, lane, concurrency), handlers)
+        w = Worker(
+            store,
+            stack.worker_settings(s, lane, concurrency),
+            handlers[0],
+            agent=handlers[1],
+        )
         typer.echo(f"{w.worker_id}: handling {', '.join(sorted(w.handlers))}", err=True)
-        await w.run(stop)
+        try:
+            await w.run(stop)
+        finally:
+            await handlers[1].aclose()  # the MCP servers it started
 
 
 # --- projections ------------------------------------------------------------

@@ -118,6 +118,7 @@ def _limits(event: GoalResumed) -> str:
             ("tasks", lim.max_tasks),
             ("tokens", lim.max_tokens),
             ("cost", lim.max_cost_usd),
+            ("turns", lim.max_turns),
         )
         if value is not None
     ]

@@ -17,6 +17,7 @@ from blackboard.cli.common import (
     MaxDepth,
     MaxTasks,
     MaxTokens,
+    MaxTurns,
     app,
     emit_json,
     fail,
@@ -39,6 +40,7 @@ def run_goal(
     max_tasks: MaxTasks = None,
     max_tokens: MaxTokens = None,
     max_cost: MaxCost = None,
+    max_turns: MaxTurns = None,
     with_workers: Annotated[
         bool,
         typer.Option(
@@ -62,7 +64,7 @@ def run_goal(
     in_process = url is None or with_workers
     if in_process and not s.scripted:
         _check_models(s)
-    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost)
+    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost, max_turns)
     drive_goal(s, text, url, in_process, overrides, whoami(by), as_json, demo=False)
 
 
@@ -162,6 +164,7 @@ def submit(
     max_tasks: MaxTasks = None,
     max_tokens: MaxTokens = None,
     max_cost: MaxCost = None,
+    max_turns: MaxTurns = None,
     tenant: Annotated[
         str, typer.Option(help="Tenant the goal belongs to.")
     ] = "default",
@@ -186,7 +189,9 @@ def submit(
             s,
             text,
             specs=specs,
-            overrides=limit_overrides(max_depth, max_tasks, max_tokens, max_cost),
+            overrides=limit_overrides(
+                max_depth, max_tasks, max_tokens, max_cost, max_turns
+            ),
             tenant=tenant,
             priority=priority,
             submitted_by=whoami(by),
@@ -328,6 +333,7 @@ def resume(
     max_tasks: MaxTasks = None,
     max_tokens: MaxTokens = None,
     max_cost: MaxCost = None,
+    max_turns: MaxTurns = None,
     by: ByOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -336,11 +342,11 @@ def resume(
     from blackboard.engine import control as client
 
     s = settings(config)
-    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost)
+    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost, max_turns)
     if not any(v is not None for v in overrides.values()):
         fail(
-            "say which limit to raise: --max-tasks, --max-depth, --max-tokens or "
-            "--max-cost",
+            "say which limit to raise: --max-tasks, --max-depth, --max-tokens, "
+            "--max-cost or --max-turns",
             2,
         )
 

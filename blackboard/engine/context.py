@@ -8,22 +8,37 @@ collects what the handler would write. What they share (new task specs,
 spawning, waiting, asking for approval) is :class:`BaseTaskContext`.
 
 Every write a live handler makes through the context (a model call, a side
-effect) is appended to the log at once, guarded on the task's last sequence:
-if the worker's lease has expired and another worker took the task over, the
-write is refused with ConcurrencyConflict and this attempt stops.
+effect, a tool call) is appended to the log at once, guarded on the task's
+last sequence: if the worker's lease has expired and another worker took the
+task over, the write is refused with ConcurrencyConflict and this attempt
+stops.
+
+A handler that wants a model to act (call tools over several turns) asks the
+process's agent through :meth:`TaskContext.converse`; the agent records each
+tool call through :meth:`TaskContext.tool_call`, which runs a call once and
+returns the recorded result ever after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from blackboard import ids, telemetry
 from blackboard.engine import builders, dag
 from blackboard.engine.handlers import Followup, NeedsApproval
 from blackboard.engine.state import TaskState, fold, fold_task
-from blackboard.errors import ConcurrencyConflict, LogUnavailable
+from blackboard.engine.transcript import (
+    ToolCallRecord,
+    ToolOutcome,
+    Transcript,
+    transcript,
+)
+from blackboard.errors import ConcurrencyConflict, ConfigError, LogUnavailable
 from blackboard.log.events import (
     Event,
     GoalSubmitted,
@@ -34,13 +49,34 @@ from blackboard.log.events import (
     TaskCompleted,
     TaskCreated,
     TaskSpec,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from blackboard.log.codec import WorkItem
+    from blackboard.log.codec import Envelope, WorkItem
     from blackboard.log.ports import EventStore
+
+
+class Agent(Protocol):
+    """The process's agent: a model that acts through tools, turn by turn.
+
+    ``agents.handlers.Agents`` is one; the worker hands it to every context.
+    """
+
+    async def converse(
+        self,
+        ctx: TaskContext,
+        prompt: str,
+        *,
+        system: str = "",
+        tools: Sequence[str] | None = None,
+        max_tokens: int = 2048,
+    ) -> str:
+        """Talk with the task's lane model until it answers without tools."""
+        ...
 
 
 class TaskContext(Protocol):
@@ -133,6 +169,32 @@ class TaskContext(Protocol):
         """Perform a side effect once, and record it."""
         ...
 
+    async def transcript(self) -> Transcript:
+        """This task's recorded model answers and tool calls, across its runs."""
+        ...
+
+    async def tool_call(
+        self, call: ToolCallRecord, run: Callable[[], Awaitable[ToolOutcome]]
+    ) -> ToolOutcome:
+        """Run a tool call once, recorded; a finished one returns its record."""
+        ...
+
+    async def converse(
+        self,
+        prompt: str,
+        *,
+        system: str = "",
+        tools: Sequence[str] | None = None,
+        max_tokens: int = 2048,
+    ) -> str:
+        """Let the lane's model act through tools until it answers; its answer.
+
+        ``tools`` are glob patterns of tool names (default: what the lane
+        offers). Every model call and tool call is recorded; a resumed task
+        reuses what its earlier attempts recorded.
+        """
+        ...
+
 
 class BaseTaskContext(ABC):
     """What every task context does the same way, whatever it reads from.
@@ -170,6 +232,9 @@ class BaseTaskContext(ABC):
         self._task: TaskCreated | None = None
         self._goal: GoalSubmitted | None = None
         self._history: TaskState | None = None
+        self._transcript: Transcript | None = None
+        self.agent: Agent | None = None
+        """The process's agent, for :meth:`converse` (set by the worker)."""
 
     @abstractmethod
     async def task(self) -> TaskCreated:
@@ -205,6 +270,42 @@ class BaseTaskContext(ABC):
         request: Any = None,
     ) -> Any:
         """Perform a side effect once, and record it."""
+
+    @abstractmethod
+    async def _task_events(self) -> list[Envelope]:
+        """This task's own envelopes, as far as this context may see them."""
+
+    @abstractmethod
+    async def tool_call(
+        self, call: ToolCallRecord, run: Callable[[], Awaitable[ToolOutcome]]
+    ) -> ToolOutcome:
+        """Run a tool call once, recorded; a finished one returns its record."""
+
+    async def transcript(self) -> Transcript:
+        """This task's recorded model answers and tool calls, across its runs.
+
+        Read once per attempt: what this attempt adds, its caller knows.
+        """
+        if self._transcript is None:
+            self._transcript = transcript(await self._task_events())
+        return self._transcript
+
+    async def converse(
+        self,
+        prompt: str,
+        *,
+        system: str = "",
+        tools: Sequence[str] | None = None,
+        max_tokens: int = 2048,
+    ) -> str:
+        """Let the lane's model act through tools until it answers; its answer."""
+        if self.agent is None:
+            raise ConfigError(
+                "this worker has no agent (no model lanes): converse() needs one"
+            )
+        return await self.agent.converse(
+            self, prompt, system=system, tools=tools, max_tokens=max_tokens
+        )
 
     async def payload(self) -> dict[str, Any]:
         """The task's payload."""
@@ -285,6 +386,7 @@ class LiveTaskContext(BaseTaskContext):
             dispatch=dispatch,
         )
         self.store = store
+        self._envs: list[Envelope] | None = None
         self.writing = False
         """True while a write is in flight (its sequence is not known yet)."""
         self._lock = asyncio.Lock()
@@ -327,16 +429,20 @@ class LiveTaskContext(BaseTaskContext):
             if env is not None and isinstance(env.event, TaskCompleted)
         }
 
-    async def history(self) -> TaskState:
-        """This task's own events, folded (its calls, effects and attempts)."""
-        if self._history is None:
-            envs = [
+    async def _task_events(self) -> list[Envelope]:
+        if self._envs is None:
+            self._envs = [
                 env
                 async for env in self.store.read(
                     self.store.subjects.task_events(self.goal_id, self.task_id)
                 )
             ]
-            state = fold_task(self.goal_id, envs)
+        return self._envs
+
+    async def history(self) -> TaskState:
+        """This task's own events, folded (its calls, effects and attempts)."""
+        if self._history is None:
+            state = fold_task(self.goal_id, await self._task_events())
             if state is None:
                 raise LogUnavailable(f"task {self.task_id}: history not readable")
             self._history = state
@@ -445,6 +551,59 @@ class LiveTaskContext(BaseTaskContext):
         history.effect_results[key] = result
         return result
 
+    async def tool_call(
+        self, call: ToolCallRecord, run: Callable[[], Awaitable[ToolOutcome]]
+    ) -> ToolOutcome:
+        """Run a tool call once, and record its start and its end.
+
+        A call an earlier attempt finished is not run again: its recorded
+        outcome is returned. One that started and never finished (the worker
+        died in between) runs again only if its effect is ``read``; otherwise
+        a human is asked to check and approve (or deny) before it is redone.
+        """
+        known = await self.transcript()
+        done = known.finished.get(call.key)
+        if done is not None:
+            return ToolOutcome.recorded(done)
+        check_unfinished(known, call, approved=self.approved)
+        base: dict[str, Any] = {
+            "goal_id": self.goal_id,
+            "task_id": self.task_id,
+            "actor": self.worker,
+            "tool": call.tool,
+            "call_id": call.call_id,
+            "idempotency_key": call.key,
+            "effect": call.effect,
+            "attempt": self.attempt,
+            "dispatch": self.dispatch,
+        }
+        started = ToolCallStarted(
+            event_id="",
+            at=ids.utcnow(),
+            arguments=call.arguments,
+            source=call.source,
+            model_call=call.model_call,
+            **base,
+        )
+        await self.append(lambda i: msgspec.structs.replace(started, event_id=i))
+        clock = time.monotonic()
+        outcome = await run()
+        took = round((time.monotonic() - clock) * 1000, 3)
+        finished = ToolCallFinished(
+            event_id="",
+            at=ids.utcnow(),
+            result=outcome.result,
+            error=outcome.error,
+            refused=outcome.refused,
+            duration_ms=took,
+            **base,
+        )
+        await self.append(lambda i: msgspec.structs.replace(finished, event_id=i))
+        known.started[call.key] = started
+        known.finished[call.key] = finished
+        telemetry.get().tool_call(started, finished)
+        return outcome
+
     async def children_events(self, specs: Sequence[TaskSpec]) -> list[TaskCreated]:
         """TaskCreated events for specs spawned by this task, validated."""
         if not specs:
@@ -473,6 +632,25 @@ class LiveTaskContext(BaseTaskContext):
         return {d for s in specs for d in s.depends_on if d not in new} | {
             me.task_id or ""
         }
+
+
+def check_unfinished(
+    known: Transcript, call: ToolCallRecord, *, approved: bool
+) -> None:
+    """Ask a human before redoing a call that may have run, unless it only reads.
+
+    Raises:
+        NeedsApproval: The call started in an earlier run and never finished,
+            its effect is not ``read``, and nobody approved redoing it.
+    """
+    if known.unfinished(call.key) is None or call.effect == "read" or approved:
+        return
+    raise NeedsApproval(
+        f"tool call {call.tool} ({call.effect}) may have run on a worker that "
+        "died before recording its result; check it, then approve to run it "
+        "again or deny to fail the task",
+        policy="tool_call",
+    )
 
 
 async def ends_cancelled(store: EventStore, goal_id: str, task_id: str) -> bool:

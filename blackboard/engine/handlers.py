@@ -5,13 +5,16 @@ is the task's result, unless it is a :class:`Followup` (made by
 ``ctx.wait_for``): then the children are created and the task runs again
 after them. Raising :class:`RetryableError` (or a subclass, such as the model
 clients' retryable errors) fails the attempt with backoff while attempts
-remain; raising anything else fails the task for good, with the error recorded.
+remain; raising :class:`GuardrailBreached` holds the task and halts its goal
+(``bb resume`` with a higher limit runs it again); raising anything else fails
+the task for good, with the error recorded.
 
 ::
 
     HandlerError
     ├── RetryableError        try again later (retry_after honoured)
-    └── NeedsApproval         stop; a human must approve before the next run
+    ├── NeedsApproval         stop; a human must approve before the next run
+    └── GuardrailBreached     stop; the goal halts until its limit is raised
 """
 
 from __future__ import annotations
@@ -49,6 +52,20 @@ class NeedsApproval(HandlerError):
         super().__init__(reason)
         self.reason = reason
         self.policy = policy
+
+
+class GuardrailBreached(HandlerError):
+    """A limit the handler enforces itself (a conversation's turns) is reached.
+
+    The task is held, its work intact, and the goal halts, as for the
+    scheduler's own guardrails; ``bb resume --max-turns N`` admits it again.
+    """
+
+    def __init__(self, guardrail: str, limit: float, observed: float) -> None:
+        super().__init__(f"{guardrail} {observed:g} reaches its limit {limit:g}")
+        self.guardrail = guardrail
+        self.limit = limit
+        self.observed = observed
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -23,6 +23,7 @@ from blackboard.engine.attempts import Claim, Exhausted
 from blackboard.engine.context import LiveTaskContext
 from blackboard.engine.handlers import (
     Followup,
+    GuardrailBreached,
     Handler,
     NeedsApproval,
     RetryableError,
@@ -36,11 +37,12 @@ from blackboard.errors import (
     StoreError,
 )
 from blackboard.log import codec
-from blackboard.log.events import ApprovalRequested, Event
+from blackboard.log.events import ApprovalRequested, Event, GoalHalted, TaskHeld
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from blackboard.engine.context import Agent
     from blackboard.engine.worker import WorkerSettings
     from blackboard.log.codec import WorkItem
     from blackboard.log.ports import Delivery, EventStore
@@ -57,11 +59,14 @@ class Runner:
         settings: WorkerSettings,
         handlers: Mapping[str, Handler],
         worker_id: str,
+        agent: Agent | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.handlers = handlers
         self.worker_id = worker_id
+        self.agent = agent
+        """What ``ctx.converse`` talks to (the process's model agent)."""
         self.done = 0
         self.running: dict[str, dict[asyncio.Task[object], list[str]]] = {}
         """Running handlers by goal, each with the list its stop reason goes in."""
@@ -117,6 +122,7 @@ class Runner:
             spent=claim.spent or claim.attempt,
             dispatch=claim.dispatch,
         )
+        ctx.agent = self.agent
         tm = telemetry.get()
         if not tm.enabled:
             await self._run(msg, item, ctx, handler)
@@ -196,6 +202,11 @@ class Runner:
             )
             await msg.ack()
             return "awaiting_approval"
+        except GuardrailBreached as e:
+            heartbeat.cancel()
+            await self._hold(item, ctx, e)
+            await msg.ack()
+            return "held"
         except RetryableError as e:
             heartbeat.cancel()
             return await self._retry_or_fail(
@@ -240,6 +251,36 @@ class Runner:
         await msg.ack()
         self.done += 1
         return "needs_followup" if isinstance(outcome, Followup) else "done"
+
+    async def _hold(
+        self, item: WorkItem, ctx: LiveTaskContext, breach: GuardrailBreached
+    ) -> None:
+        """Hold the task and halt its goal, as the scheduler does for its limits.
+
+        Both in one atomic batch, the hold guarded on the task: a worker that
+        lost its lease halts nothing.
+        """
+        now = ids.utcnow()
+        base: dict[str, Any] = {
+            "goal_id": item.goal_id,
+            "at": now,
+            "actor": self.worker_id,
+        }
+        held = TaskHeld(
+            event_id=ids.new_id(),
+            task_id=item.task_id,
+            guardrail=breach.guardrail,
+            reason=str(breach),
+            **base,
+        )
+        halted = GoalHalted(
+            event_id=ids.new_id(),
+            guardrail=breach.guardrail,
+            limit=breach.limit,
+            observed=breach.observed,
+            **base,
+        )
+        await self.store.append_batch([(held, ctx.seq), (halted, None)])
 
     async def _finish(
         self, item: WorkItem, ctx: LiveTaskContext, outcome: object

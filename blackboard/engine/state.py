@@ -84,6 +84,8 @@ LEGAL: Final[dict[str, frozenset[str]]] = {
             "needs_followup",
             "awaiting_approval",
             "cancelled",
+            # A guardrail the handler enforces (a conversation's turns).
+            "held",
         }
     ),
     "needs_followup": frozenset({"ready", "cancelled", "failed"}),

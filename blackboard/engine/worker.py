@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from blackboard.engine.attempts import Claim
+    from blackboard.engine.context import Agent
     from blackboard.engine.handlers import Handler
     from blackboard.log.codec import WorkItem
     from blackboard.log.ports import Delivery, EventStore, WorkQueue
@@ -73,6 +74,7 @@ class Worker:
         handlers: Task types this worker runs, besides the built-in ones.
         worker_id: Its name in the log (default: a fresh one).
         queue: The work queue (default: the one beside ``store``).
+        agent: What handlers' ``ctx.converse`` talks to (the model agent).
     """
 
     def __init__(
@@ -83,13 +85,14 @@ class Worker:
         *,
         worker_id: str | None = None,
         queue: WorkQueue | None = None,
+        agent: Agent | None = None,
     ) -> None:
         self.store = store
         self.queue = queue if queue is not None else store.work_queue()
         self.settings = settings
         self.worker_id = worker_id or f"worker-{settings.lane}-{ids.new_id()[-8:]}"
         self.runner = Runner(
-            store, settings, {**BUILTIN, **(handlers or {})}, self.worker_id
+            store, settings, {**BUILTIN, **(handlers or {})}, self.worker_id, agent
         )
         self._active: set[asyncio.Task[None]] = set()
 

@@ -23,6 +23,7 @@ from blackboard.errors import ComponentFailed
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
+    from blackboard.engine.context import Agent
     from blackboard.engine.handlers import Handler
     from blackboard.log.ports import EventStore, LeaderLock, WorkQueue
     from blackboard.runtime.config import Settings
@@ -92,6 +93,7 @@ async def running(
     projector: Projecting | None = None,
     queue: WorkQueue | None = None,
     lock: LeaderLock | None = None,
+    agent: Agent | None = None,
 ) -> AsyncIterator[Stack]:
     """Run a scheduler, a worker per lane (and a projector) until the block exits.
 
@@ -141,6 +143,7 @@ async def running(
             worker_settings(settings, lane, concurrency),
             handlers,
             queue=queue,
+            agent=agent,
         )
         await worker.ensure_consumer()
         stack.workers.append(worker)

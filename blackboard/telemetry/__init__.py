@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, Tracer
 
-    from blackboard.log.events import ModelCalled
+    from blackboard.log.events import ModelCalled, ToolCallFinished, ToolCallStarted
 
 __all__ = [
     "Telemetry",
@@ -322,6 +322,11 @@ class Telemetry:
             if event.tokens_cached:
                 tokens.add(event.tokens_cached, {**attrs, "kind": "cached"})
             self._instruments["cost"].add(event.cost_usd, attrs)
+
+    def tool_call(
+        self, started: ToolCallStarted | None, finished: ToolCallFinished
+    ) -> None:
+        """Record a tool call (its span and metrics come with the views work)."""
 
     def model_span(self, e: ModelCalled, dispatch: int | None = None) -> None:
         """The span of one model call, from its recorded event.
