@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from agents.anthropic_client import AnthropicModel
-from agents.models import Message, ModelRequest, ToolCall, ToolResult, ToolSpec
+from agents.models import (
+    Message,
+    ModelRequest,
+    TerminalModelError,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+)
 from agents.openai_client import OpenAICompatibleModel
 from tests.fakes.providers import (
     ANTHROPIC_PATH,
@@ -356,6 +363,26 @@ async def test_empty_assistant_text_and_a_user_note_after_the_results(
             c["id"] for c in assistant["tool_calls"]
         ]
         assert messages[-1] == {"role": "user", "content": "Carry on."}
+
+
+@pytest.mark.parametrize(
+    "turn",
+    [
+        Message("user", "x", tool_calls=CALLS[:1]),
+        Message("assistant", "x", tool_results=RESULTS[:1]),
+        Message("system", "x"),
+    ],
+    ids=["calls-on-user", "results-on-assistant", "system-role"],
+)
+async def test_a_turn_the_api_cannot_take_is_terminal_before_sending(
+    client: Client, fake: FakeProviderServer, turn: Message
+) -> None:
+    request = ModelRequest(model="m", messages=(turn,), tools=TOOLS)
+
+    with pytest.raises(TerminalModelError, match="cannot send"):
+        await client.complete(request)
+
+    assert fake.requests == []
 
 
 # --- the fake's helpers -------------------------------------------------------
