@@ -9,40 +9,118 @@ The SDK's own retries are off (``max_retries=0``): the caller owns retries.
 OpenAI's ``prompt_tokens`` *includes* cached prompt tokens, while this layer's
 ``tokens_in`` excludes them (see :mod:`agents.cost`), so ``tokens_in`` is
 ``prompt_tokens - cached_tokens``.
+
+Tools go out natively: each :class:`agents.models.ToolSpec` as a ``function``
+tool, an assistant turn's tool calls as its ``tool_calls`` (arguments as a
+JSON string), and each tool result as a ``tool`` message paired by
+``tool_call_id``. The API has no error flag on a tool message, so a failed
+call's content is prefixed with ``ERROR: ``. Tool names travel in their wire
+form (:mod:`agents.tool_names`) and the answer's are mapped back. A request
+without tools sends no ``tools`` key, exactly as before tools existed.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import msgspec
 import openai
 from openai.types.chat import (
     ChatCompletionAssistantMessageParam,
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCallParam,
     ChatCompletionMessageParam,
     ChatCompletionSystemMessageParam,
+    ChatCompletionToolMessageParam,
     ChatCompletionUserMessageParam,
 )
+from openai.types.shared_params import FunctionDefinition
 
 from agents.models import (
+    Message,
     ModelClient,
     ModelRequest,
     ModelResponse,
     TerminalModelError,
     ToolCall,
+    ToolSpec,
     error_from_sdk,
     tool_arguments,
 )
+from agents.tool_names import WireNames
 
-__all__ = ["OpenAICompatibleModel"]
+__all__ = ["TOOL_ERROR_PREFIX", "OpenAICompatibleModel"]
+
+TOOL_ERROR_PREFIX = "ERROR: "
+"""What starts the content of a ``tool`` message whose call failed."""
 
 
-def _message_param(role: str, content: str) -> ChatCompletionMessageParam:
-    """Build one SDK message, rejecting roles this layer does not send."""
-    if role == "user":
-        return ChatCompletionUserMessageParam(role="user", content=content)
-    if role == "assistant":
-        return ChatCompletionAssistantMessageParam(role="assistant", content=content)
-    msg = f"chat messages take roles user/assistant here, not {role!r}"
+def _tool_param(spec: ToolSpec, names: WireNames) -> ChatCompletionFunctionToolParam:
+    """One offered tool, as a function under its wire name."""
+    function = FunctionDefinition(
+        name=names.wire(spec.name), parameters=spec.input_schema
+    )
+    if spec.description:
+        function["description"] = spec.description
+    return ChatCompletionFunctionToolParam(type="function", function=function)
+
+
+def _message_params(
+    message: Message, names: WireNames
+) -> list[ChatCompletionMessageParam]:
+    """Build the SDK messages of one turn, rejecting turns this layer does not send.
+
+    A turn without tool calls or results is one message with its string
+    content; a user turn with tool results is one ``tool`` message per result,
+    then the user message only if it has text.
+    """
+    role = message.role
+    if role == "user" and not message.tool_calls:
+        params: list[ChatCompletionMessageParam] = [
+            ChatCompletionToolMessageParam(
+                role="tool",
+                tool_call_id=result.call_id,
+                content=(
+                    TOOL_ERROR_PREFIX + result.content
+                    if result.is_error
+                    else result.content
+                ),
+            )
+            for result in message.tool_results
+        ]
+        if message.content or not message.tool_results:
+            params.append(
+                ChatCompletionUserMessageParam(role="user", content=message.content)
+            )
+        return params
+    if role == "assistant" and not message.tool_results:
+        if not message.tool_calls:
+            return [
+                ChatCompletionAssistantMessageParam(
+                    role="assistant", content=message.content
+                )
+            ]
+        calls = [
+            ChatCompletionMessageFunctionToolCallParam(
+                id=call.id,
+                type="function",
+                function={
+                    "name": names.wire(call.name),
+                    "arguments": msgspec.json.encode(call.arguments).decode(),
+                },
+            )
+            for call in message.tool_calls
+        ]
+        return [
+            ChatCompletionAssistantMessageParam(
+                role="assistant", content=message.content or None, tool_calls=calls
+            )
+        ]
+    msg = (
+        f"cannot send a {role!r} turn with {len(message.tool_calls)} tool call(s)"
+        f" and {len(message.tool_results)} tool result(s): chat messages take roles"
+        " user/assistant, tool calls on assistant turns, tool results on user turns"
+    )
     raise TerminalModelError(msg)
 
 
@@ -104,12 +182,16 @@ class OpenAICompatibleModel(ModelClient):
             messages.append(
                 ChatCompletionSystemMessageParam(role="system", content=request.system)
             )
-        messages.extend(_message_param(m.role, m.content) for m in request.messages)
+        names = WireNames.for_request(request)
+        for m in request.messages:
+            messages.extend(_message_params(m, names))
+        tools = [_tool_param(spec, names) for spec in request.tools]
         use_completion_tokens = self._max_tokens_param == "max_completion_tokens"
         try:
             completion = await self._client.chat.completions.create(
                 model=request.model,
                 messages=messages,
+                tools=tools or openai.omit,
                 temperature=request.temperature,
                 max_tokens=openai.omit if use_completion_tokens else request.max_tokens,
                 max_completion_tokens=(
@@ -133,7 +215,7 @@ class OpenAICompatibleModel(ModelClient):
             tool_calls = tuple(
                 ToolCall(
                     id=call.id,
-                    name=call.function.name,
+                    name=names.name(call.function.name),
                     arguments=tool_arguments(call.function.arguments),
                 )
                 for call in choice.message.tool_calls or ()

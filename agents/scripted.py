@@ -2,10 +2,18 @@ r"""A deterministic, offline twin of the model providers.
 
 :class:`ScriptedModel` answers from a :class:`Script`: an ordered list of
 rules, the first matching rule wins. A rule matches on the request's
-``task_type`` metadata, a regular expression over its text and its model name;
-its reply may quote the regex's groups. A rule may also fail its first few
-calls with a given HTTP status, so demos and tests can exercise retries and
-fallback without a network.
+``task_type`` metadata, a regular expression over its text (tool calls and
+tool results included), its model name and its turn; its reply may quote the
+regex's groups. A rule may also fail its first few calls with a given HTTP
+status, so demos and tests can exercise retries and fallback without a network.
+
+A rule may call tools: ``tool_calls`` lists them (``name``, ``arguments``),
+and every string in the arguments may quote the regex's groups as ``reply``
+does. ``turn`` matches the number of assistant turns already in the
+conversation (0 on the first call, 1 after one round of tool calls...), so a
+script can call a tool first and answer once the result is back. Scripted
+calls get deterministic ids, ``call_<rule index>_<turn>_<n>``, and the answer
+stops with ``tool_use`` unless the rule sets ``stop_reason``.
 
 A script as JSON::
 
@@ -14,6 +22,11 @@ A script as JSON::
        "fail_status": 429, "fail_times": 1, "retry_after": 2},
       {"contains": "goal: (?P<goal>[^\\n]+)",
        "reply": "{\"tasks\": [{\"title\": \"research {goal}\"}]}"},
+      {"task_type": "execute", "turn": 0, "contains": "Task: (?P<t>[^\\n]+)",
+       "reply": "Writing it down.",
+       "tool_calls": [{"name": "workspace.write",
+                       "arguments": {"path": "notes.md", "text": "{t}"}}]},
+      {"task_type": "execute", "turn": 1, "reply": "Written to notes.md."},
       {"reply": "done"}
     ]}
 """
@@ -31,6 +44,7 @@ from agents.models import (
     ModelRequest,
     ModelResponse,
     TerminalModelError,
+    ToolCall,
     approx_tokens,
     error_for_status,
     input_text,
@@ -39,7 +53,19 @@ from agents.models import (
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Rule", "Script", "ScriptedModel", "render_reply"]
+__all__ = ["Rule", "Script", "ScriptedModel", "ScriptedToolCall", "render_reply"]
+
+
+class ScriptedToolCall(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
+):
+    """One tool call a rule makes."""
+
+    name: str
+    """The tool's Blackboard name (``workspace.write``)."""
+    arguments: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The arguments. Every string in them, at any depth, may quote the
+    ``contains`` match's groups with ``{1}`` or ``{name}``, as ``reply`` does."""
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -50,14 +76,21 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     reply: str = ""
     """The answer; ``{1}`` or ``{name}`` quote the ``contains`` match's groups."""
+    tool_calls: tuple[ScriptedToolCall, ...] = ()
+    """Tool calls the answer makes, in order (after ``reply``'s text)."""
     task_type: str | None = None
     """Equals ``request.metadata["task_type"]``."""
     contains: str | None = None
-    """A regex searched (DOTALL) over the system prompt and every message."""
+    """A regex searched (DOTALL) over the system prompt and every message,
+    with their tool calls and tool results (see :func:`agents.models.input_text`)."""
     model: str | None = None
     """Equals ``request.model``."""
-    stop_reason: str = "end_turn"
-    """The stop reason reported with the reply."""
+    turn: int | None = None
+    """Equals the number of assistant turns already in ``request.messages``:
+    0 on a task's first call, 1 after one round of tool calls, ..."""
+    stop_reason: str | None = None
+    """The stop reason reported with the reply; ``None`` means ``tool_use``
+    when the rule calls tools, else ``end_turn``."""
     fail_status: int | None = None
     """When set, the first ``fail_times`` matching calls fail with this status."""
     fail_times: int = 0
@@ -127,11 +160,27 @@ def render_reply(reply: str, match: re.Match[str] | None) -> str:
     return _PLACEHOLDER.sub(fill, reply)
 
 
+def _render_arguments(value: Any, match: re.Match[str] | None) -> Any:
+    """Fill placeholders in every string of a tool call's arguments."""
+    if isinstance(value, str):
+        return render_reply(value, match)
+    if isinstance(value, dict):
+        return {k: _render_arguments(v, match) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_arguments(v, match) for v in value]
+    return value
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value, order="deterministic").decode()
+
+
 class ScriptedModel(ModelClient):
     """A :class:`ModelClient` that answers from a script, with no network.
 
     Token counts are deterministic: ``max(1, ceil(len(text) / 4))`` over the
-    input (system prompt and messages joined by newlines) and over the reply.
+    input (:func:`agents.models.input_text`) and over the output (the reply,
+    then each tool call's name and JSON arguments, joined by newlines).
 
     Args:
         script: The rules, or their decoded JSON.
@@ -184,6 +233,7 @@ class ScriptedModel(ModelClient):
                 so a failed call is recorded as scripted too.
         """
         text = input_text(request)
+        turn = sum(1 for m in request.messages if m.role == "assistant")
         for index, (rule, pattern) in enumerate(
             zip(self.script.rules, self._patterns, strict=True)
         ):
@@ -192,6 +242,8 @@ class ScriptedModel(ModelClient):
             ):
                 continue
             if rule.model is not None and request.model != rule.model:
+                continue
+            if rule.turn is not None and turn != rule.turn:
                 continue
             match = pattern.search(text) if pattern is not None else None
             if pattern is not None and match is None:
@@ -210,14 +262,30 @@ class ScriptedModel(ModelClient):
                     error.scripted = True
                     raise error
             reply = render_reply(rule.reply, match)
+            calls = tuple(
+                ToolCall(
+                    id=f"call_{index}_{turn}_{n}",
+                    name=call.name,
+                    arguments=_render_arguments(call.arguments, match),
+                )
+                for n, call in enumerate(rule.tool_calls)
+            )
+            raw: dict[str, Any] = {"scripted": True, "rule": index, "text": reply}
+            if calls:
+                raw["tool_calls"] = [msgspec.to_builtins(c) for c in calls]
+            # The calls count as output, written out as input_text writes them.
+            output = "\n".join(
+                [reply, *(f"{c.name} {_json(c.arguments)}" for c in calls)]
+            )
             return ModelResponse(
                 provider=self.provider,
                 model=request.model,
                 text=reply,
-                stop_reason=rule.stop_reason,
+                stop_reason=rule.stop_reason or ("tool_use" if calls else "end_turn"),
                 tokens_in=approx_tokens(text),
-                tokens_out=approx_tokens(reply),
-                raw={"scripted": True, "rule": index, "text": reply},
+                tokens_out=approx_tokens(output),
+                tool_calls=calls,
+                raw=raw,
                 scripted=True,
             )
         last_user = next(

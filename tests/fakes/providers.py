@@ -6,10 +6,18 @@ enough of two APIs for the official SDKs to parse its answers:
 * Anthropic Messages: ``POST /v1/messages``
 * OpenAI Chat Completions: ``POST /v1/chat/completions``
 
-Responses come from a FIFO queue (:meth:`FakeProviderServer.enqueue`); with the
-queue empty, every request succeeds with the configured text and usage. An
-error queued without a body gets one in the shape of the API that was called.
-Every request is recorded (path, headers, JSON body) for assertions.
+Responses come from a FIFO queue (:meth:`FakeProviderServer.enqueue`,
+:meth:`FakeProviderServer.enqueue_tool_calls`); with the queue empty, every
+request succeeds with the configured text and usage. An error queued without a
+body gets one in the shape of the API that was called. A ``responder`` may
+answer instead of the queue, as a function of what the request contains (a
+conversation that is replayed after a crash must get the same answers, whatever
+order the calls come in). Every request is recorded (path, headers, JSON body)
+for assertions.
+
+Tool calls are answered in each API's own shape: ``tool_use`` blocks with
+``stop_reason: "tool_use"`` (Anthropic), ``message.tool_calls`` with
+``finish_reason: "tool_calls"`` (OpenAI).
 
 Use it as a context manager::
 
@@ -22,9 +30,15 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeAlias
+
+from agents.tool_names import is_wire_name, wire_name
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 ANTHROPIC_PATH = "/v1/messages"
 OPENAI_PATH = "/v1/chat/completions"
@@ -54,16 +68,37 @@ class Usage:
     cached_tokens: int = 0
 
 
+class FakeToolCall(NamedTuple):
+    """One tool call the fake answers with; a plain 3-tuple does as well."""
+
+    id: str
+    name: str
+    """The wire name (``workspace__write``), or the dotted one: see
+    :meth:`FakeProviderServer.enqueue_tool_calls`."""
+    arguments: Any
+    """A dict, or a string sent as it is (OpenAI's arguments are a JSON string
+    a model may get wrong)."""
+
+
 @dataclass(frozen=True)
 class Canned:
-    """One queued response. ``body=None`` means a generated one."""
+    """One answer. ``body=None`` means a generated one."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
     message: str = "fake provider error"
     text: str | None = None
+    """The answer's text; ``None`` means the server's."""
     usage: Usage | None = None
+    tool_calls: tuple[tuple[str, str, Any], ...] = ()
+    """``(id, name, arguments)`` of each tool call, in order (see
+    :class:`FakeToolCall`); with any, the answer stops for tool use."""
+
+
+Responder: TypeAlias = Callable[[str, dict[str, Any]], Canned | None]
+"""Answers a request from its path and JSON body; ``None`` leaves it to the
+queue."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +111,30 @@ class Recorded:
     body: Any
 
 
-def anthropic_success(model: str, text: str, usage: Usage) -> dict[str, Any]:
-    """Return an Anthropic Messages success body."""
+def anthropic_success(
+    model: str,
+    text: str,
+    usage: Usage,
+    tool_calls: Iterable[tuple[str, str, Any]] = (),
+) -> dict[str, Any]:
+    """Return an Anthropic Messages success body.
+
+    With tool calls, the text block comes first (only if ``text`` is not
+    empty), then one ``tool_use`` block per call; a string of arguments that is
+    JSON is sent decoded, any other is sent as it is.
+    """
+    blocks = [
+        {"type": "tool_use", "id": id_, "name": name, "input": _decoded(args)}
+        for id_, name, args in tool_calls
+    ]
+    content = [{"type": "text", "text": text}] if text or not blocks else []
     return {
         "id": "msg_fake_0001",
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
+        "content": content + blocks,
+        "stop_reason": "tool_use" if blocks else "end_turn",
         "stop_sequence": None,
         "usage": {
             "input_tokens": usage.input_tokens,
@@ -95,9 +145,34 @@ def anthropic_success(model: str, text: str, usage: Usage) -> dict[str, Any]:
     }
 
 
-def openai_success(model: str, text: str, usage: Usage) -> dict[str, Any]:
-    """Return an OpenAI Chat Completions success body."""
+def openai_success(
+    model: str,
+    text: str,
+    usage: Usage,
+    tool_calls: Iterable[tuple[str, str, Any]] = (),
+) -> dict[str, Any]:
+    """Return an OpenAI Chat Completions success body.
+
+    With tool calls, ``content`` is ``None`` when ``text`` is empty and the
+    arguments go out as a JSON string (a string is sent as it is, so a test
+    can send arguments that are not JSON).
+    """
     prompt = usage.input_tokens + usage.cached_tokens
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    calls = [
+        {
+            "id": id_,
+            "type": "function",
+            "function": {
+                "name": name,
+                "arguments": args if isinstance(args, str) else json.dumps(args),
+            },
+        }
+        for id_, name, args in tool_calls
+    ]
+    if calls:
+        message["content"] = text or None
+        message["tool_calls"] = calls
     return {
         "id": "chatcmpl-fake0001",
         "object": "chat.completion",
@@ -106,9 +181,9 @@ def openai_success(model: str, text: str, usage: Usage) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": "tool_calls" if calls else "stop",
             }
         ],
         "usage": {
@@ -118,6 +193,28 @@ def openai_success(model: str, text: str, usage: Usage) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
         },
     }
+
+
+def _decoded(arguments: Any) -> Any:
+    """Arguments as an object where they can be (Anthropic's ``input``)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
+
+
+def _offered_wire_names(body: dict[str, Any]) -> set[str]:
+    """The tool names a request offers, in either API's shape."""
+    names: set[str] = set()
+    for tool in body.get("tools") or ():
+        if isinstance(tool, dict):
+            function = tool.get("function")
+            holder = function if isinstance(function, dict) else tool
+            if isinstance(holder.get("name"), str):
+                names.add(holder["name"])
+    return names
 
 
 def anthropic_error(status: int, message: str) -> dict[str, Any]:
@@ -142,11 +239,21 @@ class FakeProviderServer:
     Args:
         text: The text of generated success bodies.
         usage: The usage of generated success bodies.
+        responder: Asked first for every request whose body is a JSON object,
+            with its path and body; what it returns is the answer, and ``None``
+            leaves the request to the queue. Settable later as ``responder``.
     """
 
-    def __init__(self, *, text: str = "ok", usage: Usage | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        text: str = "ok",
+        usage: Usage | None = None,
+        responder: Responder | None = None,
+    ) -> None:
         self.text = text
         self.usage = usage or Usage()
+        self.responder = responder
         self.requests: list[Recorded] = []
         self._queue: deque[Canned] = deque()
         self._lock = threading.Lock()
@@ -179,6 +286,31 @@ class FakeProviderServer:
         with self._lock:
             self._queue.append(
                 Canned(status, dict(headers or {}), body, message, text, usage)
+            )
+
+    def enqueue_tool_calls(
+        self,
+        calls: Iterable[tuple[str, str, Any]],
+        *,
+        text: str = "",
+        usage: Usage | None = None,
+    ) -> None:
+        """Queue an answer that calls tools, in the shape of the API called.
+
+        A name that is not valid on the wire (``workspace.write``) is sent as
+        its plain wire form (``workspace__write``) when the request offers a
+        tool of that name, as a model would call it; any other name is sent as
+        given (a model inventing a tool).
+
+        Args:
+            calls: ``(id, name, arguments)`` of each call, in order; arguments
+                are a dict, or a string sent as it is.
+            text: The text before the calls; empty sends none.
+            usage: The usage (default: the server's).
+        """
+        with self._lock:
+            self._queue.append(
+                Canned(text=text, usage=usage, tool_calls=tuple(map(tuple, calls)))
             )
 
     def paths(self) -> list[str]:
@@ -249,7 +381,12 @@ class FakeProviderServer:
     ) -> tuple[int, dict[str, str], Any]:
         with self._lock:
             self.requests.append(Recorded(path, headers, body))
-            canned = self._queue.popleft() if self._queue else Canned()
+            responder = self.responder
+        # Called outside the lock: a responder may enqueue, or read requests.
+        canned = responder(path, body) if responder and isinstance(body, dict) else None
+        if canned is None:
+            with self._lock:
+                canned = self._queue.popleft() if self._queue else Canned()
         if path not in (ANTHROPIC_PATH, OPENAI_PATH):
             return 404, {}, {"error": {"message": f"no route {path}"}}
         is_anthropic = path == ANTHROPIC_PATH
@@ -265,8 +402,20 @@ class FakeProviderServer:
         model = body.get("model", "") if isinstance(body, dict) else ""
         text = canned.text if canned.text is not None else self.text
         usage = canned.usage or self.usage
+        offered = _offered_wire_names(body) if isinstance(body, dict) else set()
+        calls = [
+            (id_, _as_called(name, offered), args)
+            for id_, name, args in canned.tool_calls
+        ]
         make_success = anthropic_success if is_anthropic else openai_success
-        return canned.status, canned.headers, make_success(model, text, usage)
+        return canned.status, canned.headers, make_success(model, text, usage, calls)
+
+
+def _as_called(name: str, offered: set[str]) -> str:
+    """The name a model would call: the offered wire form of a dotted name."""
+    if is_wire_name(name) or wire_name(name) not in offered:
+        return name
+    return wire_name(name)
 
 
 def _handler_for(fake: FakeProviderServer) -> type[BaseHTTPRequestHandler]:

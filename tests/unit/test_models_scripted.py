@@ -17,10 +17,13 @@ from agents.models import (
     ModelRequest,
     RetryableModelError,
     TerminalModelError,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
     request_hash,
 )
 from agents.resilient import ResilientModel
-from agents.scripted import Script, ScriptedModel, render_reply
+from agents.scripted import Rule, Script, ScriptedModel, ScriptedToolCall, render_reply
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -302,3 +305,161 @@ def test_request_hash_is_stable_and_sensitive() -> None:
     assert request_hash(a) == request_hash(b)
     assert len(request_hash(a)) == 64
     assert request_hash(a) != request_hash(req("hello!", task_type="plan"))
+
+
+# --- tool calls -----------------------------------------------------------
+
+TOOL_SCRIPT = [
+    {
+        "task_type": "execute",
+        "turn": 0,
+        "contains": r"Task: (?P<title>[^\n]+) in (\S+)",
+        "reply": "Writing it down.",
+        "tool_calls": [
+            {
+                "name": "workspace.write",
+                "arguments": {
+                    "path": "{2}",
+                    "text": "# {title}",
+                    "meta": {"tags": ["{title}", 3, "{nope}"], "n": 1},
+                },
+            },
+            {"name": "orders.list_endpoints"},
+        ],
+    },
+    {
+        "task_type": "execute",
+        "turn": 1,
+        "contains": r"no such service: (\w+)",
+        "reply": "{1} is missing.",
+    },
+    {"task_type": "execute", "turn": 1, "reply": "Written."},
+]
+
+
+def task_request(*messages: Message) -> ModelRequest:
+    return ModelRequest(
+        model="m",
+        messages=(Message("user", "Task: audit notes in notes.md"), *messages),
+        metadata={"task_type": "execute"},
+        tools=(
+            ToolSpec(name="workspace.write"),
+            ToolSpec(name="orders.list_endpoints"),
+        ),
+    )
+
+
+async def test_a_rule_calls_tools_with_rendered_arguments_and_stable_ids() -> None:
+    model = ScriptedModel(TOOL_SCRIPT)
+
+    response = await model.complete(task_request())
+
+    assert response.text == "Writing it down."
+    assert response.stop_reason == "tool_use"
+    assert response.tool_calls == (
+        ToolCall(
+            id="call_0_0_0",
+            name="workspace.write",
+            arguments={
+                "path": "notes.md",
+                "text": "# audit notes",
+                # Strings at any depth are rendered; other values and unknown
+                # placeholders are left alone.
+                "meta": {"tags": ["audit notes", 3, "{nope}"], "n": 1},
+            },
+        ),
+        ToolCall(id="call_0_0_1", name="orders.list_endpoints", arguments={}),
+    )
+    assert response.raw["tool_calls"] == [
+        msgspec.to_builtins(c) for c in response.tool_calls
+    ]
+    # Deterministic: the same request gets the same answer, ids included.
+    assert await model.complete(task_request()) == response
+
+
+async def test_turn_matches_the_number_of_assistant_turns_so_far() -> None:
+    model = ScriptedModel(TOOL_SCRIPT)
+    first = await model.complete(task_request())
+    results = (
+        ToolResult(call_id="call_0_0_0", content="ok"),
+        ToolResult(
+            call_id="call_0_0_1", content="no such service: orders", is_error=True
+        ),
+    )
+
+    second = await model.complete(
+        task_request(
+            Message("assistant", first.text, tool_calls=first.tool_calls),
+            Message("user", "", tool_results=results),
+        )
+    )
+
+    # The tool error fed back is part of the text a rule's regex searches.
+    assert second.text == "orders is missing."
+    assert second.tool_calls == ()
+    assert second.stop_reason == "end_turn"
+    assert "tool_calls" not in second.raw
+
+    ok = await model.complete(
+        task_request(
+            Message("assistant", first.text, tool_calls=first.tool_calls),
+            Message("user", "", tool_results=results[:1]),
+        )
+    )
+    assert ok.text == "Written."
+
+
+async def test_turn_two_matches_no_rule_of_a_one_round_script() -> None:
+    model = ScriptedModel(TOOL_SCRIPT)
+    round_trip = (Message("assistant", "a"), Message("user", "b"))
+
+    with pytest.raises(TerminalModelError):
+        await model.complete(task_request(*round_trip, *round_trip))
+
+
+async def test_ids_carry_the_rule_and_the_turn() -> None:
+    model = ScriptedModel(
+        [{"reply": "", "tool_calls": [{"name": "a.b"}, {"name": "c.d"}]}]
+    )
+
+    response = await model.complete(
+        task_request(Message("assistant", "x"), Message("user", "y"))
+    )
+
+    assert [c.id for c in response.tool_calls] == ["call_0_1_0", "call_0_1_1"]
+
+
+async def test_an_explicit_stop_reason_wins_over_tool_use() -> None:
+    model = ScriptedModel(
+        [{"reply": "", "stop_reason": "max_tokens", "tool_calls": [{"name": "t"}]}]
+    )
+
+    response = await model.complete(req("go"))
+
+    assert response.stop_reason == "max_tokens"
+
+
+async def test_tool_calls_count_as_output_tokens() -> None:
+    model = ScriptedModel(
+        [{"reply": "abcd", "tool_calls": [{"name": "t", "arguments": {"k": "v"}}]}]
+    )
+
+    response = await model.complete(req("go"))
+
+    # "abcd" + "\n" + 't {"k":"v"}' = 4 + 1 + 11 = 16 characters -> 4 tokens.
+    assert response.tokens_out == 4
+
+
+def test_scripted_tool_calls_load_from_json_and_reject_unknown_fields() -> None:
+    script = Script.from_dict(TOOL_SCRIPT)
+
+    assert script.rules[0].turn == 0
+    assert script.rules[0].tool_calls[1] == ScriptedToolCall(
+        name="orders.list_endpoints"
+    )
+    assert Rule().tool_calls == ()
+    assert Rule().turn is None
+    with pytest.raises(msgspec.ValidationError):
+        Script.from_dict([{"tool_calls": [{"name": "t", "args": {}}]}])
+    with pytest.raises(msgspec.ValidationError):
+        Script.from_dict([{"tool_calls": [{"arguments": {}}]}])
