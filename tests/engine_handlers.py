@@ -141,7 +141,16 @@ async def log_blip(ctx: TaskContext) -> Any:
     return {"attempt": ctx.attempt}
 
 
+async def act(ctx: TaskContext) -> Any:
+    """Lets the lane's model act through the Python tools, until it answers."""
+    payload = await ctx.payload()
+    return await ctx.converse(
+        str(payload.get("prompt", "Do the steps.")), tools=["python.*"]
+    )
+
+
 HANDLERS: dict[str, Handler] = {
+    "act": act,
     "log_blip": log_blip,
     "bad_spawn": bad_spawn,
     "churn": churn,
