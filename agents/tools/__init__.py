@@ -17,6 +17,7 @@ from agents.tools.registry import (
     ToolRefused,
     ToolRegistry,
 )
+from agents.tools.workspace import workspace_tools
 
 __all__ = [
     "EFFECTS",
@@ -26,4 +27,5 @@ __all__ = [
     "ToolError",
     "ToolRefused",
     "ToolRegistry",
+    "workspace_tools",
 ]
