@@ -8,6 +8,7 @@
 - :mod:`agents.tools.mcp`: MCP servers' tools, through the official SDK.
 """
 
+from agents.tools.python import python_tool, python_tools, tool
 from agents.tools.registry import (
     EFFECTS,
     Effect,
@@ -17,6 +18,7 @@ from agents.tools.registry import (
     ToolRefused,
     ToolRegistry,
 )
+from agents.tools.workspace import workspace_tools
 
 __all__ = [
     "EFFECTS",
@@ -26,4 +28,8 @@ __all__ = [
     "ToolError",
     "ToolRefused",
     "ToolRegistry",
+    "python_tool",
+    "python_tools",
+    "tool",
+    "workspace_tools",
 ]
