@@ -30,7 +30,8 @@ into one line.
     ├── MalformedEvent(BlackboardError, ValueError)     a message we cannot decode
     ├── HandlerError              engine.handlers       a handler steering its task
     │   ├── RetryableError                              try again later (backoff)
-    │   └── NeedsApproval                               a human must approve first
+    │   ├── NeedsApproval                               a human must approve first
+    │   └── GuardrailBreached                           a handler's limit: halt the goal
     ├── ModelError                agents.models         a model client's failure
     │   ├── RetryableModelError                         busy, unreachable: retry
     │   └── TerminalModelError                          refused for good
