@@ -125,6 +125,7 @@ class DuckDBView:
             "approvals": rows.approvals,
             "task_deps": rows.task_deps,
             "dead_letters": rows.dead_letters,
+            "tool_calls": list(rows.tool_calls.values()),
             "goals": [
                 goal_row(state.goals[g]) for g in sorted(rows.goals) if g in state.goals
             ],
@@ -141,7 +142,8 @@ class DuckDBView:
                 verb = "INSERT OR REPLACE" if name in ("goals", "tasks") else "INSERT"
                 if name == "task_deps":
                     verb = "INSERT OR IGNORE"
-                self.con.execute(f"{verb} INTO {name} {_select(name, file)}")
+                upsert = schema.UPSERTS.get(name, "")
+                self.con.execute(f"{verb} INTO {name} {_select(name, file)}{upsert}")
             self.con.execute(
                 "UPDATE projector_state SET last_seq = ? WHERE id = 1", [last_seq]
             )

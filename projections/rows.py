@@ -5,6 +5,10 @@ Append-only tables (``events``, ``model_calls``, ``side_effects``,
 current state of ``goals`` and ``tasks`` comes from the one fold
 (:mod:`blackboard.engine.state`): a batch marks what it touched, and those rows are
 written again whole, so the projection never disagrees with ``bb status``.
+``tool_calls`` has one row per call, made from its ``ToolCallStarted`` and
+``ToolCallFinished``: each event gives the columns it knows, merged in the batch
+by :func:`merge_tool_row` and into the file by the same rule (the two events of
+a call may land in different batches).
 """
 
 from __future__ import annotations
@@ -45,9 +49,23 @@ if TYPE_CHECKING:
     from blackboard.engine.state import GoalState, TaskState
     from blackboard.log.codec import Envelope
 
-__all__ = ["Rows", "add_event", "dead_letter", "goal_row", "task_row"]
+__all__ = [
+    "Rows",
+    "ToolKey",
+    "add_event",
+    "dead_letter",
+    "goal_row",
+    "merge_tool_row",
+    "task_row",
+    "tool_status",
+]
 
 _ENCODE = msgspec.json.Encoder().encode
+
+
+ToolKey = tuple[str, str, str, int, int]
+"""A tool call's row: goal, task, idempotency key, dispatch and attempt of the
+run that executed it (a later attempt re-running a call has a row of its own)."""
 
 
 @dataclass(slots=True)
@@ -60,6 +78,8 @@ class Rows:
     approvals: list[dict[str, Any]] = field(default_factory=list)
     task_deps: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: dict[ToolKey, dict[str, Any]] = field(default_factory=dict)
+    """One row per call touched by the batch, its two events merged."""
     goals: set[str] = field(default_factory=set)
     tasks: set[tuple[str, str]] = field(default_factory=set)
 
@@ -146,6 +166,12 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
                     "policy": None,
                 }
             )
+        case ToolCallStarted() | ToolCallFinished():
+            # A task event with no task names no call (the fold refuses it).
+            if e.task_id is not None:
+                row = _tool_row(e)
+                key = _tool_key(row)
+                merge_tool_row(rows.tool_calls.setdefault(key, {}), row)
         case TaskCreated():
             rows.task_deps.extend(
                 {"goal_id": e.goal_id, "task_id": e.task_id, "depends_on": d}
@@ -165,12 +191,79 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
             | TaskNeedsFollowup()
             | TaskCancelled()
             | TaskHeld()
-            | ToolCallStarted()
-            | ToolCallFinished()
         ):
             pass  # only in `events`, and in the goal and task rows of the fold
         case _:
             assert_never(e)
+
+
+def tool_status(finished: ToolCallFinished | None) -> str:
+    """``running`` (not finished), ``refused``, ``error`` or ``ok``."""
+    if finished is None:
+        return "running"
+    if finished.refused:
+        return "refused"
+    return "ok" if finished.error is None else "error"
+
+
+def _tool_row(e: ToolCallStarted | ToolCallFinished) -> dict[str, Any]:
+    """The columns one of a call's events knows; the others are None."""
+    row: dict[str, Any] = {
+        "goal_id": e.goal_id,
+        "task_id": e.task_id,
+        "tool": e.tool,
+        "source": None,
+        "effect": e.effect,
+        "call_id": e.call_id,
+        "idempotency_key": e.idempotency_key,
+        "model_call": None,
+        "dispatch": e.dispatch,
+        "attempt": e.attempt,
+        "started_at": None,
+        "finished_at": None,
+        "duration_ms": None,
+        "status": "running",
+        "error": None,
+        "arguments": None,
+        "result": None,
+    }
+    if isinstance(e, ToolCallStarted):
+        row["source"] = e.source
+        row["model_call"] = e.model_call or None
+        row["started_at"] = e.at
+        row["arguments"] = e.arguments
+    else:
+        row["finished_at"] = e.at
+        row["duration_ms"] = e.duration_ms
+        row["status"] = tool_status(e)
+        row["error"] = e.error
+        row["result"] = e.result
+    return row
+
+
+def _tool_key(row: dict[str, Any]) -> ToolKey:
+    return (
+        row["goal_id"],
+        row["task_id"],
+        row["idempotency_key"],
+        row["dispatch"],
+        row["attempt"],
+    )
+
+
+def merge_tool_row(row: dict[str, Any], new: dict[str, Any]) -> None:
+    """Merge what a later event of the call says into its row, in place.
+
+    A value the event knows replaces the row's; ``running`` never replaces an
+    end already recorded. ``projections.duckdb_view`` merges a batch's rows into
+    the file by the same rule.
+    """
+    for column, value in new.items():
+        if value is None and column in row:
+            continue
+        if column == "status" and value == "running" and row.get(column):
+            continue
+        row[column] = value
 
 
 def dead_letter(

@@ -15,12 +15,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "TABLES",
     "UPGRADES",
+    "UPSERTS",
     "VIEWS",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: ``model_calls.dispatch``. 3: ``tasks.tokens_cached``, and ``tasks.tokens_in``
-without the cached tokens (see :mod:`blackboard.engine.usage`)."""
+without the cached tokens (see :mod:`blackboard.engine.usage`). 4: ``tool_calls``
+(created on open; no log had tool events before it)."""
 
 COLUMNS: dict[str, dict[str, str]] = {
     "events": {
@@ -73,6 +75,14 @@ COLUMNS: dict[str, dict[str, str]] = {
     "dead_letters": {
         "seq": "BIGINT", "subject": "VARCHAR", "reason": "VARCHAR", "raw": "VARCHAR",
     },
+    "tool_calls": {
+        "goal_id": "VARCHAR", "task_id": "VARCHAR", "tool": "VARCHAR",
+        "source": "VARCHAR", "effect": "VARCHAR", "call_id": "VARCHAR",
+        "idempotency_key": "VARCHAR", "model_call": "VARCHAR",
+        "dispatch": "INTEGER", "attempt": "INTEGER", "started_at": "TIMESTAMPTZ",
+        "finished_at": "TIMESTAMPTZ", "duration_ms": "DOUBLE", "status": "VARCHAR",
+        "error": "VARCHAR", "arguments": "JSON", "result": "JSON",
+    },
 }  # fmt: skip
 
 KEYS: dict[str, tuple[str, ...]] = {
@@ -84,10 +94,54 @@ KEYS: dict[str, tuple[str, ...]] = {
     "side_effects": ("seq",),
     "approvals": ("seq",),
     "dead_letters": ("seq",),
+    "tool_calls": ("goal_id", "task_id", "idempotency_key", "dispatch", "attempt"),
 }
 """Primary keys: a row applied twice would be refused, never doubled."""
 
+
+def _merge(column: str) -> str:
+    # As projections.rows.merge_tool_row: what the later event knows wins, and
+    # 'running' (a start) never replaces an end already recorded.
+    if column == "status":
+        return (
+            "status = CASE WHEN excluded.status = 'running' AND"
+            " tool_calls.status IS NOT NULL THEN tool_calls.status"
+            " ELSE excluded.status END"
+        )
+    return f'"{column}" = coalesce(excluded."{column}", tool_calls."{column}")'
+
+
+UPSERTS: dict[str, str] = {
+    "tool_calls": " ON CONFLICT ("
+    + ", ".join(f'"{k}"' for k in KEYS["tool_calls"])
+    + ") DO UPDATE SET "
+    + ", ".join(_merge(c) for c in COLUMNS["tool_calls"] if c not in KEYS["tool_calls"])
+}
+"""Tables whose row is made by more than one event: how a batch's row merges
+into the one in the file (the other tables only ever insert)."""
+
 TABLES = tuple(COLUMNS)
+
+
+def _tool_stats(c: str) -> str:
+    """Calls, their outcomes and latency: the columns of both tool views.
+
+    ``c`` qualifies the columns of ``tool_calls`` (``tasks`` has a status too).
+    """
+    ran = f"FILTER (WHERE {c}status IN ('ok', 'error'))"
+    return f"""count(*) AS calls,
+               count(*) FILTER (WHERE {c}status = 'ok') AS ok,
+               count(*) FILTER (WHERE {c}status = 'error') AS errors,
+               count(*) FILTER (WHERE {c}status = 'refused') AS refused,
+               count(*) FILTER (WHERE {c}status = 'running') AS running,
+               coalesce(count(*) FILTER (WHERE {c}status IN ('error', 'refused'))
+                 / nullif(count(*) FILTER (WHERE {c}status <> 'running'), 0), 0)
+                 AS error_rate,
+               avg({c}duration_ms) {ran} AS duration_ms_avg,
+               quantile_cont({c}duration_ms, 0.5) {ran} AS duration_ms_p50,
+               quantile_cont({c}duration_ms, 0.95) {ran} AS duration_ms_p95,
+               max({c}duration_ms) {ran} AS duration_ms_max"""
+
 
 # Sums of integers are cast to BIGINT: DuckDB's sum is a HUGEINT, which pandas
 # reads as float64 and polars as Decimal(38, 0).
@@ -139,6 +193,15 @@ VIEWS: dict[str, str] = {
                avg(epoch(finished_at) - epoch(claimed_at)) AS run_s_avg,
                quantile_cont(epoch(finished_at) - epoch(claimed_at), 0.95) AS run_s_p95
         FROM tasks WHERE claimed_at IS NOT NULL GROUP BY lane""",
+    # Latency is that of the calls that ran: a refused call took no time, and
+    # a running one has none yet.
+    "tool_calls_by_tool": f"""
+        SELECT tool, {_tool_stats("")}
+        FROM tool_calls GROUP BY tool""",
+    "tool_calls_by_lane": f"""
+        SELECT t.lane, count(DISTINCT c.tool) AS tools, {_tool_stats("c.")}
+        FROM tool_calls c LEFT JOIN tasks t USING (goal_id, task_id)
+        GROUP BY t.lane""",
 }
 
 

@@ -49,6 +49,12 @@ def emit(trace: Trace, tm: Telemetry) -> int:
             for call in a.calls:
                 tm.model_span(call.event, dispatch=a.dispatch)
                 n += 1
+            for use in a.tools:
+                # A call still running when the log ends has no span: a
+                # live process writes it only once the call finished.
+                if use.finished is not None:
+                    tm.tool_span(use.started, use.finished)
+                    n += 1
     tm.goal_span(
         trace.goal_id,
         s.text,

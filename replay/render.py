@@ -19,11 +19,25 @@ JSON (``format_version`` 1) is an object::
                                      prompt_version, request, text, error,
                                      tokens_in, tokens_out, tokens_cached,
                                      cost_usd, latency_ms, request_hash,
-                                     scripted}],
+                                     scripted, tool_calls}],
                             effects: [{name, key, status, request, result,
-                                       error}]}]}],   in creation order
+                                       error}],
+                            tools: [{seq, finished_seq, tool, call_id, key,
+                                     source, effect, model_call, call_seq,
+                                     call_index, arguments, status, result,
+                                     error, duration_ms, started_at,
+                                     finished_at}]}]}],   in creation order
      "totals": [{lane, model, calls, failed_calls, tokens_in, tokens_out,
                  tokens_cached, cost_usd, latency_ms, scripted}]}
+
+A call has ``tool_calls`` (``{id, name, arguments}``, as its answer asked) and
+an attempt ``tools`` only when there are any, so the JSON of a goal without
+tool calls is what it was before they existed. Each of ``tools`` names the
+model call that asked for it by event id (``model_call``) and, when that call
+is in the log, by its ``seq`` (``call_seq``: a ``seq`` in ``calls``, possibly
+of an earlier attempt whose conversation this one resumed) and ``call_index``.
+``status`` is ``running``, ``ok``, ``error`` or ``refused``; ``duration_ms`` is
+null until the call finished.
 """
 
 from __future__ import annotations
@@ -33,6 +47,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+from replay.trace import ToolUse
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -44,6 +60,11 @@ __all__ = ["FORMAT_VERSION", "render_html", "render_json", "render_text", "to_js
 FORMAT_VERSION = 1
 FOLD_LINES = 3
 """Lines of a prompt or answer shown when not ``--full``."""
+CLIP = 100
+"""Characters of a tool call's arguments, result or error shown when not
+``--full``."""
+CLIP_HTML = 400
+"""The same, on the HTML page."""
 
 
 # --- JSON -------------------------------------------------------------------
@@ -55,7 +76,7 @@ def _ts(at: datetime | None) -> str | None:
 
 def _call_json(c: Call) -> dict[str, Any]:
     e = c.event
-    return {
+    doc: dict[str, Any] = {
         "seq": c.seq,
         "index": e.call_index,
         "provider": e.provider,
@@ -73,10 +94,36 @@ def _call_json(c: Call) -> dict[str, Any]:
         "request_hash": e.request_hash,
         "scripted": e.scripted,
     }
+    if e.tool_calls:
+        doc["tool_calls"] = list(e.tool_calls)
+    return doc
+
+
+def _tool_json(u: ToolUse) -> dict[str, Any]:
+    e, st, fin = u.event, u.started, u.finished
+    return {
+        "seq": u.seq,
+        "finished_seq": u.finished_seq,
+        "tool": e.tool,
+        "call_id": e.call_id,
+        "key": u.key,
+        "source": st.source if st else None,
+        "effect": e.effect,
+        "model_call": st.model_call if st else None,
+        "call_seq": u.call_seq,
+        "call_index": u.call_index,
+        "arguments": st.arguments if st else None,
+        "status": u.status,
+        "result": fin.result if fin else None,
+        "error": fin.error if fin else None,
+        "duration_ms": round(fin.duration_ms, 3) if fin else None,
+        "started_at": _ts(st.at) if st else None,
+        "finished_at": _ts(fin.at) if fin else None,
+    }
 
 
 def _attempt_json(a: Attempt) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "n": a.n,
         "dispatch": a.dispatch,
         "worker": a.worker,
@@ -98,6 +145,9 @@ def _attempt_json(a: Attempt) -> dict[str, Any]:
             for f in a.effects
         ],
     }
+    if a.tools:
+        doc["tools"] = [_tool_json(u) for u in a.tools]
+    return doc
 
 
 def _task_json(t: TaskTrace) -> dict[str, Any]:
@@ -228,6 +278,63 @@ def _call_lines(c: Call, pad: str, full: bool) -> list[str]:
     out += _fold(_prompt(c), pad + "    ", full)
     out.append(f"{pad}  answer:")
     out += _fold(e.text, pad + "    ", full)
+    if e.tool_calls:
+        names = ", ".join(str(t.get("name", "?")) for t in e.tool_calls)
+        out.append(f"{pad}  asks for: {_clip(names, full)}")
+    return out
+
+
+def _clip(text: str, full: bool) -> str:
+    if full:
+        return text
+    flat = " ".join(text.split())
+    return flat if len(flat) <= CLIP else flat[: CLIP - 1] + "…"
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _tool_lines(u: ToolUse, a: Attempt, pad: str, full: bool) -> list[str]:
+    e, st, fin = u.event, u.started, u.finished
+    took = f"  {fin.duration_ms:,.1f} ms" if fin is not None else ""
+    asked = ""
+    if u.call_attempt is not None and u.call_attempt != (a.dispatch, a.n):
+        dispatch, n = u.call_attempt
+        run = f"attempt {n}" + (f" (dispatch {dispatch})" if dispatch > 1 else "")
+        asked = f"  (asked by call {u.call_index} of {run})"
+    out = [f"{pad}tool {e.tool}  {e.effect}  {u.status}{took}{asked}"]
+    if st is not None:
+        out.append(f"{pad}  arguments: {_clip(_json_text(st.arguments), full)}")
+    if fin is not None and fin.error is not None:
+        out.append(f"{pad}  error: {_clip(fin.error, full)}")
+    elif fin is not None:
+        out.append(f"{pad}  result: {_clip(_json_text(fin.result), full)}")
+    return out
+
+
+def _run_lines(a: Attempt, pad: str, full: bool) -> list[str]:
+    """An attempt's model calls and tool calls, in stream order.
+
+    A tool call comes under the model call that asked for it; one asked for by
+    an earlier attempt's call (a resumed conversation) stands on its own.
+    """
+    asked: dict[int, list[ToolUse]] = {}
+    items: list[tuple[int, Call | ToolUse]] = [(c.seq, c) for c in a.calls]
+    mine = {c.seq for c in a.calls}
+    for u in a.tools:
+        if u.call_seq in mine:
+            asked.setdefault(u.call_seq or 0, []).append(u)
+        else:
+            items.append((u.seq, u))
+    out: list[str] = []
+    for _, item in sorted(items, key=lambda x: x[0]):
+        if isinstance(item, ToolUse):
+            out += _tool_lines(item, a, pad, full)
+            continue
+        out += _call_lines(item, pad, full)
+        for u in asked.get(item.seq, []):
+            out += _tool_lines(u, a, pad + "  ", full)
     return out
 
 
@@ -251,8 +358,7 @@ def _task_lines(t: TaskTrace, pad: str, full: bool) -> list[str]:
         )
         if a.error:
             out.append(f"{pad}  error: {a.error}")
-        for c in a.calls:
-            out += _call_lines(c, pad + "  ", full)
+        out += _run_lines(a, pad + "  ", full)
         for f in a.effects:
             detail = (
                 f.error
@@ -440,6 +546,14 @@ pre{{white-space:pre-wrap;background:#f4f4f6;padding:6px;border-radius:4px}}
 const trace = JSON.parse(document.getElementById("trace").textContent);
 const byId = Object.fromEntries(trace.tasks.map(t => [t.task_id, t]));
 const esc = s => String(s).replace(/[&<>]/g, c => ({{"&":"&amp;","<":"&lt;",">":"&gt;"}})[c]);
+const clip = s => s.length > {CLIP_HTML} ? s.slice(0, {CLIP_HTML - 1}) + "…" : s;
+function tool(u) {{
+  const took = u.duration_ms === null ? "" : ` — ${{u.duration_ms}} ms`;
+  let h = `<p>tool <b>${{esc(u.tool)}}</b> (${{esc(u.effect)}}) — ${{esc(u.status)}}${{took}}</p>`;
+  h += `<pre>${{esc(clip(JSON.stringify(u.arguments)))}}</pre>`;
+  if (u.status !== "running") h += `<pre>${{esc(clip(u.error !== null ? u.error : JSON.stringify(u.result)))}}</pre>`;
+  return h;
+}}
 function show(id) {{
   const t = byId[id];
   document.querySelectorAll(".node").forEach(n => n.classList.toggle("sel", n.dataset.task === id));
@@ -448,10 +562,19 @@ function show(id) {{
   for (const a of t.attempts) {{
     h += `<h3>attempt ${{a.n}}${{a.dispatch > 1 ? ` (dispatch ${{a.dispatch}})` : ""}} — ${{esc(a.worker)}} — ${{esc(a.outcome)}}</h3>`;
     if (a.error) h += `<p>error: ${{esc(a.error)}}</p>`;
-    for (const c of a.calls) {{
+    // Tool calls under the model call that asked for them; one an earlier
+    // attempt's call asked for (a resumed conversation) in stream order.
+    const tools = a.tools || [];
+    const mine = new Set(a.calls.map(c => c.seq));
+    const items = a.calls.map(c => [c.seq, c, null])
+      .concat(tools.filter(u => !mine.has(u.call_seq)).map(u => [u.seq, null, u]))
+      .sort((x, y) => x[0] - y[0]);
+    for (const [, c, u] of items) {{
+      if (u) {{ h += tool(u); continue; }}
       h += `<h4>call ${{c.index}}: ${{esc(c.provider)}} ${{esc(c.model)}} ${{esc(c.prompt_version)}} — in ${{c.tokens_in}} out ${{c.tokens_out}} $${{c.cost_usd}}</h4>`;
       const m = (c.request.messages || []).map(x => x.role + ": " + x.content).join("\\n\\n");
       h += `<pre>${{esc(m)}}</pre><pre>${{esc(c.error || c.text)}}</pre>`;
+      for (const v of tools.filter(v => v.call_seq === c.seq)) h += tool(v);
     }}
     for (const f of a.effects) h += `<p>effect ${{esc(f.name)}}: ${{esc(f.status)}}</p>`;
   }}

@@ -2,7 +2,8 @@
 
 ``build_trace(envelopes)`` gives the DAG as a tree (spawned tasks under their
 parent), each task's attempts with worker and timings, each model call with
-its prompt and answer, side effects, NEED escalations, approvals, guardrail
+its prompt and answer, the tool calls its answers asked for, side effects,
+NEED escalations, approvals, guardrail
 holds and resumes, failures, and totals by lane and model (the one usage
 summary, :mod:`blackboard.engine.usage`). Statuses come from
 the one fold (:mod:`blackboard.engine.state`), so a trace never disagrees with
@@ -43,6 +44,7 @@ from blackboard.log.events import (
     ToolCallStarted,
     kind,
 )
+from projections.rows import tool_status
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -56,6 +58,7 @@ __all__ = [
     "Effect",
     "Note",
     "TaskTrace",
+    "ToolUse",
     "Trace",
     "build_trace",
 ]
@@ -84,6 +87,40 @@ class Effect:
 
 
 @dataclass(slots=True)
+class ToolUse:
+    """One tool call a model's answer asked for: started, then finished.
+
+    It belongs to the attempt that ran it; the model call that asked for it is
+    named by ``model_call`` and, when that call is in the goal's log, found:
+    ``call_seq`` and ``call_index`` (an attempt resuming a conversation runs
+    calls an earlier attempt's answer asked for).
+    """
+
+    key: str
+    seq: int
+    """The sequence of the call's first event (its start, if recorded)."""
+    started: ToolCallStarted | None = None
+    finished: ToolCallFinished | None = None
+    finished_seq: int | None = None
+    call_seq: int | None = None
+    call_index: int | None = None
+    call_attempt: tuple[int, int] | None = None
+    """``(dispatch, attempt)`` of the run whose model call asked for it."""
+
+    @property
+    def event(self) -> ToolCallStarted | ToolCallFinished:
+        """The call's first event (the start, if recorded)."""
+        e = self.started or self.finished
+        assert e is not None  # a ToolUse is made from one of them
+        return e
+
+    @property
+    def status(self) -> str:
+        """``running``, ``ok``, ``error`` or ``refused``."""
+        return tool_status(self.finished)
+
+
+@dataclass(slots=True)
 class Attempt:
     """One claim of a task and what came of it.
 
@@ -104,6 +141,7 @@ class Attempt:
     error: str | None = None
     outcome_seq: int | None = None
     calls: list[Call] = field(default_factory=list)
+    tools: list[ToolUse] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     spawned: list[str] = field(default_factory=list)
 
@@ -263,6 +301,18 @@ def _apply(trace: Trace, env: Envelope) -> None:
                     effect.status, effect.result = "completed", e.result
                 else:
                     effect.status, effect.error = "failed", e.error
+        case ToolCallStarted():
+            if attempt is not None:
+                use = ToolUse(e.idempotency_key, env.seq, started=e)
+                _link(task, use, e.model_call)
+                attempt.tools.append(use)
+        case ToolCallFinished():
+            if attempt is not None:
+                ran = _tool(attempt, e.idempotency_key)
+                if ran is None:  # its start is not in the log
+                    ran = ToolUse(e.idempotency_key, env.seq)
+                    attempt.tools.append(ran)
+                ran.finished, ran.finished_seq = e, env.seq
         case TaskCompleted():
             if e.duplicate_of is not None:
                 task.notes.append(
@@ -307,8 +357,6 @@ def _apply(trace: Trace, env: Envelope) -> None:
             | GoalCancelled()
             | GoalHalted()
             | GoalResumed()
-            | ToolCallStarted()
-            | ToolCallFinished()
         ):
             pass  # a creation is applied above; a goal event names no task
         case _:
@@ -359,6 +407,25 @@ def _effect(attempt: Attempt | None, key: str) -> Effect | None:
         if effect.key == key:
             return effect
     return None
+
+
+def _tool(attempt: Attempt, key: str) -> ToolUse | None:
+    for use in reversed(attempt.tools):
+        if use.key == key and use.finished is None:
+            return use
+    return None
+
+
+def _link(task: TaskTrace, use: ToolUse, model_call: str) -> None:
+    """Find the model call that asked for ``use``, in any run of the task."""
+    if not model_call:
+        return
+    for a in reversed(task.attempts):
+        for c in a.calls:
+            if c.event.event_id == model_call:
+                use.call_seq, use.call_index = c.seq, c.event.call_index
+                use.call_attempt = (a.dispatch, a.n)
+                return
 
 
 def _by(by: str, text: str) -> str:

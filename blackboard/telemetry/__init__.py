@@ -15,7 +15,8 @@ Spans::
     │   │                          worker, dispatch, attempt, status); a
     │   │                          spawned task's span links to the run that
     │   │                          spawned it
-    │   └── chat <model>           one per model call, GenAI conventions + cost
+    │   ├── chat <model>           one per model call, GenAI conventions + cost
+    │   └── execute_tool <tool>    one per tool call, GenAI conventions + effect
     └── ...
 
 A run is one attempt of one dispatch: a task made ready again (after the
@@ -65,6 +66,7 @@ __all__ = [
     "root_span_id",
     "shutdown",
     "task_span_id",
+    "tool_span_id",
     "trace_id_of",
     "traceparent",
     "tracer_provider",
@@ -132,6 +134,13 @@ def _ns(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000_000)
 
 
+def _tool_status(e: ToolCallFinished) -> str:
+    # As projections.rows.tool_status (which this package may not import).
+    if e.refused:
+        return "refused"
+    return "ok" if e.error is None else "error"
+
+
 def _parent(goal_id: str, span_id: int | None = None) -> otel_context.Context:
     ctx = SpanContext(
         trace_id_of(goal_id),
@@ -192,6 +201,12 @@ class Telemetry:
             ),
             "cost": m.create_counter(
                 "bb.model.cost", "USD", "Model cost by lane and model"
+            ),
+            "tool_calls": m.create_counter(
+                "bb.tool.calls", "{call}", "Tool calls by tool and status"
+            ),
+            "tool_duration": m.create_histogram(
+                "bb.tool.duration", "s", "Time a tool call took, by tool and status"
             ),
             "breaches": m.create_counter(
                 "bb.guardrail.breaches", "{breach}", "Goals halted by a guardrail"
@@ -384,6 +399,81 @@ class Telemetry:
             span.set_status(Status(StatusCode.ERROR, e.error))
         span.end(end_time=end)
 
+    def tool_call(
+        self, started: ToolCallStarted | None, finished: ToolCallFinished
+    ) -> None:
+        """Record a finished tool call: a span under its run, count and duration.
+
+        ``started`` is the call's start, if at hand (the span then starts when
+        it did; otherwise ``duration_ms`` before the end).
+        """
+        if self.tracer is not None and finished.task_id is not None:
+            self.tool_span(started, finished)
+        if self.meter is not None:
+            attrs = {"tool": finished.tool, "status": _tool_status(finished)}
+            self._instruments["tool_calls"].add(1, attrs)
+            self._instruments["tool_duration"].record(
+                max(finished.duration_ms, 0.0) / 1000, attrs
+            )
+
+    def tool_span(
+        self, started: ToolCallStarted | None, finished: ToolCallFinished
+    ) -> None:
+        """The span of one tool call, from its recorded events.
+
+        Its parent is the run that executed the call (the call's own attempt
+        and dispatch), beside the model calls: an ``execute_tool`` span of the
+        OpenTelemetry GenAI conventions. Arguments and results are not
+        attributes (the conventions make them opt-in: they may hold anything);
+        the log has them.
+        """
+        assert self.tracer is not None
+        e = finished
+        assert e.task_id is not None
+        parent = _parent(
+            e.goal_id, task_span_id(e.goal_id, e.task_id, e.attempt, e.dispatch)
+        )
+        end = _ns(e.at)
+        start = (
+            _ns(started.at)
+            if started is not None
+            else end - int(e.duration_ms * 1_000_000)
+        )
+        status = _tool_status(e)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": e.tool,
+            "gen_ai.tool.call.id": e.call_id,
+            "gen_ai.tool.type": "function",
+            "bb.tool.effect": e.effect,
+            "bb.tool.status": status,
+            "bb.goal_id": e.goal_id,
+            "bb.task_id": e.task_id,
+            "bb.attempt": e.attempt,
+            "bb.dispatch": e.dispatch,
+        }
+        if started is not None:
+            attributes["bb.tool.source"] = started.source
+            attributes["bb.tool.model_call"] = started.model_call
+        if e.error is not None:
+            attributes["error.type"] = "_OTHER"
+        token = _NEXT_SPAN_ID.set(
+            tool_span_id(e.goal_id, e.task_id, e.attempt, e.idempotency_key, e.dispatch)
+        )
+        try:
+            span = self.tracer.start_span(
+                f"execute_tool {e.tool}",
+                context=parent,
+                kind=SpanKind.INTERNAL,
+                start_time=min(start, end),
+                attributes=attributes,
+            )
+        finally:
+            _NEXT_SPAN_ID.reset(token)
+        if e.error is not None:
+            span.set_status(Status(StatusCode.ERROR, e.error))
+        span.end(end_time=end)
+
     def goal_span(
         self,
         goal_id: str,
@@ -480,6 +570,7 @@ from blackboard.telemetry.spans import (  # noqa: E402
     model_span_id,
     root_span_id,
     task_span_id,
+    tool_span_id,
     trace_id_of,
     traceparent,
 )

@@ -2,7 +2,8 @@
 
 Every process, and ``bb replay --otlp`` long after, derives the same ids from
 what a span stands for, without asking anyone: the trace id is the goal's
-ULID, span ids are hashes of (what, goal, task, run, call index).
+ULID, span ids are hashes of (what, goal, task, run, call index or tool call
+key).
 """
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ def model_span_id(
 ) -> int:
     """The span id of one model call of a run."""
     return _span_id("call", goal_id, task_id, *_run(attempt, dispatch), index)
+
+
+def tool_span_id(
+    goal_id: str, task_id: str, attempt: int, key: str, dispatch: int = 1
+) -> int:
+    """The span id of one tool call run by a run of a task.
+
+    ``key`` is the call's idempotency key: it names the run whose model answer
+    asked for the call, so a call a later run executes again (resuming that
+    conversation) has a span of its own.
+    """
+    return _span_id("tool", goal_id, task_id, *_run(attempt, dispatch), key)
 
 
 def traceparent(goal_id: str) -> str:
