@@ -338,11 +338,6 @@ class Telemetry:
                 tokens.add(event.tokens_cached, {**attrs, "kind": "cached"})
             self._instruments["cost"].add(event.cost_usd, attrs)
 
-    def tool_call(
-        self, started: ToolCallStarted | None, finished: ToolCallFinished
-    ) -> None:
-        """Record a tool call (its span and metrics come with the views work)."""
-
     def model_span(self, e: ModelCalled, dispatch: int | None = None) -> None:
         """The span of one model call, from its recorded event.
 
