@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from agents.handlers import Agents
 from agents.report import Usage, usage_by_lane_model, usage_json
-from agents.toolbox import with_demo_tools
+from agents.toolbox import with_demo_tools, workspace_of
 from blackboard import telemetry
 from blackboard.engine import control as client
 from blackboard.engine import submission as service
 from blackboard.engine.handlers import BUILTIN
 from blackboard.engine.state import fold
+from blackboard.log.events import ToolCallFinished
 from blackboard.runtime import connection as runtime
 from blackboard.runtime import inprocess as stack
 
@@ -44,6 +45,10 @@ class Outcome:
 
     goal: GoalState
     usage: list[Usage]
+    tool_calls: int = 0
+    """Tool calls the agents made (finished ones, refused included)."""
+    workspace: str = ""
+    """The goal's workspace directory as this process sees it (may not exist)."""
 
     def as_json(self) -> dict[str, Any]:
         """The outcome as JSON-able data."""
@@ -58,6 +63,8 @@ class Outcome:
             "tokens": g.tokens,
             "cost_usd": round(g.cost_usd, 6),
             "usage": [usage_json(u) for u in self.usage],
+            "tool_calls": self.tool_calls,
+            "workspace": self.workspace,
         }
 
 
@@ -116,7 +123,12 @@ async def drive(
                 # Stop only once the goal is in the projection, for `bb sql`.
                 await running.projector.caught_up(envs[-1].seq)
     goal = fold(envs).goals[event.goal_id]
-    return Outcome(goal, usage_by_lane_model(env.event for env in envs))
+    return Outcome(
+        goal,
+        usage_by_lane_model(env.event for env in envs),
+        tool_calls=sum(isinstance(env.event, ToolCallFinished) for env in envs),
+        workspace=str(workspace_of(settings, event.goal_id)),
+    )
 
 
 def unreachable(

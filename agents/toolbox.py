@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from agents.tools.mcp import McpServers
     from blackboard.runtime.config import Settings
 
-__all__ = ["DEMO_MCP", "Toolbox", "with_demo_tools"]
+__all__ = ["DEMO_MCP", "Toolbox", "with_demo_tools", "workspace_of"]
 
 log = logging.getLogger("blackboard.tools")
 
@@ -79,15 +79,9 @@ class Toolbox:
             tools.extend(python_tools(self.settings.tools.python))
         return tools
 
-    @property
-    def root(self) -> Path:
-        """Where the goals' workspaces are."""
-        configured = self.settings.tools.workspace_dir
-        return Path(configured or Path(self.settings.data_dir) / "workspaces")
-
     def workspace(self, goal_id: str) -> Path:
         """The goal's workspace directory (created by the first write)."""
-        return self.root / goal_id
+        return workspace_of(self.settings, goal_id)
 
     async def start(self) -> None:
         """Start the MCP servers (once); a server that fails is left out."""
@@ -122,6 +116,13 @@ class Toolbox:
         if self._mcp is not None:
             await self._mcp.aclose()
             self._mcp = None
+
+
+def workspace_of(settings: Settings, goal_id: str) -> Path:
+    """A goal's workspace: ``[tools] workspace_dir`` (or the data dir's) / goal."""
+    configured = settings.tools.workspace_dir
+    root = Path(configured) if configured else Path(settings.data_dir) / "workspaces"
+    return root / goal_id
 
 
 def _resolved(server: McpServerSettings) -> McpServerSettings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -104,8 +105,7 @@ def drive_goal(
     except KeyboardInterrupt:
         if ids and in_process:
             where = (
-                "it stays in the log and goes on when a deployment runs "
-                f"(`{me()} up`)"
+                f"it stays in the log and goes on when a deployment runs (`{me()} up`)"
             )
         elif ids:
             where = "it keeps running in the deployment"
@@ -153,4 +153,11 @@ def _print_outcome(outcome: Any, *, demo: bool) -> None:
     for line in report.cost_lines(outcome.usage):
         typer.echo(line)
     typer.echo("")
+    if outcome.tool_calls:
+        written = Path(outcome.workspace)
+        files = (
+            sum(1 for p in written.rglob("*") if p.is_file()) if written.is_dir() else 0
+        )
+        where = f"; {files} file(s) in its workspace: {written}" if files else ""
+        typer.echo(f"the agents made {outcome.tool_calls} tool call(s){where}")
     typer.echo(f"replay it: {me()} replay {goal.goal_id}")

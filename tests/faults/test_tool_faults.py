@@ -146,7 +146,7 @@ async def test_sigkill_mid_conversation_resumes_without_repeating(
         for r in fake.requests
         if r.path == OPENAI_PATH
     )
-    by_round = Counter()
+    by_round: Counter[int] = Counter()
     for messages, n in sent.items():
         by_round[rounds({"messages": json.loads(messages)})] += n
     assert by_round == {0: 1, 1: 1, K_CALLS: 2, K_CALLS + 1: 1}
