@@ -39,9 +39,15 @@ def test_bb_demo_runs_the_audit_logging_goal_end_to_end(cli_env, tmp_path):
     # The local lane escalated (NEED) and one call was refused with a 429.
     local = [u for u in out["usage"] if u["lane"] == "local"]
     assert sum(u["failed_calls"] for u in local) == 1
-    # The patches were written, once each, under the goal's artifacts folder.
-    patches = Path(env["BB_DATA_DIR"]) / "artifacts" / out["goal_id"] / "patches"
-    assert len(list(patches.glob("*.patch"))) == 20
+    # The local agents wrote the patches and the migration themselves, through
+    # the workspace tools; the schema task asked the shipped MCP server.
+    workspace = Path(out["workspace"])
+    assert workspace == Path(env["BB_DATA_DIR"]) / "workspaces" / out["goal_id"]
+    patches = sorted(workspace.glob("patches/*.patch"))
+    assert len(patches) == 20
+    assert all("audit.emit(AuditEvent(" in p.read_text() for p in patches)
+    assert (workspace / "migrations" / "0042_audit_log.sql").is_file()
+    assert out["tool_calls"] == 23  # 21 writes, 2 MCP reads
 
 
 def test_bb_demo_text_shows_progress_cost_split_and_replay_command(cli_env):
