@@ -27,6 +27,7 @@ where it stopped, and spends nothing twice.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -83,7 +84,7 @@ if TYPE_CHECKING:
     from blackboard.log.events import ModelCalled, TaskSpec
     from blackboard.runtime.config import Settings
 
-__all__ = ["MAX_NEEDS", "Agents", "NeedLoop", "UnusableAnswer", "registry"]
+__all__ = ["MAX_NEEDS", "Agents", "NeedLoop", "UnusableAnswer", "for_worker"]
 
 T = TypeVar("T")
 
@@ -240,8 +241,7 @@ class Agents:
         offered = await self.toolbox.offered(patterns)
         by_name = {t.name: t for t in offered}
         specs = tuple(t.spec() for t in offered)
-        goal = await ctx.goal()
-        limit = goal.limits.max_turns or self.settings.limits.max_turns
+        limit = (await ctx.limits()).max_turns or self.settings.limits.max_turns
         messages = list(request.messages)
         turns = 0
         while True:
@@ -356,8 +356,12 @@ class Agents:
             where = Invocation(
                 ctx.goal_id, ctx.task_id, self.toolbox.workspace(ctx.goal_id)
             )
+            limit = self.settings.tools.timeout_s
             try:
-                result = _plain(await tool.run(where, dict(call.arguments)))
+                async with asyncio.timeout(limit):
+                    result = _plain(await tool.run(where, dict(call.arguments)))
+            except TimeoutError:
+                return ToolOutcome(error=f"{call.name} took longer than {limit:g}s")
             except ToolRefused as e:
                 return ToolOutcome(error=self.redactor.text(str(e)), refused=True)
             except ToolError as e:
@@ -579,11 +583,6 @@ class Agents:
             "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-
-
-def registry(settings: Settings) -> dict[str, Handler]:
-    """The agent handlers for a worker process (``bb worker``, ``bb up``)."""
-    return Agents(settings).handlers()
 
 
 def for_worker(settings: Settings) -> Agents:

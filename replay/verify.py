@@ -24,6 +24,7 @@ import msgspec
 from agents.handlers import Agents
 from agents.lanes import Lanes
 from agents.models import ModelClient, ModelRequest, ModelResponse, ToolCall
+from agents.toolbox import Toolbox
 from blackboard.engine.context import BaseTaskContext, check_unfinished
 from blackboard.engine.handlers import BUILTIN, Followup, NeedsApproval, RetryableError
 from blackboard.engine.state import GoalState, TaskState, fold, fold_task
@@ -33,6 +34,7 @@ from blackboard.log.events import (
     ApprovalRequested,
     Event,
     GoalSubmitted,
+    Limits,
     ModelCalled,
     SideEffectCompleted,
     TaskCompleted,
@@ -251,6 +253,10 @@ class _ReplayContext(BaseTaskContext):
     async def goal(self) -> GoalSubmitted:
         return self._submitted
 
+    async def limits(self) -> Limits:
+        state = self._goal_state()
+        return state.limits if state is not None else self._submitted.limits
+
     def _goal_state(self) -> GoalState | None:
         # Folded once per attempt: handlers read results more than once.
         if self._folded is None:
@@ -347,6 +353,10 @@ async def verify(
     """Re-run every recorded attempt of a goal; report the first divergences."""
     trace = build_trace(envs, goal_id)
     report = Report(goal_id)
+    # Tool calls answer from the log: no MCP server is started to verify.
+    no_servers = msgspec.structs.replace(
+        settings, tools=msgspec.structs.replace(settings.tools, mcp={})
+    )
     if trace.submitted is None:
         return report
     for task in trace.tasks.values():
@@ -358,7 +368,9 @@ async def verify(
             model = _RecordedModel(
                 [c.event for c in attempt.calls if c.event.error is None]
             )
-            agents = Agents(settings, _RecordedLanes(settings, model))
+            agents = Agents(
+                settings, _RecordedLanes(settings, model), Toolbox(no_servers)
+            )
             registry = {**BUILTIN, **agents.handlers(), **(handlers or {})}
             handler = registry.get(task.created.task_type)
             if handler is None:

@@ -63,7 +63,6 @@ from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from agents.tools.registry import Tool, ToolError
-from blackboard.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -487,11 +486,7 @@ class McpServers:
         errlog: TextIO | None = None,
     ) -> None:
         for name, settings in servers.items():
-            if (settings.command is None) == (settings.url is None):
-                raise ConfigError(
-                    f"[tools.mcp.{name}]: give either command (stdio) or url"
-                    " (streamable HTTP), not both or neither"
-                )
+            settings.check(name)
         self._servers = {n: _Server(n, s, errlog) for n, s in servers.items()}
         self._started = False
 

@@ -41,7 +41,9 @@ from blackboard.engine.transcript import (
 from blackboard.errors import ConcurrencyConflict, ConfigError, LogUnavailable
 from blackboard.log.events import (
     Event,
+    GoalResumed,
     GoalSubmitted,
+    Limits,
     ModelCalled,
     SideEffectCompleted,
     SideEffectFailed,
@@ -106,6 +108,10 @@ class TaskContext(Protocol):
 
     async def goal(self) -> GoalSubmitted:
         """The goal this task serves."""
+        ...
+
+    async def limits(self) -> Limits:
+        """The goal's limits now: as submitted, or as ``bb resume`` raised them."""
         ...
 
     async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
@@ -243,6 +249,10 @@ class BaseTaskContext(ABC):
     @abstractmethod
     async def goal(self) -> GoalSubmitted:
         """The goal this task serves."""
+
+    @abstractmethod
+    async def limits(self) -> Limits:
+        """The goal's limits now: as submitted, or as ``bb resume`` raised them."""
 
     @abstractmethod
     async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
@@ -414,6 +424,13 @@ class LiveTaskContext(BaseTaskContext):
                 raise LogUnavailable(f"goal {self.goal_id}: submission not readable")
             self._goal = env.event
         return self._goal
+
+    async def limits(self) -> Limits:
+        """The goal's limits now: as submitted, or as ``bb resume`` raised them."""
+        env = await self.store.last_event(self.goal_id, None, "goal_resumed")
+        if env is not None and isinstance(env.event, GoalResumed):
+            return env.event.limits
+        return (await self.goal()).limits
 
     async def results_of(self, task_ids: Sequence[str]) -> dict[str, Any]:
         """Results of other tasks of the goal that completed (missing: absent)."""

@@ -365,8 +365,12 @@ class JetStreamEventStore(JetStreamReads):
 
     @translated
     async def durable(self, name: str, from_seq: int) -> Consumer:
-        """(Re)create an ack-all durable consumer of the events from ``from_seq``."""
-        await self.drop_durable(name)
+        """(Re)create an ack-all durable consumer of the events from ``from_seq``.
+
+        Dropping, creating and binding are retried together on transient
+        trouble (a slow or restarting server): the projector starts through
+        here, and a JetStream API timeout must not end it.
+        """
         cfg = ConsumerConfig(
             durable_name=name,
             ack_policy=AckPolicy.ALL,
@@ -378,13 +382,25 @@ class JetStreamEventStore(JetStreamReads):
             else DeliverPolicy.ALL,
             opt_start_seq=from_seq if from_seq > 1 else None,
         )
-        await self.js.add_consumer(self.events_stream, cfg)
-        sub = await self.js.pull_subscribe_bind(durable=name, stream=self.events_stream)
-        return JetStreamConsumer(sub)
+
+        async def make() -> Consumer:
+            await self._drop(name)
+            await self.js.add_consumer(self.events_stream, cfg)
+            sub = await self.js.pull_subscribe_bind(
+                durable=name, stream=self.events_stream
+            )
+            return JetStreamConsumer(sub)
+
+        return await self._retry(f"creating the durable consumer {name}", make)
 
     @translated
     async def drop_durable(self, name: str) -> None:
         """Delete a durable consumer of the events stream if it exists."""
+        await self._retry(
+            f"deleting the durable consumer {name}", lambda: self._drop(name)
+        )
+
+    async def _drop(self, name: str) -> None:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await self.js.delete_consumer(self.events_stream, name)
 

@@ -92,6 +92,14 @@ class McpServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     timeout_s: float = 30.0
     """Seconds one tool call may take before it fails (and is recorded so)."""
 
+    def check(self, name: str) -> None:
+        """Raise ConfigError unless exactly one transport is given."""
+        if (self.command is None) == (self.url is None):
+            raise ConfigError(
+                f"[tools.mcp.{name}]: give either command (stdio) or url"
+                " (streamable HTTP), not both or neither"
+            )
+
 
 class ToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where agents' tools come from: the workspace, Python, MCP servers."""
@@ -104,6 +112,10 @@ class ToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``module:attribute`` naming a function or a list of functions."""
     mcp: dict[str, McpServerSettings] = msgspec.field(default_factory=dict)
     """MCP servers by name; their tools are offered as ``name.tool``."""
+    timeout_s: float = 120.0
+    """Seconds any one tool call may take; past it the call fails (recorded,
+    and the model is told), so a hung tool holds its task, not a worker slot
+    for ever."""
 
 
 class ApprovalSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -254,11 +266,7 @@ def load(
             check_token(name, "MCP server name", id_like=False)
         except ValueError as e:
             raise ConfigError(f"[tools.mcp]: {e}") from e
-        if (server.command is None) == (server.url is None):
-            raise ConfigError(
-                f"[tools.mcp.{name}]: give either command (stdio) or url"
-                " (streamable HTTP), not both or neither"
-            )
+        server.check(name)
     return settings
 
 

@@ -6,6 +6,7 @@ test can tell a call that ran twice from one that ran once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -25,3 +26,17 @@ def step(n: int) -> dict[str, int]:
 
 
 TOOLS = [step]
+
+
+@tool(effect="read")
+async def nap(seconds: float) -> str:
+    """Sleep, then say so (a tool that can outlast its timeout).
+
+    Args:
+        seconds: How long to sleep.
+    """
+    await asyncio.sleep(seconds)
+    return "rested"
+
+
+SLOW = [nap]

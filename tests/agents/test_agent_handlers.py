@@ -17,7 +17,12 @@ from agents.handlers import Agents
 from agents.lanes import Lanes
 from blackboard.engine import control as client
 from blackboard.engine.handlers import BUILTIN
-from blackboard.log.events import ModelCalled, TaskCompleted, TaskFailed
+from blackboard.log.events import (
+    ModelCalled,
+    TaskCompleted,
+    TaskFailed,
+    ToolCallFinished,
+)
 from blackboard.runtime import config
 from blackboard.runtime.inprocess import running
 from tests.engine.conftest import events_of, spec, submit
@@ -115,7 +120,7 @@ async def test_tokens_and_cost_recorded_exactly(store, agent_settings, agents, f
     # 800*0.1 + 100*0.2 + 50*0 = 100
     assert (b.provider, b.model, b.lane) == ("local", "local-main", "local")
     assert (b.tokens_in, b.tokens_out, b.tokens_cached, b.cost_usd) == (800, 100, 50, 0.0001)
-    assert a.prompt_version == "execute/v1" and a.text == "frontier answer"
+    assert a.prompt_version == "execute/v2" and a.text == "frontier answer"
     assert a.request["messages"][0]["content"].startswith("Goal: test goal")
     # The local task was told what its dependency produced.
     assert "task a: frontier answer" in b.request["messages"][0]["content"]
@@ -255,6 +260,8 @@ async def test_artifact_is_written_once_as_a_recorded_side_effect(
     store, agent_settings, agents, fake, tmp_path
 ):
     agent_settings.data_dir = str(tmp_path / "data")
+    # A lane that offers no tools: the handler writes the artifact itself.
+    agent_settings.lanes["local"].tools = []
     fake.enqueue(text="patch body")
     goal, _ = await run_goal(
         store, agent_settings, [execute("a", "local", artifact="patches/a.patch")]
@@ -264,3 +271,82 @@ async def test_artifact_is_written_once_as_a_recorded_side_effect(
     assert path.read_text() == "patch body"
     assert goal.tasks["a"].result["artifact"]["bytes"] == len("patch body")
     assert list(goal.tasks["a"].effects.values()) == ["completed"]
+
+
+async def test_an_agent_that_can_write_delivers_the_artifact_through_the_workspace(
+    store, agent_settings, agents, fake, tmp_path
+):
+    agent_settings.data_dir = str(tmp_path / "data")
+    fake.enqueue_tool_calls(
+        [("call_1", "workspace.write", {"path": "patches/a.patch", "content": "+x"})]
+    )
+    fake.enqueue(text="wrote patches/a.patch")
+    goal, events = await run_goal(
+        store, agent_settings, [execute("a", "local", artifact="patches/a.patch")]
+    )
+    assert goal.status == "done", goal.reason
+    path = tmp_path / "data" / "workspaces" / goal.goal_id / "patches" / "a.patch"
+    assert path.read_text() == "+x"
+    assert goal.tasks["a"].result["artifact"] == {
+        "path": "patches/a.patch",
+        "in": "workspace",
+    }
+    assert goal.tasks["a"].effects == {}  # the handler wrote nothing itself
+    first, second = calls(events)
+    # The model was asked to write it, offered the tool under a name the API
+    # takes, and shown the tool's result on the second turn.
+    assert "workspace file `patches/a.patch`" in first.request["messages"][0]["content"]
+    assert any(t["name"] == "workspace.write" for t in first.request["tools"])
+    assert second.request["messages"][-1]["tool_results"][0]["call_id"] == "call_1"
+    finished = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert [(f.tool, f.error, f.effect) for f in finished] == [
+        ("workspace.write", None, "reversible")
+    ]
+
+
+async def test_max_turns_halts_the_goal_and_resume_goes_on_without_asking_again(
+    store, agent_settings, agents, fake, tmp_path
+):
+    agent_settings.data_dir = str(tmp_path / "data")
+    for n in (1, 2):
+        fake.enqueue_tool_calls([(f"call_{n}", "workspace.list", {"path": "."})])
+    fake.enqueue(text="nothing to do")
+    goal_id = await submit(
+        store, agent_settings, [execute("a", "local")], "test goal", max_turns=2
+    )
+    halted = await client.wait_goal(store, goal_id, timeout_s=60)
+    assert (halted.status, halted.halted_by) == ("halted", "max_turns")
+    assert halted.tasks["a"].status == "held"
+    assert "max_turns 2 reaches its limit 2" in halted.tasks["a"].held_reason
+    assert len(fake.requests) == 2  # both answers asked for more tools
+
+    await client.resume(store, goal_id, {"max_turns": 5}, by="test")
+    # Halted is not an end here: it was, before the resume.
+    goal = await client.wait_goal(store, goal_id, until=client.FINAL, timeout_s=60)
+    assert goal.status == "done", goal.reason
+    assert goal.tasks["a"].result["output"] == "nothing to do"
+    # The resumed run reused both recorded answers: one more request, not three.
+    assert len(fake.requests) == 3
+    events = await events_of(store, goal_id)
+    assert len(calls(events)) == 3
+    finished = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert [f.call_id for f in finished] == ["call_1", "call_2"]
+
+
+async def test_a_tool_past_its_timeout_fails_the_call_not_the_task(
+    store, agent_settings, agents, fake
+):
+    from agents.tools.python import python_tools
+
+    agents.toolbox.registry.add(python_tools(["tests.agents.ledger_tools:SLOW"]))
+    agent_settings.tools.timeout_s = 0.2
+    fake.enqueue_tool_calls([("call_1", "python.nap", {"seconds": 30})])
+    fake.enqueue(text="gave up on the nap")
+    goal, events = await run_goal(store, agent_settings, [execute("a", "local")])
+    assert goal.status == "done", goal.reason
+    (finished,) = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert finished.error == "python.nap took longer than 0.2s"
+    # The model was told, and answered without the tool.
+    last = calls(events)[-1]
+    result = last.request["messages"][-1]["tool_results"][0]
+    assert (result["is_error"], result["content"]) == (True, finished.error)

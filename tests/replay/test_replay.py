@@ -63,7 +63,10 @@ def test_demo_replays_to_the_same_bytes_from_the_log_and_from_its_export(demo):
         assert r.stdout == expected
     text = outs["text"]
     assert "NEED: which refund amount is authoritative" in text
-    assert "effect write:patches/post-orders.patch: completed" in text
+    # The agents' tool calls, under the model call that asked for them.
+    assert "asks for: orders.describe_service, orders.list_endpoints" in text
+    assert "tool workspace.write  reversible  ok" in text
+    assert '"path": "patches/post-orders.patch"' in text
     assert "frontier" in text and "(scripted)" in text
     doc = json.loads(outs["json"])
     assert doc["format_version"] == 1
@@ -82,7 +85,7 @@ def test_verify_passes_on_the_demo_and_reports_a_changed_prompt(demo, monkeypatc
     assert report.tasks == 30 and report.attempts >= 30
 
     changed = Prompt(
-        name="execute", version=2, system=EXECUTE.system,
+        name="execute", version=3, system=EXECUTE.system,
         user="Do this well.\n" + EXECUTE.user,
     )
     monkeypatch.setattr(agents.handlers, "EXECUTE", changed)
@@ -90,8 +93,8 @@ def test_verify_passes_on_the_demo_and_reports_a_changed_prompt(demo, monkeypatc
     assert report.divergences
     first = report.divergences[0]
     assert first.where == "model call 0: the request"
-    assert '"prompt_version": "execute/v1"' in first.diff()
     assert '"prompt_version": "execute/v2"' in first.diff()
+    assert '"prompt_version": "execute/v3"' in first.diff()
     assert "Do this well." in first.diff()
     # The command says so and exits 1.
     result = CliRunner().invoke(

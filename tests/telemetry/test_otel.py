@@ -36,7 +36,12 @@ from agents.session import DEMO_GOAL
 from blackboard import telemetry
 from blackboard.engine import control as client
 from blackboard.engine.handlers import BUILTIN
-from blackboard.log.events import ModelCalled, TaskClaimed, TaskCompleted
+from blackboard.log.events import (
+    ModelCalled,
+    TaskClaimed,
+    TaskCompleted,
+    ToolCallFinished,
+)
 from blackboard.runtime import config
 from blackboard.runtime.inprocess import running
 from blackboard.telemetry import spans
@@ -172,12 +177,14 @@ async def test_every_run_of_a_task_has_its_own_ids(store, otel, tmp_path):
     events = [env.event for env in envs]
     claims = [e for e in events if isinstance(e, TaskClaimed)]
     calls = [e for e in events if isinstance(e, ModelCalled)]
+    tools = [e for e in events if isinstance(e, ToolCallFinished)]
     # The demo has tasks that run again after NEED answers and fix-ups.
     assert len({(c.task_id, c.attempt) for c in claims}) < len(claims)
 
     live = exporter.get_finished_spans()
     ids = [sp.context.span_id for sp in live]
-    assert len(ids) == len(set(ids)) == 1 + len(claims) + len(calls)
+    assert len(ids) == len(set(ids)) == 1 + len(claims) + len(calls) + len(tools)
+    assert len(tools) == 23  # the demo's agents act: 21 writes, 2 MCP reads
     assert any(c.dispatch > 1 for c in calls)
     by_id = {sp.context.span_id: sp for sp in live}
     for chat in (sp for sp in live if sp.name.startswith("chat ")):
@@ -456,4 +463,6 @@ def test_replay_otlp_re_emits_a_past_goal_with_its_ids(cli_env, tmp_path):
     assert plan.end_time_unix_nano > plan.start_time_unix_nano
     assert root.start_time_unix_nano <= plan.start_time_unix_nano
     chats = [s for s in spans if s.name.startswith("chat ")]
-    assert len(chats) == 35
+    assert len(chats) == 57
+    tool_spans = [s for s in spans if s.name.startswith("execute_tool ")]
+    assert len(tool_spans) == 23
