@@ -10,6 +10,7 @@ calls one is told so (recorded as a refused call), never the worker's end.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -91,8 +92,10 @@ class Toolbox:
             self._started = True
             if not self.settings.tools.mcp:
                 return
-            from agents.tools.mcp import McpServers
-
+            # The SDK takes over a second to import: in a thread, so the
+            # scheduler and the other tasks sharing this loop go on meanwhile.
+            await asyncio.to_thread(importlib.import_module, "agents.tools.mcp")
+            from agents.tools.mcp import McpServers  # imported: at once
             servers = {
                 name: _resolved(server)
                 for name, server in self.settings.tools.mcp.items()
