@@ -104,7 +104,17 @@ async def slow_effect(ctx: TaskContext) -> Any:
         _append(ledger, f"{ctx.goal_id}:{ctx.task_id}\n")
         return "performed"
 
-    return {"effect": await ctx.effect("ledger", perform), "pid": os.getpid()}
+    # While the effect is between its start and its recorded end, a marker
+    # says so: a fault test that kills a worker can pick a moment outside that
+    # window (inside it, the effect rightly waits for a human).
+    inflight = ledger.with_name(ledger.name + ".inflight") / f"{ctx.task_id}"
+    inflight.parent.mkdir(exist_ok=True)
+    inflight.touch()
+    try:
+        effect = await ctx.effect("ledger", perform)
+    finally:
+        inflight.unlink(missing_ok=True)
+    return {"effect": effect, "pid": os.getpid()}
 
 
 async def churn(ctx: TaskContext) -> Any:

@@ -561,4 +561,7 @@ def _tool(server: _Server, listed: mcp_types.Tool) -> Tool:
         effect=effect_of(listed.annotations),
         source=f"mcp:{server.name}",
         run=run,
+        idempotent=bool(
+            listed.annotations is not None and listed.annotations.idempotent_hint
+        ),
     )

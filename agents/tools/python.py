@@ -64,6 +64,7 @@ class _Marked:
     name: str | None
     description: str | None
     compensate: Callable[..., Any] | None
+    idempotent: bool = False
 
 
 def tool(
@@ -72,6 +73,7 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     compensate: Callable[..., Any] | None = None,
+    idempotent: bool = False,
 ) -> Callable[[F], F]:
     """Say what calling a function does, for the engine and the model.
 
@@ -86,6 +88,8 @@ def tool(
             ``compensate(arguments, result)`` with the keyword arguments the
             function got and the result it returned (as recorded, JSON). Sync
             or async.
+        idempotent: A second call with the same arguments leaves what one
+            call does (a call cut short is then redone without asking).
 
     Raises:
         ConfigError: An unknown effect, ``reversible`` without
@@ -106,7 +110,7 @@ def tool(
         raise ConfigError(f"tool(): compensate={compensate!r} is not callable")
     if name is not None and (not name or name != name.strip() or " " in name):
         raise ConfigError(f"tool(): name {name!r} is empty or has spaces")
-    marked = _Marked(effect, name, description, compensate)
+    marked = _Marked(effect, name, description, compensate, idempotent)
 
     def mark(fn: F) -> F:
         setattr(fn, _MARK, marked)
@@ -237,6 +241,7 @@ def python_tool(fn: Callable[..., Any], *, source: str | None = None) -> Tool:
         source=source or f"python:{getattr(fn, '__module__', '?')}",
         run=run,
         compensate=compensate,
+        idempotent=marked.idempotent,
     )
 
 

@@ -8,8 +8,9 @@ A :class:`Tool` has a namespaced name (``workspace.write``, ``orders.describe``,
 :class:`ToolRegistry` holds them and says which a lane offers.
 
 The effect class decides what happens when a worker dies mid-call: a ``read``
-call is simply run again, a ``reversible`` or ``irreversible`` one waits for a
-human (see :meth:`blackboard.engine.context.LiveTaskContext.tool_call`).
+call is simply run again, and so is an ``idempotent`` one (running it twice
+leaves what running it once does); any other waits for a human (see
+:meth:`blackboard.engine.context.LiveTaskContext.tool_call`).
 
 ::
 
@@ -87,6 +88,9 @@ class Tool:
     )
     """Undo a completed call, given its arguments and its recorded result
     (``reversible`` tools have one)."""
+    idempotent: bool = False
+    """Running a call again with the same arguments leaves what running it once
+    did: a call a dead worker cut short is redone without asking a human."""
 
     def spec(self) -> ToolSpec:
         """The tool as a model is offered it."""
@@ -103,6 +107,7 @@ class Tool:
             "description": self.description,
             "input_schema": self.input_schema,
             "compensator": self.compensate is not None,
+            "idempotent": self.idempotent,
         }
 
 

@@ -10,7 +10,10 @@ symlinked directory, and skip links that point out.
 
 ``workspace.write`` is the only tool with an effect, and it is reversible:
 its result records what the file held before, so its compensator can put it
-back (or delete a file the write created), unless the file changed since.
+back (or delete a file the write created), unless the file changed since. It
+is idempotent too (the same content to the same path), so a write a dead
+worker cut short is redone without asking; the redo records what the file
+held at that moment, which is the new content if the first run got that far.
 To keep that promise it refuses to overwrite what it could not restore: a
 binary file, or one over :data:`MAX_WRITE_BYTES`.
 
@@ -710,5 +713,6 @@ def workspace_tools() -> list[Tool]:
             source=SOURCE,
             run=_runner("workspace.write", WriteArgs, _write),
             compensate=_compensate_write,
+            idempotent=True,
         ),
     ]

@@ -575,8 +575,9 @@ class LiveTaskContext(BaseTaskContext):
 
         A call an earlier attempt finished is not run again: its recorded
         outcome is returned. One that started and never finished (the worker
-        died in between) runs again only if its effect is ``read``; otherwise
-        a human is asked to check and approve (or deny) before it is redone.
+        died in between) runs again only if its effect is ``read`` or the tool
+        is idempotent; otherwise a human is asked to check and approve (or
+        deny) before it is redone.
         """
         known = await self.transcript()
         done = known.finished.get(call.key)
@@ -600,6 +601,7 @@ class LiveTaskContext(BaseTaskContext):
             arguments=call.arguments,
             source=call.source,
             model_call=call.model_call,
+            idempotent=call.idempotent,
             **base,
         )
         await self.append(lambda i: msgspec.structs.replace(started, event_id=i))
@@ -654,13 +656,21 @@ class LiveTaskContext(BaseTaskContext):
 def check_unfinished(
     known: Transcript, call: ToolCallRecord, *, approved: bool
 ) -> None:
-    """Ask a human before redoing a call that may have run, unless it only reads.
+    """Ask a human before redoing a call that may have run (unless harmless).
+
+    Harmless: a ``read`` call, or one of an idempotent tool.
 
     Raises:
         NeedsApproval: The call started in an earlier run and never finished,
-            its effect is not ``read``, and nobody approved redoing it.
+            its effect is not ``read``, the tool is not idempotent, and nobody
+            approved redoing it.
     """
-    if known.unfinished(call.key) is None or call.effect == "read" or approved:
+    if (
+        known.unfinished(call.key) is None
+        or call.effect == "read"
+        or call.idempotent
+        or approved
+    ):
         return
     raise NeedsApproval(
         f"tool call {call.tool} ({call.effect}) may have run on a worker that "

@@ -42,6 +42,8 @@ class ToolCallRecord:
     source: str
     model_call: str
     """The event id of the ``ModelCalled`` that asked."""
+    idempotent: bool = False
+    """Whether running it twice leaves what running it once does."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -356,6 +356,9 @@ class ToolCallStarted(Event, frozen=True, kw_only=True):
     """The event id of the ``ModelCalled`` whose answer asked for the call."""
     attempt: int = 1
     dispatch: int = 1
+    idempotent: bool = False
+    """The tool says a second run leaves what one run does: a call cut short
+    by a dead worker is redone without asking a human."""
 
 
 class ToolCallFinished(Event, frozen=True, kw_only=True):

@@ -210,11 +210,30 @@ async def submit(
 
 
 async def wait_all(
-    store: JetStreamEventStore, goal_ids: list[str], timeout: float = 120
+    store: JetStreamEventStore, goal_ids: list[str], timeout: float = 90
 ):
-    return await asyncio.gather(
-        *(client.wait_goal(store, g, timeout_s=timeout) for g in goal_ids)
-    )
+    """Every goal's end state; on a timeout, a failure that says what is stuck.
+
+    The timeout is under pytest's own (120 s), so a stuck goal fails with its
+    tasks' states rather than with a stack of the event loop.
+    """
+    try:
+        return await asyncio.gather(
+            *(client.wait_goal(store, g, timeout_s=timeout) for g in goal_ids)
+        )
+    except TimeoutError:
+        stuck = []
+        for g in goal_ids:
+            goal = await client.goal_state(store, g)
+            waiting = [
+                f"{t.task_id} {t.status} {t.approval_reason or t.held_reason}".strip()
+                for t in goal.tasks.values()
+                if t.status not in ("done", "failed", "cancelled")
+            ]
+            stuck.append(f"goal {g} {goal.status}: {'; '.join(waiting) or '-'}")
+        raise AssertionError(
+            f"not ended within {timeout:g}s:\n" + "\n".join(stuck)
+        ) from None
 
 
 def ledger_lines(ledger: Path) -> list[str]:

@@ -43,6 +43,11 @@ def check(row) -> None:
 async def test_worker_sigkilled_mid_goal(deployment, fstore):
     goals = await start_goals(deployment, fstore)
     await until_ledger(deployment, 2)
+    # Not while an effect is between its start and its recorded end: one
+    # killed there may have been performed, and waits for a human (that is
+    # tests/faults/test_tool_faults.py's and the approval tests' subject).
+    inflight = deployment.ledger.with_name(deployment.ledger.name + ".inflight")
+    await until_async(lambda: not any(inflight.iterdir()), what="no effect in flight")
     deployment.signal("worker-local-1", signal.SIGKILL)
     await wait_all(fstore, goals)
     check(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 import pytest
 
@@ -71,3 +73,36 @@ def test_a_read_call_that_may_have_run_simply_runs_again() -> None:
     check_unfinished(t, call(started.idempotency_key, "read"), approved=False)
     # A call never started needs nobody.
     check_unfinished(t, call("another", "irreversible"), approved=False)
+
+
+def test_an_idempotent_call_that_may_have_run_is_redone_without_asking() -> None:
+    started = started_event()
+    t = transcript([env(1, started)])
+    again = dataclasses.replace(
+        call(started.idempotency_key, "reversible"), idempotent=True
+    )
+    check_unfinished(t, again, approved=False)
+
+
+def test_workspace_write_is_idempotent_and_mcp_hints_say_so() -> None:
+    from mcp import types as mcp_types
+
+    from agents.tools.mcp import _tool
+    from agents.tools.workspace import workspace_tools
+
+    by_name = {t.name: t for t in workspace_tools()}
+    assert by_name["workspace.write"].idempotent
+    assert by_name["workspace.write"].describe()["idempotent"] is True
+
+    class Server:
+        name = "orders"
+
+    def listed(**hints: bool) -> mcp_types.Tool:
+        return mcp_types.Tool(
+            name="t",
+            input_schema={"type": "object"},
+            annotations=mcp_types.ToolAnnotations(**hints),  # type: ignore[arg-type]
+        )
+
+    assert _tool(Server(), listed(idempotent_hint=True)).idempotent  # type: ignore[arg-type]
+    assert not _tool(Server(), listed(destructive_hint=True)).idempotent  # type: ignore[arg-type]
