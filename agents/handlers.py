@@ -31,11 +31,13 @@ import asyncio
 import hashlib
 import json
 import logging
+import posixpath
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 
+from agents import outcomes
 from agents.answers import (
     AggregateAnswer,
     InvalidAnswer,
@@ -57,16 +59,22 @@ from agents.models import (
     ToolResult,
     request_hash,
 )
+from agents.outcomes import Kind, expected_kind
 from agents.prompts import (
     AGGREGATE,
     ANSWERS_HEADER,
     DELIVER,
     EXECUTE,
+    EXPECTS,
     FIXUPS_HEADER,
     FOLLOWUPS_HEADER,
     PLAN,
+    REDO,
+    REDO_TEXT,
+    REDO_WRITE,
     REVIEW,
     Prompt,
+    as_text,
 )
 from agents.toolbox import Toolbox, with_demo_tools
 from agents.tools.registry import Invocation, Tool, ToolError, ToolRefused
@@ -80,7 +88,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from blackboard.engine.context import TaskContext
-    from blackboard.engine.handlers import Handler
+    from blackboard.engine.handlers import Followup, Handler
     from blackboard.log.events import ModelCalled, TaskSpec
     from blackboard.runtime.config import Settings
 
@@ -109,6 +117,9 @@ class ModelRefused(BlackboardError):
 
 log = logging.getLogger("blackboard.agents")
 
+CUT_OFF = frozenset({"length", "max_tokens"})
+"""Stop reasons (OpenAI's, Anthropic's) of an answer cut off at max_tokens."""
+
 CONVERSE_VERSION = "converse/v1"
 """The prompt version recorded for a handler's own ``ctx.converse`` prompt."""
 
@@ -123,6 +134,21 @@ class _Answer(msgspec.Struct, frozen=True, kw_only=True):
     dispatch: int
     attempt: int
     """The run that made the call (a reused answer keeps its own)."""
+    stop_reason: str | None = None
+
+
+class _Conversation(NamedTuple):
+    """How a conversation ended."""
+
+    text: str
+    """The final answer's text."""
+    messages: tuple[Message, ...]
+    """Every message before the final answer (tool turns included)."""
+    written: dict[str, str]
+    """Workspace files its successful ``workspace.write`` calls wrote, by
+    normalised path: content (as recorded, so a replay sees the same)."""
+    cut_off: bool = False
+    """The final answer stopped at the request's ``max_tokens``."""
 
 
 class Agents:
@@ -236,13 +262,26 @@ class Agents:
         patterns: Sequence[str] | None = None,
     ) -> str:
         """Run the conversation that starts with ``request``; the final text."""
+        return (await self._conversation(ctx, request, patterns)).text
+
+    async def _conversation(
+        self,
+        ctx: TaskContext,
+        request: ModelRequest,
+        patterns: Sequence[str] | None = None,
+    ) -> _Conversation:
+        """Run the conversation that starts with ``request``, to its end."""
         if patterns is None:
             patterns = self.lanes.lane(ctx.lane).tools
         offered = await self.toolbox.offered(patterns)
         by_name = {t.name: t for t in offered}
         specs = tuple(t.spec() for t in offered)
         limit = (await ctx.limits()).max_turns or self.settings.limits.max_turns
+        cap = self.lanes.lane(ctx.lane).max_tokens
+        if cap is not None and cap < request.max_tokens:
+            request = msgspec.structs.replace(request, max_tokens=cap)
         messages = list(request.messages)
+        written: dict[str, str] = {}
         turns = 0
         while True:
             sent = msgspec.structs.replace(
@@ -251,7 +290,8 @@ class Agents:
             answer = await self._answer(ctx, sent)
             turns += 1
             if not answer.tool_calls:
-                return answer.text
+                cut = answer.stop_reason in CUT_OFF
+                return _Conversation(answer.text, tuple(messages), written, cut)
             if limit is not None and turns >= limit:
                 # The answer is recorded: a resumed run reuses it and goes on.
                 raise GuardrailBreached("max_turns", limit, turns)
@@ -259,6 +299,7 @@ class Agents:
                 await self._tool(ctx, call, answer, by_name)
                 for call in answer.tool_calls
             ]
+            written.update(_written(answer.tool_calls, results))
             messages += [
                 Message("assistant", answer.text, tool_calls=answer.tool_calls),
                 Message("user", "", tool_results=tuple(results)),
@@ -282,6 +323,7 @@ class Agents:
                     event_id=c.event_id,
                     dispatch=c.dispatch,
                     attempt=c.attempt,
+                    stop_reason=c.stop_reason,
                 )
         return await self._call(ctx, request)
 
@@ -322,6 +364,7 @@ class Agents:
             event_id=event_id,
             dispatch=ctx.dispatch,
             attempt=ctx.attempt,
+            stop_reason=clean.stop_reason,
         )
 
     async def _tool(
@@ -344,6 +387,7 @@ class Agents:
             effect=tool.effect if tool is not None else "read",
             source=tool.source if tool is not None else "",
             model_call=answer.event_id,
+            idempotent=tool.idempotent if tool is not None else True,
         )
 
         async def run() -> ToolOutcome:
@@ -428,48 +472,99 @@ class Agents:
         }
 
     async def execute(self, ctx: TaskContext) -> object:
-        """Do one well-specified piece of work; escalate what is missing."""
+        """Do one well-specified piece of work; escalate what is missing.
+
+        The work must be what the task promises (:mod:`agents.outcomes`): a
+        patch that is a diff, JSON that matches its schema, anything but an
+        echo of the task. Work that is not gets one redo turn, told what is
+        wrong; then it goes to the lane's ``escalate_to`` lane, or the task
+        fails, with the reason recorded either way.
+        """
         payload = await ctx.payload()
         title = str(payload.get("title", ctx.task_id))
-        answers = await ctx.children_results()
+        children = await ctx.children_results()
+        handed = _handed_back(ctx.task_id, children)
+        if handed is not None:
+            return {**handed[1], "title": title, "escalated_to": handed[0]}
+        try:
+            kind = expected_kind(payload)
+        except InvalidAnswer as e:
+            raise UnusableAnswer(f"the task cannot be checked: {e}") from e
         artifact = payload.get("artifact")
         if not isinstance(artifact, str) or not artifact:
             artifact = None
         # An agent that can write files delivers the artifact itself.
         writes = artifact is not None and self._offers(ctx, "workspace.write")
-        text = await self.ask(
-            ctx,
-            EXECUTE,
-            goal=await self._goal_text(ctx, payload),
+        goal = await self._goal_text(ctx, payload)
+        instruction = payload.get("instruction", "")
+        schema = payload.get("schema")
+        schema = schema if isinstance(schema, dict) else None
+        lane = self.lanes.lane(ctx.lane)
+        meta = {"task_type": ctx.task_type, "lane": ctx.lane}
+        request = EXECUTE.request(
+            lane.model,
+            meta,
+            goal=goal,
             title=title,
-            instruction=payload.get("instruction", ""),
+            instruction=instruction,
             dependencies=_brief(await ctx.dependency_results()),
-            answers=(ANSWERS_HEADER + _brief(answers)) if answers else "",
+            answers=(ANSWERS_HEADER + _brief(children)) if children else "",
+            expects=EXPECTS[kind].format(
+                schema=f" matching this JSON Schema: {as_text(schema)}"
+                if schema
+                else ""
+            ),
             deliver=DELIVER.format(artifact=artifact) if writes else "",
         )
-        need = need_of(text)
+        talk = await self._conversation(ctx, request)
+        need = need_of(talk.text)
         if need is not None:
-            asked = len((await ctx.history()).children)
-            if asked >= MAX_NEEDS:
-                raise NeedLoop(
-                    f"the task answered NEED again after {asked} escalation(s) "
-                    f"were answered: {need!r}"
-                )
-            child = ctx.new_task(
-                "execute",
-                self._lane("frontier"),
-                {
-                    "goal": payload.get("goal", ""),
-                    "title": f"supply: {_clip(need, 80)}",
-                    "instruction": (
-                        f"A {ctx.lane} worker doing '{title}' is missing this; "
-                        f"supply it precisely and briefly: {need}"
-                    ),
-                    "need": need,
-                    "for_task": ctx.task_id,
-                },
+            return await self._escalate_need(ctx, payload, title, need)
+        # What the model was given: an answer that only repeats it is no work.
+        task = request.messages[0].content
+        written = dict(talk.written)
+        try:
+            _not_cut_off(talk, writes)
+            _work_checked(
+                kind,
+                talk.text,
+                written,
+                artifact if writes else None,
+                task=task,
+                schema=schema,
             )
-            return ctx.wait_for(child, reason=f"NEED: {need}")
+        except InvalidAnswer as first:
+            how = (EXPECTS[kind].format(schema="") or REDO_TEXT) + (
+                REDO_WRITE.format(artifact=artifact) if writes else ""
+            )
+            redo = ModelRequest(
+                model=lane.model,
+                system=request.system,
+                messages=(
+                    *talk.messages,
+                    Message("assistant", talk.text),
+                    Message("user", REDO.user.format(error=str(first), how=how)),
+                ),
+                max_tokens=request.max_tokens,
+                prompt_version=f"{EXECUTE.tag}+{REDO.tag}",
+                metadata={**meta, "repair": "1"},
+            )
+            talk = await self._conversation(ctx, redo)
+            written.update(talk.written)
+            try:
+                _not_cut_off(talk, writes)
+                _work_checked(
+                    kind,
+                    talk.text,
+                    written,
+                    artifact if writes else None,
+                    task=task,
+                    schema=schema,
+                )
+            except InvalidAnswer as second:
+                reason = f"{second} (answer: {_clip(talk.text, 200)!r})"
+                return self._escalate_unusable(ctx, payload, lane.escalate_to, reason)
+        text = talk.text
         result: dict[str, Any] = {"title": title, "output": text}
         if writes:
             result["artifact"] = {"path": artifact, "in": "workspace"}
@@ -480,7 +575,68 @@ class Agents:
                 idempotent=True,
                 request={"artifact": artifact, "bytes": len(text.encode())},
             )
+        escalated_from = payload.get("escalated_from")
+        if isinstance(escalated_from, str):
+            result["escalated_from"] = escalated_from
         return result
+
+    async def _escalate_need(
+        self, ctx: TaskContext, payload: Mapping[str, Any], title: str, need: str
+    ) -> Followup:
+        """Ask the frontier lane for what is missing; run again after it."""
+        asked = len((await ctx.history()).children)
+        if asked >= MAX_NEEDS:
+            raise NeedLoop(
+                f"the task answered NEED again after {asked} escalation(s) "
+                f"were answered: {need!r}"
+            )
+        child = ctx.new_task(
+            "execute",
+            self._lane("frontier"),
+            {
+                "goal": payload.get("goal", ""),
+                "title": f"supply: {_clip(need, 80)}",
+                "instruction": (
+                    f"A {ctx.lane} worker doing '{title}' is missing this; "
+                    f"supply it precisely and briefly: {need}"
+                ),
+                "need": need,
+                "for_task": ctx.task_id,
+            },
+        )
+        return ctx.wait_for(child, reason=f"NEED: {need}")
+
+    def _escalate_unusable(
+        self,
+        ctx: TaskContext,
+        payload: Mapping[str, Any],
+        target: str | None,
+        reason: str,
+    ) -> Followup:
+        """Hand work that stayed unusable to ``target``, or fail the task."""
+        if target is None or target == ctx.lane or target not in self.lanes.names:
+            raise UnusableAnswer(
+                f"the work is not what the task promises, and again after one "
+                f"redo: {reason}"
+            )
+        instruction = as_text(payload.get("instruction", ""))
+        child = ctx.new_task(
+            "execute",
+            target,
+            {
+                **payload,
+                "instruction": (
+                    f"{instruction}\n(A {ctx.lane} worker's work on this could "
+                    f"not be used: {_clip(reason, 300)})"
+                ),
+                "escalated_from": ctx.task_id,
+                "escalation": reason,
+                "for_task": ctx.task_id,
+            },
+        )
+        return ctx.wait_for(
+            child, reason=f"escalated to {target}: {_clip(reason, 300)}"
+        )
 
     async def review(self, ctx: TaskContext) -> object:
         """Check the work it depends on; ask for fix-ups once if needed."""
@@ -590,11 +746,83 @@ def for_worker(settings: Settings) -> Agents:
     return Agents(with_demo_tools(settings))
 
 
-def _checked(text: str, kind: type[T], check: Callable[[T], object] | None) -> T:
+def _checked(text: str, kind: type[T], test: Callable[[T], object] | None) -> T:
     value = decode(text, kind)
-    if check is not None:
-        check(value)
+    if test is not None:
+        test(value)
     return value
+
+
+def _written(
+    calls: Sequence[ToolCall], results: Sequence[ToolResult]
+) -> dict[str, str]:
+    """What the successful ``workspace.write`` calls of one turn wrote."""
+    out: dict[str, str] = {}
+    for call, result in zip(calls, results, strict=True):
+        path = call.arguments.get("path") if isinstance(call.arguments, dict) else None
+        content = (
+            call.arguments.get("content") if isinstance(call.arguments, dict) else None
+        )
+        if (
+            call.name == "workspace.write"
+            and not result.is_error
+            and isinstance(path, str)
+            and isinstance(content, str)
+        ):
+            out[posixpath.normpath(path)] = content
+    return out
+
+
+def _work_checked(
+    kind: Kind,
+    text: str,
+    written: Mapping[str, str],
+    artifact: str | None,
+    *,
+    task: str,
+    schema: Mapping[str, Any] | None,
+) -> None:
+    """Raise InvalidAnswer unless the work delivered is what the task promised.
+
+    The work is the artifact the agent wrote (when it was asked to write one),
+    else its answer.
+    """
+    if artifact is None:
+        outcomes.check(kind, text, task=task, schema=schema)
+        return
+    content = written.get(posixpath.normpath(artifact))
+    if content is None:
+        others = ", ".join(f"`{p}`" for p in sorted(written)) or "nothing"
+        raise InvalidAnswer(
+            f"the file `{artifact}` was not written (written: {others}); write "
+            "it with the workspace.write tool"
+        )
+    try:
+        outcomes.check(kind, content, task=task, schema=schema)
+    except InvalidAnswer as e:
+        raise InvalidAnswer(f"the file `{artifact}`: {e}") from e
+
+
+def _not_cut_off(talk: _Conversation, writes: bool) -> None:
+    """Raise InvalidAnswer if the work is an answer cut off at max_tokens.
+
+    Work delivered as a file stands on its own: only the summary was cut.
+    """
+    if talk.cut_off and not writes:
+        raise InvalidAnswer(
+            "the answer was cut off at the max_tokens limit; give a shorter,"
+            " complete answer"
+        )
+
+
+def _handed_back(
+    task_id: str, children: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]] | None:
+    """The child this task's work was escalated to, and its result (if done)."""
+    for child, result in children.items():
+        if isinstance(result, dict) and result.get("escalated_from") == task_id:
+            return child, {k: v for k, v in result.items() if k != "escalated_from"}
+    return None
 
 
 def _plain(value: Any) -> Any:

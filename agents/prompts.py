@@ -20,7 +20,11 @@ __all__ = [
     "AGGREGATE",
     "DELIVER",
     "EXECUTE",
+    "EXPECTS",
     "PLAN",
+    "REDO",
+    "REDO_TEXT",
+    "REDO_WRITE",
     "REPAIR",
     "REVIEW",
     "Prompt",
@@ -117,7 +121,7 @@ PLAN = Prompt(
 
 EXECUTE = Prompt(
     name="execute",
-    version=2,
+    version=3,
     system=(
         "You are a worker in a fleet. Do exactly the task you are given. If a "
         "fact you need is missing, do not invent it: answer with one line "
@@ -129,9 +133,25 @@ EXECUTE = Prompt(
         "Instruction: {instruction}\n\n"
         "Results of the tasks this one depends on:\n{dependencies}\n\n"
         "{answers}"
+        "{expects}"
         "{deliver}"
     ),
 )
+"""v3 says what form the work takes (a unified diff, JSON, SQL): a 135M model
+asked for "audit logging on POST /orders" with nothing more restated the task
+in prose (see docs/local-model.md)."""
+
+EXPECTS: dict[str, str] = {
+    "diff": (
+        "The work is a patch: give it as a unified diff ('--- a/<file>', "
+        "'+++ b/<file>', '@@ ... @@', then the lines, added ones starting with "
+        "'+' and removed ones with '-').\n"
+    ),
+    "json": "The work is a JSON value{schema}: give it and nothing else.\n",
+    "sql": "The work is SQL: give the statements, each ending with ';'.\n",
+    "text": "",
+}
+"""What form an ``execute`` task's work takes, by what the task promises."""
 
 DELIVER = (
     "Write your change to the workspace file `{artifact}` with the "
@@ -182,6 +202,23 @@ AGGREGATE = Prompt(
 
 FOLLOWUPS_HEADER = "Follow-ups already done:\n"
 """Introduces follow-up results in a re-run aggregate prompt."""
+
+REDO = Prompt(
+    name="redo",
+    version=1,
+    system="",
+    user="Your work could not be accepted: {error}\n{how}",
+)
+"""The one follow-up turn of an ``execute`` task whose work is not what it
+promised (a patch that is not a diff, an echo of the task...)."""
+
+REDO_TEXT = "Do the work and give its result, not a restatement of the task.\n"
+"""What a redo asks for when the work is plain text."""
+
+REDO_WRITE = (
+    "Write it to the workspace file `{artifact}` with the workspace.write tool.\n"
+)
+"""Added to a redo when the work is a workspace file."""
 
 REPAIR = Prompt(
     name="repair",

@@ -14,7 +14,45 @@ from blackboard.engine.usage import Usage, usage_by_lane_model
 if TYPE_CHECKING:
     from blackboard.engine.state import GoalState
 
-__all__ = ["Usage", "cost_lines", "progress_line", "usage_by_lane_model", "usage_json"]
+__all__ = [
+    "Usage",
+    "cost_lines",
+    "lane_kinds",
+    "models_label",
+    "progress_line",
+    "usage_by_lane_model",
+    "usage_json",
+]
+
+
+def lane_kinds(rows: list[Usage]) -> dict[str, str]:
+    """Each lane that made calls: ``scripted``, ``real`` or ``mixed``."""
+    seen: dict[str, set[bool]] = {}
+    for r in rows:
+        seen.setdefault(r.lane, set()).add(r.scripted)
+    return {
+        lane: "mixed" if len(kinds) > 1 else ("scripted" if True in kinds else "real")
+        for lane, kinds in sorted(seen.items())
+    }
+
+
+def models_label(rows: list[Usage]) -> str:
+    """Which lanes ran on scripted models and which on real ones, for a title.
+
+    ``(scripted models)`` when all did, nothing when none did, else each kind
+    with its lanes: ``(real: local; scripted: frontier)``.
+    """
+    kinds = lane_kinds(rows)
+    if not kinds or set(kinds.values()) == {"real"}:
+        return ""
+    if set(kinds.values()) == {"scripted"}:
+        return " (scripted models)"
+    parts = [
+        f"{kind}: {', '.join(lane for lane, k in kinds.items() if k == kind)}"
+        for kind in ("real", "scripted", "mixed")
+        if kind in kinds.values()
+    ]
+    return f" ({'; '.join(parts)})"
 
 
 def usage_json(row: Usage) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agents.handlers import Agents
-from agents.report import Usage, usage_by_lane_model, usage_json
+from agents.report import Usage, lane_kinds, usage_by_lane_model, usage_json
 from agents.toolbox import with_demo_tools, workspace_of
 from blackboard import telemetry
 from blackboard.engine import control as client
@@ -65,6 +65,7 @@ class Outcome:
             "usage": [usage_json(u) for u in self.usage],
             "tool_calls": self.tool_calls,
             "workspace": self.workspace,
+            "lanes": lane_kinds(self.usage),
         }
 
 

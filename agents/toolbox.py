@@ -40,9 +40,13 @@ def with_demo_tools(settings: Settings) -> Settings:
     """Scripted settings get the demo's MCP server, unless one has its name.
 
     The bundled script's schema task consults it; a deployment with real
-    models configures its own servers and gets nothing added.
+    models configures its own servers and gets nothing added. A scripted lane
+    among real ones (``bb demo --real-local``) counts as scripted.
     """
-    if not settings.scripted or DEMO_MCP in settings.tools.mcp:
+    scripted = settings.scripted or any(
+        lane.provider == "scripted" for lane in settings.lanes.values()
+    )
+    if not scripted or DEMO_MCP in settings.tools.mcp:
         return settings
     server = McpServerSettings(command="python", args=["-m", "agents.mcp_orders"])
     tools = msgspec.structs.replace(

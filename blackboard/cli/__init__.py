@@ -12,7 +12,16 @@ from blackboard.cli.common import app
 
 # Importing a group registers its commands; this order is the help's order
 # (getting started, operate, inspect, deploy and measure).
-GROUPS = ("goals", "query", "trace", "events", "acting", "deploy", "bench")
+GROUPS = (
+    "goals",
+    "query",
+    "trace",
+    "events",
+    "acting",
+    "deploy",
+    "localmodel",
+    "bench",
+)
 for _group in GROUPS:
     importlib.import_module(f"blackboard.cli.{_group}")
 

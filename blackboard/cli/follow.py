@@ -134,8 +134,7 @@ def _print_outcome(outcome: Any, *, demo: bool) -> None:
     from agents import report
 
     goal = outcome.goal
-    scripted = any(u.scripted for u in outcome.usage)
-    label = " (scripted models)" if scripted else ""
+    label = report.models_label(outcome.usage)
     typer.echo(f"\ngoal {goal.goal_id} {goal.status}{label}")
     if goal.summary:
         typer.echo(f"result: {goal.summary}")

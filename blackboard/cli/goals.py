@@ -91,6 +91,22 @@ def demo(
             "--detach", help="Only submit the demo goal to a running deployment."
         ),
     ] = False,
+    real_local: Annotated[
+        bool,
+        typer.Option(
+            "--real-local",
+            help="Run the local lane on the bundled SmolLM2-135M model (extra: "
+            "local-model), started here; the frontier lane stays scripted.",
+        ),
+    ] = False,
+    local_url: Annotated[
+        str | None,
+        typer.Option(
+            "--local-url",
+            help="With --real-local: an OpenAI-compatible server already "
+            "serving the model (http://host:port/v1) instead of starting one.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -99,12 +115,21 @@ def demo(
     Plans "add structured audit logging to every write endpoint", designs a
     schema on the frontier lane, patches ~20 endpoints on the local lane (a few
     escalate with NEED), writes a migration, reviews with fix-ups, summarises.
+    With --real-local the local lane's work is done by a real small model, and
+    checked: what is not a patch is redone once, then handed to the frontier.
     """
     import msgspec
 
     from agents import session
     from blackboard.runtime import connection as runtime
 
+    if local_url is not None and not real_local:
+        fail("--local-url goes with --real-local", 2)
+    if real_local:
+        if detach:
+            fail("--real-local runs the demo here; it does not go with --detach", 2)
+        _demo_real_local(settings(config), local_url, as_json)
+        return
     s = msgspec.structs.replace(settings(config), scripted=True)
     if detach:
         url = runtime.resolve_url(s)
@@ -137,6 +162,57 @@ def demo(
         as_json,
         demo=True,
     )
+
+
+def _demo_real_local(base: config_mod.Settings, url: str | None, as_json: bool) -> None:
+    """The demo with the local lane on the bundled model, in this process."""
+    from agents import local_model, session
+    from blackboard.runtime import connection as runtime
+
+    here = runtime.running_here(base) if not base.nats.url else None
+    if here is not None:
+        fail(
+            f"a bb up serves {base.data_dir} (pid {here.pid}): its workers would"
+            " take the local lane's work; stop it, or set BB_DATA_DIR elsewhere"
+        )
+    server = None
+    if url is None:
+        if local_model.missing():
+            fail(f"--real-local: {local_model.INSTALL}")
+        data = Path(base.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        server = local_model.LocalModelServer(log=data / "local-model.log")
+        if not as_json:
+            typer.echo(
+                f"starting {local_model.MODEL} (llama.cpp) at {server.base_url}"
+                f"; its log: {server.log}",
+                err=True,
+            )
+        try:
+            url = server.start()
+        except BlackboardError as e:
+            fail(str(e))
+    elif not url.startswith(("http://", "https://")):
+        fail(f"--local-url {url!r}: give http://host:port/v1", 2)
+    s = local_model.real_local_settings(base, url)
+    problems = session.unreachable(s, ["local"])
+    try:
+        if problems:
+            fail(problems[0])
+        # In this process, always: a bb up's workers are not on this model.
+        drive_goal(
+            s,
+            session.DEMO_GOAL,
+            s.nats.url or None,
+            True,
+            {},
+            whoami(None),
+            as_json,
+            demo=True,
+        )
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def _submit_only(s: config_mod.Settings, text: str, as_json: bool) -> None:

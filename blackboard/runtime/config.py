@@ -75,6 +75,12 @@ class LaneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tools: list[str] = msgspec.field(default_factory=lambda: ["*"])
     """Glob patterns of the tools this lane's agents are offered
     (``["workspace.*", "orders.*"]``); ``[]`` offers none."""
+    escalate_to: str | None = None
+    """The lane an ``execute`` task's work goes to when it is still not what
+    the task promised after one redo (default: the task fails)."""
+    max_tokens: int | None = None
+    """A cap on every call's ``max_tokens`` on this lane (a small model's
+    context, or its speed); a prompt asking for fewer keeps its own."""
 
 
 class McpServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -254,12 +260,19 @@ def load(
         settings = msgspec.convert(base, Settings)
     except msgspec.ValidationError as e:
         raise ConfigError(f"invalid settings: {e}") from e
-    for lane in settings.lanes:
+    for lane, lane_settings in settings.lanes.items():
         # A lane's name is the last token of its work subject.
         try:
             check_token(lane, "lane name", id_like=False)
         except ValueError as e:
             raise ConfigError(f"[lanes]: {e}") from e
+        target = lane_settings.escalate_to
+        if target is not None and (target == lane or target not in settings.lanes):
+            others = ", ".join(n for n in settings.lanes if n != lane) or "none"
+            raise ConfigError(
+                f"[lanes.{lane}] escalate_to = {target!r}: name another"
+                f" configured lane ({others})"
+            )
     for name, server in settings.tools.mcp.items():
         # A server's name is the first part of its tools' names.
         try:

@@ -42,9 +42,21 @@ pytestmark = pytest.mark.integration
 
 
 PRICES = {
-    "claude-main": {"input_per_mtok": 3.0, "output_per_mtok": 15.0, "cached_per_mtok": 0.3},
-    "claude-backup": {"input_per_mtok": 1.0, "output_per_mtok": 5.0, "cached_per_mtok": 0.1},
-    "local-main": {"input_per_mtok": 0.1, "output_per_mtok": 0.2, "cached_per_mtok": 0.0},
+    "claude-main": {
+        "input_per_mtok": 3.0,
+        "output_per_mtok": 15.0,
+        "cached_per_mtok": 0.3,
+    },
+    "claude-backup": {
+        "input_per_mtok": 1.0,
+        "output_per_mtok": 5.0,
+        "cached_per_mtok": 0.1,
+    },
+    "local-main": {
+        "input_per_mtok": 0.1,
+        "output_per_mtok": 0.2,
+        "cached_per_mtok": 0.0,
+    },
 }
 
 
@@ -102,8 +114,14 @@ async def run_goal(store, settings, specs, text="test goal") -> tuple[Any, list[
     return goal, await events_of(store, goal_id)
 
 
+PATCH = "--- a/app.py\n+++ b/app.py\n@@ -1 +1,2 @@\n x = 1\n+audit(x)\n"
+"""A small unified diff: what a ``.patch`` artifact must hold."""
+
+
 def execute(tid: str, lane: str, *deps: str, **payload: Any):
-    return spec(tid, "execute", lane, *deps, title=f"task {tid}", instruction="do it", **payload)
+    return spec(
+        tid, "execute", lane, *deps, title=f"task {tid}", instruction="do it", **payload
+    )
 
 
 async def test_tokens_and_cost_recorded_exactly(store, agent_settings, agents, fake):
@@ -116,11 +134,21 @@ async def test_tokens_and_cost_recorded_exactly(store, agent_settings, agents, f
     a, b = calls(events)
     # By hand, USD per million tokens: 1200*3 + 300*15 + 4000*0.3 = 9300
     assert (a.provider, a.model, a.lane) == ("anthropic", "claude-main", "frontier")
-    assert (a.tokens_in, a.tokens_out, a.tokens_cached, a.cost_usd) == (1200, 300, 4000, 0.0093)
+    assert (a.tokens_in, a.tokens_out, a.tokens_cached, a.cost_usd) == (
+        1200,
+        300,
+        4000,
+        0.0093,
+    )
     # 800*0.1 + 100*0.2 + 50*0 = 100
     assert (b.provider, b.model, b.lane) == ("local", "local-main", "local")
-    assert (b.tokens_in, b.tokens_out, b.tokens_cached, b.cost_usd) == (800, 100, 50, 0.0001)
-    assert a.prompt_version == "execute/v2" and a.text == "frontier answer"
+    assert (b.tokens_in, b.tokens_out, b.tokens_cached, b.cost_usd) == (
+        800,
+        100,
+        50,
+        0.0001,
+    )
+    assert a.prompt_version == "execute/v3" and a.text == "frontier answer"
     assert a.request["messages"][0]["content"].startswith("Goal: test goal")
     # The local task was told what its dependency produced.
     assert "task a: frontier answer" in b.request["messages"][0]["content"]
@@ -130,7 +158,9 @@ async def test_tokens_and_cost_recorded_exactly(store, agent_settings, agents, f
     assert fake.paths() == [ANTHROPIC_PATH, OPENAI_PATH]
 
 
-async def test_429_with_retry_after_backs_off_then_succeeds(store, agent_settings, agents, fake):
+async def test_429_with_retry_after_backs_off_then_succeeds(
+    store, agent_settings, agents, fake
+):
     fake.enqueue(429, headers={"retry-after": "0.3"}, message="slow down")
     fake.enqueue(text="after the wait")
     goal, events = await run_goal(store, agent_settings, [execute("a", "frontier")])
@@ -143,7 +173,9 @@ async def test_429_with_retry_after_backs_off_then_succeeds(store, agent_setting
     assert goal.tasks["a"].result["output"] == "after the wait"
 
 
-async def test_500_retries_then_falls_back_to_the_next_model(store, agent_settings, agents, fake):
+async def test_500_retries_then_falls_back_to_the_next_model(
+    store, agent_settings, agents, fake
+):
     fake.enqueue(500, message="boom 1")
     fake.enqueue(500, message="boom 2")
     fake.enqueue(text="from the backup")
@@ -178,8 +210,13 @@ async def test_400_fails_the_task_for_good_with_the_providers_message(
 PLAN = {
     "tasks": [
         {"id": "one", "lane": "local", "title": "first", "instruction": "do one"},
-        {"id": "two", "lane": "local", "title": "second", "instruction": "do two",
-         "depends_on": ["one"]},
+        {
+            "id": "two",
+            "lane": "local",
+            "title": "second",
+            "instruction": "do two",
+            "depends_on": ["one"],
+        },
     ]
 }
 
@@ -200,7 +237,9 @@ async def test_malformed_plan_is_repaired_once(store, agent_settings, agents, fa
     types = sorted(t.task_type for t in goal.tasks.values())
     assert types == ["aggregate", "execute", "execute", "plan"]
     (agg,) = [t for t in goal.tasks.values() if t.task_type == "aggregate"]
-    (two,) = [t for t in goal.tasks.values() if t.result and t.result.get("title") == "second"]
+    (two,) = [
+        t for t in goal.tasks.values() if t.result and t.result.get("title") == "second"
+    ]
     assert agg.depends_on == (two.task_id,)
     assert goal.summary == "both done"
 
@@ -231,7 +270,10 @@ async def test_need_spawns_a_frontier_child_and_the_parent_completes_after_it(
     (child_id,) = parent.children
     child = goal.tasks[child_id]
     assert (child.lane, child.task_type, child.parent_id, child.depth) == (
-        "frontier", "execute", "a", 1
+        "frontier",
+        "execute",
+        "a",
+        1,
     )
     assert parent.result["output"] == "Wrote to audit_log."
     assert child.finished_at <= parent.finished_at
@@ -262,14 +304,14 @@ async def test_artifact_is_written_once_as_a_recorded_side_effect(
     agent_settings.data_dir = str(tmp_path / "data")
     # A lane that offers no tools: the handler writes the artifact itself.
     agent_settings.lanes["local"].tools = []
-    fake.enqueue(text="patch body")
+    fake.enqueue(text=PATCH)
     goal, _ = await run_goal(
         store, agent_settings, [execute("a", "local", artifact="patches/a.patch")]
     )
     assert goal.status == "done", goal.reason
     path = tmp_path / "data" / "artifacts" / goal.goal_id / "patches" / "a.patch"
-    assert path.read_text() == "patch body"
-    assert goal.tasks["a"].result["artifact"]["bytes"] == len("patch body")
+    assert path.read_text() == PATCH
+    assert goal.tasks["a"].result["artifact"]["bytes"] == len(PATCH)
     assert list(goal.tasks["a"].effects.values()) == ["completed"]
 
 
@@ -278,7 +320,7 @@ async def test_an_agent_that_can_write_delivers_the_artifact_through_the_workspa
 ):
     agent_settings.data_dir = str(tmp_path / "data")
     fake.enqueue_tool_calls(
-        [("call_1", "workspace.write", {"path": "patches/a.patch", "content": "+x"})]
+        [("call_1", "workspace.write", {"path": "patches/a.patch", "content": PATCH})]
     )
     fake.enqueue(text="wrote patches/a.patch")
     goal, events = await run_goal(
@@ -286,7 +328,7 @@ async def test_an_agent_that_can_write_delivers_the_artifact_through_the_workspa
     )
     assert goal.status == "done", goal.reason
     path = tmp_path / "data" / "workspaces" / goal.goal_id / "patches" / "a.patch"
-    assert path.read_text() == "+x"
+    assert path.read_text() == PATCH
     assert goal.tasks["a"].result["artifact"] == {
         "path": "patches/a.patch",
         "in": "workspace",
@@ -350,3 +392,112 @@ async def test_a_tool_past_its_timeout_fails_the_call_not_the_task(
     last = calls(events)[-1]
     result = last.request["messages"][-1]["tool_results"][0]
     assert (result["is_error"], result["content"]) == (True, finished.error)
+
+
+# --- outcome checks: work that is not what the task promised ---------------
+
+
+def redo_text(call: ModelCalled) -> str:
+    """The last user message of a call: the redo turn's text."""
+    return str(call.request["messages"][-1]["content"])
+
+
+async def test_an_answer_that_is_not_a_patch_gets_one_redo_then_is_accepted(
+    store, agent_settings, agents, fake, tmp_path
+):
+    agent_settings.data_dir = str(tmp_path / "data")
+    agent_settings.lanes["local"].tools = []
+    # What a 135M model answered for real: the task restated, no diff.
+    fake.enqueue(text="The task is to add audit logging. Task: task a")
+    fake.enqueue(text="```diff\n" + PATCH + "```")
+    goal, events = await run_goal(
+        store, agent_settings, [execute("a", "local", artifact="patches/a.patch")]
+    )
+    assert goal.status == "done", goal.reason
+    _first, second = calls(events)
+    assert second.prompt_version == "execute/v3+redo/v1"
+    assert "could not be accepted: the answer is not a patch" in redo_text(second)
+    # The redo continues the conversation: the rejected answer is in it.
+    assert second.request["messages"][-2]["content"].startswith("The task is to")
+    assert goal.tasks["a"].result["output"].startswith("```diff")
+
+
+async def test_work_unusable_after_its_redo_fails_the_task_with_the_reason(
+    store, agent_settings, agents, fake
+):
+    agent_settings.lanes["local"].tools = []
+    fake.enqueue(text="")  # empty
+    fake.enqueue(text="task a: do it")  # an echo of the task
+    goal, events = await run_goal(
+        store, agent_settings, [execute("a", "local", artifact="notes.md")]
+    )
+    assert goal.status == "failed"
+    (failed,) = [e for e in events if isinstance(e, TaskFailed)]
+    assert "UnusableAnswer" in failed.error
+    assert "only restates the task" in failed.error
+    assert "could not be accepted: the answer is empty" in redo_text(calls(events)[1])
+
+
+async def test_unusable_work_escalates_to_the_configured_lane(
+    store, agent_settings, agents, fake, tmp_path
+):
+    agent_settings.data_dir = str(tmp_path / "data")
+    agent_settings.lanes["local"].tools = []
+    agent_settings.lanes["frontier"].tools = []
+    agent_settings.lanes["local"].escalate_to = "frontier"
+    fake.enqueue(text="I will add the logging.")  # local: no patch
+    fake.enqueue(text="Sure, here is the plan for it.")  # local redo: none again
+    fake.enqueue(text=PATCH)  # frontier: a patch
+    goal, events = await run_goal(
+        store, agent_settings, [execute("a", "local", artifact="patches/a.patch")]
+    )
+    assert goal.status == "done", goal.reason
+    (child,) = goal.tasks["a"].children
+    assert goal.tasks[child].lane == "frontier"
+    assert goal.tasks[child].payload["escalated_from"] == "a"
+    assert "not a patch" in goal.tasks[child].payload["escalation"]
+    result = goal.tasks["a"].result
+    assert result["escalated_to"] == child
+    assert result["output"] == PATCH
+    # The reason is on the log where the task waited for the frontier lane.
+    waiting = [e for e in events if type(e).__name__ == "TaskNeedsFollowup"]
+    assert waiting and waiting[0].reason.startswith("escalated to frontier: ")
+    # Three calls: the local answer, its redo, the frontier's; none repeated
+    # when the local task ran again to take the frontier's work.
+    assert [c.lane for c in calls(events)] == ["local", "local", "frontier"]
+
+
+async def test_an_agent_that_does_not_write_its_file_is_told_to(
+    store, agent_settings, agents, fake, tmp_path
+):
+    agent_settings.data_dir = str(tmp_path / "data")
+    fake.enqueue(text=PATCH)  # the patch as text: the file is not written
+    fake.enqueue_tool_calls(
+        [("call_1", "workspace.write", {"path": "./patches/a.patch", "content": PATCH})]
+    )
+    fake.enqueue(text="written")
+    goal, events = await run_goal(
+        store, agent_settings, [execute("a", "local", artifact="patches/a.patch")]
+    )
+    assert goal.status == "done", goal.reason
+    redo = calls(events)[1]
+    assert "the file `patches/a.patch` was not written" in redo_text(redo)
+    assert "workspace.write tool" in redo_text(redo)
+
+
+async def test_json_work_is_checked_against_its_schema(
+    store, agent_settings, agents, fake
+):
+    agent_settings.lanes["local"].tools = []
+    schema = {
+        "type": "object",
+        "required": ["endpoints"],
+        "properties": {"endpoints": {"type": "array", "items": {"type": "string"}}},
+    }
+    fake.enqueue(text='{"endpoints": "POST /orders"}')
+    fake.enqueue(text='{"endpoints": ["POST /orders"]}')
+    goal, events = await run_goal(
+        store, agent_settings, [execute("a", "local", expects="json", schema=schema)]
+    )
+    assert goal.status == "done", goal.reason
+    assert "does not match its schema at endpoints" in redo_text(calls(events)[1])

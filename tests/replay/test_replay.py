@@ -85,7 +85,7 @@ def test_verify_passes_on_the_demo_and_reports_a_changed_prompt(demo, monkeypatc
     assert report.tasks == 30 and report.attempts >= 30
 
     changed = Prompt(
-        name="execute", version=3, system=EXECUTE.system,
+        name="execute", version=4, system=EXECUTE.system,
         user="Do this well.\n" + EXECUTE.user,
     )
     monkeypatch.setattr(agents.handlers, "EXECUTE", changed)
@@ -93,15 +93,15 @@ def test_verify_passes_on_the_demo_and_reports_a_changed_prompt(demo, monkeypatc
     assert report.divergences
     first = report.divergences[0]
     assert first.where == "model call 0: the request"
-    assert '"prompt_version": "execute/v2"' in first.diff()
     assert '"prompt_version": "execute/v3"' in first.diff()
+    assert '"prompt_version": "execute/v4"' in first.diff()
     assert "Do this well." in first.diff()
     # The command says so and exits 1.
     result = CliRunner().invoke(
         app, ["replay", "--from-file", str(export), "--verify"], env={"BB_DATA_DIR": "/nonexistent"}
     )
     assert result.exit_code == 1, result.output
-    assert "execute/v2" in result.output
+    assert "execute/v3" in result.output
     # The summary comes first: how many tasks differ and where; details after.
     lines = result.output.splitlines()
     assert lines[1].startswith("DIFFERS: ") and "model call 0" in lines[1]
