@@ -55,6 +55,33 @@ def bench_engine(
         bench.print_table(result)
 
 
+@bench_app.command("local-model")
+def bench_local_model(
+    runs: Annotated[
+        int, typer.Option(help="Goals to run (one task of each kind).")
+    ] = 5,
+    local_url: Annotated[
+        str | None,
+        typer.Option(
+            "--local-url",
+            help="A server already serving the model (default: start one).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What the bundled 135M model gets right per task kind, and its tokens/s."""
+    from blackboard.cli.common import fail
+    from blackboard.tools import bench_local
+
+    if runs < 1:
+        fail(f"--runs {runs}: give 1 or more", 2)
+    result = run(bench_local.local_model(runs, local_url))
+    if as_json:
+        emit_json(result)
+    else:
+        bench_local.print_report(result)
+
+
 @bench_app.command("projector")
 def bench_projector(
     events: Annotated[int, typer.Option(help="Events in the log.")] = 1_000_000,
