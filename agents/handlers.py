@@ -501,27 +501,32 @@ class Agents:
         schema = schema if isinstance(schema, dict) else None
         lane = self.lanes.lane(ctx.lane)
         meta = {"task_type": ctx.task_type, "lane": ctx.lane}
-        request = EXECUTE.request(
-            lane.model,
-            meta,
-            goal=goal,
-            title=title,
-            instruction=instruction,
-            dependencies=_brief(await ctx.dependency_results()),
-            answers=(ANSWERS_HEADER + _brief(children)) if children else "",
-            expects=EXPECTS[kind].format(
+        values: dict[str, Any] = {
+            "goal": goal,
+            "title": title,
+            "instruction": instruction,
+            "expects": EXPECTS[kind].format(
                 schema=f" matching this JSON Schema: {as_text(schema)}"
                 if schema
                 else ""
             ),
-            deliver=DELIVER.format(artifact=artifact) if writes else "",
+            "deliver": DELIVER.format(artifact=artifact) if writes else "",
+        }
+        request = EXECUTE.request(
+            lane.model,
+            meta,
+            dependencies=_brief(await ctx.dependency_results()),
+            answers=(ANSWERS_HEADER + _brief(children) + "\n\n") if children else "",
+            **values,
         )
         talk = await self._conversation(ctx, request)
         need = need_of(talk.text)
         if need is not None:
             return await self._escalate_need(ctx, payload, title, need)
-        # What the model was given: an answer that only repeats it is no work.
-        task = request.messages[0].content
+        # An answer that only repeats what the model was told (the prompt but
+        # for other tasks' results, which work may rightly quote) is no work.
+        told = EXECUTE.request("", {}, dependencies="", answers="", **values)
+        task = f"{told.system}\n{told.messages[0].content}"
         written = dict(talk.written)
         try:
             _not_cut_off(talk, writes)

@@ -51,6 +51,7 @@ POST /orders", 96% of its words and 58% of its triples from the prompt.)"""
 
 _WORD = re.compile(r"[a-z0-9_]+")
 _FENCED = re.compile(r"```[ \t]*(\w*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_SQL_FENCES: Final = frozenset({"", "sql", "psql", "postgresql", "postgres"})
 _SQL = re.compile(
     r"^\s*(create|alter|insert|update|delete|drop|select|with|grant|comment)\b"
     r"[^;]*(;|\Z)",
@@ -101,10 +102,8 @@ def check(
         _diff(output)
     elif kind == "json":
         _json(output, schema)
-    elif kind == "sql" and not _SQL.search(_unfenced(output)):
-        raise InvalidAnswer(
-            "the answer holds no SQL statement (CREATE, ALTER, INSERT, ...)"
-        )
+    elif kind == "sql":
+        _sql(output)
 
 
 def echoes(output: str, task: str) -> bool:
@@ -154,6 +153,25 @@ def _diff(output: str) -> None:
     raise InvalidAnswer(
         "the answer is not a patch: expected a unified diff ('--- a/file', "
         "'+++ b/file', '@@ ... @@', then '+'/'-' lines) or a ```diff block"
+    )
+
+
+def _sql(output: str) -> None:
+    fenced = _FENCED.findall(output)
+    # SQL quoted inside a program (a ```python block) is not a migration.
+    candidates = (
+        [body for lang, body in fenced if lang.lower() in _SQL_FENCES]
+        if fenced
+        else [output]
+    )
+    for text in candidates:
+        for found in _SQL.finditer(text):
+            statement = found.group(0)
+            if statement.count("(") == statement.count(")"):
+                return
+    raise InvalidAnswer(
+        "the answer holds no complete SQL statement (CREATE, ALTER, INSERT,"
+        " ...), bare or in a ```sql block"
     )
 
 

@@ -128,18 +128,21 @@ EXECUTE = Prompt(
         "'NEED: <what is missing>' and nothing else."
     ),
     user=(
-        "Goal: {goal}\n"
-        "Task: {title}\n"
-        "Instruction: {instruction}\n\n"
+        "Goal: {goal}\n\n"
         "Results of the tasks this one depends on:\n{dependencies}\n\n"
         "{answers}"
+        "Your task: {title}\n"
+        "{instruction}\n\n"
         "{expects}"
         "{deliver}"
     ),
 )
-"""v3 says what form the work takes (a unified diff, JSON, SQL): a 135M model
-asked for "audit logging on POST /orders" with nothing more restated the task
-in prose (see docs/local-model.md)."""
+"""v3, from running a real 135M model (docs/local-model.md): the task comes
+last, after its context, and the form of the work is named (a unified diff,
+JSON, SQL). v2 put the goal first and the task in the middle; the model
+restated the goal ("The task is to add structured audit logging to every
+write endpoint...") in 20 of 20 execute tasks, and 0 were usable; with v3's
+order 10 of 20 were."""
 
 EXPECTS: dict[str, str] = {
     "diff": (

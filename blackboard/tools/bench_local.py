@@ -184,6 +184,7 @@ async def local_model(runs: int, url: str | None = None) -> dict[str, Any]:
             k: collections.Counter() for k in KINDS
         }
         calls: list[ModelCalled] = []
+        examples: dict[str, list[str]] = {}
         wall = 0.0
         async with (
             bench_store("local") as (store, _),
@@ -206,6 +207,12 @@ async def local_model(runs: int, url: str | None = None) -> dict[str, Any]:
                     for e in events
                     if isinstance(e, ModelCalled) and e.lane == "local" and not e.error
                 ]
+                if run == 0:
+                    # What the model said, first answer and repair: for the docs.
+                    for e in events:
+                        if isinstance(e, ModelCalled) and e.lane == "local":
+                            kind = (e.task_id or "").split("-")[0]
+                            examples.setdefault(kind, []).append(e.text[:300])
                 for kind in KINDS:
                     how, why = _classify(goal, events, f"{kind}-{run}")
                     outcomes[kind][how] += 1
@@ -248,6 +255,7 @@ async def local_model(runs: int, url: str | None = None) -> dict[str, Any]:
         else 0,
         "generation_tokens_per_s": round(sorted(generation)[1], 1),
         "wall_s": round(wall, 1),
+        "examples": examples,
     }
 
 

@@ -101,5 +101,12 @@ def test_json_is_checked_against_its_schema() -> None:
 def test_sql_holds_a_statement() -> None:
     check("sql", "-- migration\nCREATE TABLE audit_log (id TEXT);", task="")
     check("sql", "```sql\nalter table t add column c int;\n```", task="")
-    with pytest.raises(InvalidAnswer, match="no SQL statement"):
-        check("sql", "The migration creates the audit_log table.", task="")
+    check("sql", "```\nCREATE TABLE t (id INT);\n```", task="")
+    for not_sql in (
+        "The migration creates the audit_log table.",
+        # What the 135M model gave: SQL quoted in Python, cut off mid-table.
+        '```python\nsql = """\n  CREATE TABLE audit_log (\n    event_id text\n"""\n```',
+        "CREATE TABLE audit_log (\n  event_id text,",  # cut off
+    ):
+        with pytest.raises(InvalidAnswer, match="no complete SQL statement"):
+            check("sql", not_sql, task="")
