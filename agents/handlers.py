@@ -528,16 +528,9 @@ class Agents:
         told = EXECUTE.request("", {}, dependencies="", answers="", **values)
         task = f"{told.system}\n{told.messages[0].content}"
         written = dict(talk.written)
+        delivered = artifact if writes else None
         try:
-            _not_cut_off(talk, writes)
-            _work_checked(
-                kind,
-                talk.text,
-                written,
-                artifact if writes else None,
-                task=task,
-                schema=schema,
-            )
+            _work_checked(kind, talk, written, delivered, task=task, schema=schema)
         except InvalidAnswer as first:
             how = (EXPECTS[kind].format(schema="") or REDO_TEXT) + (
                 REDO_WRITE.format(artifact=artifact) if writes else ""
@@ -557,15 +550,7 @@ class Agents:
             talk = await self._conversation(ctx, redo)
             written.update(talk.written)
             try:
-                _not_cut_off(talk, writes)
-                _work_checked(
-                    kind,
-                    talk.text,
-                    written,
-                    artifact if writes else None,
-                    task=task,
-                    schema=schema,
-                )
+                _work_checked(kind, talk, written, delivered, task=task, schema=schema)
             except InvalidAnswer as second:
                 reason = f"{second} (answer: {_clip(talk.text, 200)!r})"
                 return self._escalate_unusable(ctx, payload, lane.escalate_to, reason)
@@ -780,7 +765,7 @@ def _written(
 
 def _work_checked(
     kind: Kind,
-    text: str,
+    talk: _Conversation,
     written: Mapping[str, str],
     artifact: str | None,
     *,
@@ -789,11 +774,16 @@ def _work_checked(
 ) -> None:
     """Raise InvalidAnswer unless the work delivered is what the task promised.
 
-    The work is the artifact the agent wrote (when it was asked to write one),
-    else its answer.
+    The work is the artifact the agent wrote (when it was asked to write one:
+    then only its summary may have been cut off), else its answer.
     """
     if artifact is None:
-        outcomes.check(kind, text, task=task, schema=schema)
+        if talk.cut_off:
+            raise InvalidAnswer(
+                "the answer was cut off at the max_tokens limit; give a shorter,"
+                " complete answer"
+            )
+        outcomes.check(kind, talk.text, task=task, schema=schema)
         return
     content = written.get(posixpath.normpath(artifact))
     if content is None:
@@ -806,18 +796,6 @@ def _work_checked(
         outcomes.check(kind, content, task=task, schema=schema)
     except InvalidAnswer as e:
         raise InvalidAnswer(f"the file `{artifact}`: {e}") from e
-
-
-def _not_cut_off(talk: _Conversation, writes: bool) -> None:
-    """Raise InvalidAnswer if the work is an answer cut off at max_tokens.
-
-    Work delivered as a file stands on its own: only the summary was cut.
-    """
-    if talk.cut_off and not writes:
-        raise InvalidAnswer(
-            "the answer was cut off at the max_tokens limit; give a shorter,"
-            " complete answer"
-        )
 
 
 def _handed_back(

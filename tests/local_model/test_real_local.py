@@ -69,7 +69,11 @@ async def run_goal(
 
 
 def local_calls(events: list[Any]) -> list[ModelCalled]:
-    return [e for e in events if isinstance(e, ModelCalled) and e.lane == "local"]
+    """The local lane's calls, each checked to be one the server answered."""
+    calls = [e for e in events if isinstance(e, ModelCalled) and e.lane == "local"]
+    for call in calls:
+        assert_real(call)
+    return calls
 
 
 def assert_real(call: ModelCalled) -> None:
@@ -108,8 +112,6 @@ async def test_an_execute_task_answered_by_the_model(store, model_server, tmp_pa
     )
     goal, events = await run_goal(store, s, [task])
     calls = local_calls(events)
-    for call in calls:
-        assert_real(call)
     outcome = ended(goal, "colours", events)
     assert calls[0].prompt_version == "execute/v3"
     if isinstance(outcome, TaskCompleted):
@@ -134,8 +136,6 @@ async def test_a_json_answer_gets_its_repair_turn(store, model_server, tmp_path)
     )
     goal, events = await run_goal(store, s, [task])
     calls = local_calls(events)
-    for call in calls:
-        assert_real(call)
     outcome = ended(goal, "check", events)
     first_error: InvalidAnswer | None = None
     try:
@@ -196,7 +196,6 @@ async def test_an_answer_cut_off_at_max_tokens(store, model_server, tmp_path):
     calls = local_calls(events)
     assert len(calls) == 2
     for call in calls:
-        assert_real(call)
         assert call.request["max_tokens"] == 4
         assert call.stop_reason == "length"
         assert call.tokens_out == 4

@@ -85,6 +85,17 @@ def test_bad_settings_are_named(tmp_path):
         config.load(tmp_path / "missing.toml", env={})
 
 
+@pytest.mark.parametrize("target", ["local", "gpu"])
+def test_escalate_to_names_another_configured_lane(tmp_path, target):
+    f = tmp_path / "bb.toml"
+    f.write_text(f'[lanes.local]\nescalate_to = "{target}"\n')
+    with pytest.raises(ConfigError, match=rf"\[lanes.local\] escalate_to = '{target}'"):
+        config.load(f, env={})
+    f.write_text('[lanes.local]\nescalate_to = "frontier"\nmax_tokens = 512\n')
+    s = config.load(f, env={})
+    assert (s.lanes["local"].escalate_to, s.lanes["local"].max_tokens) == ("frontier", 512)
+
+
 def test_limit_overrides():
     base = Limits(max_depth=3, max_tasks=10)
     assert resolve_limits(base, {"max_tasks": 5, "max_depth": None}) == Limits(
