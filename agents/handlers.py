@@ -535,13 +535,16 @@ class Agents:
             how = (EXPECTS[kind].format(schema="") or REDO_TEXT) + (
                 REDO_WRITE.format(artifact=artifact) if writes else ""
             )
+            asked = REDO.user.format(error=str(first), how=how)
+            # Repeating the redo's own words back is no work either (seen).
+            task = f"{task}\n{asked}"
             redo = ModelRequest(
                 model=lane.model,
                 system=request.system,
                 messages=(
                     *talk.messages,
                     Message("assistant", talk.text),
-                    Message("user", REDO.user.format(error=str(first), how=how)),
+                    Message("user", asked),
                 ),
                 max_tokens=request.max_tokens,
                 prompt_version=f"{EXECUTE.tag}+{REDO.tag}",

@@ -233,13 +233,15 @@ async def test_verify_needs_no_server(store, model_log, tmp_path):
     assert report.tasks == 1
 
 
+@pytest.mark.timeout(1300)
 def test_the_demo_with_a_real_local_lane(tmp_path: Path) -> None:
     from tests.local_model.conftest import need_model
 
     need_model()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BB_", "OTEL_"))}
     env["BB_DATA_DIR"] = str(tmp_path / "bb")
-    r = bb(["demo", "--real-local", "--json"], env, timeout=580)
+    # About 6.5 minutes on 2 cores: 46 real calls, one at a time.
+    r = bb(["demo", "--real-local", "--json"], env, timeout=1200)
     assert r.returncode in (0, 1), r.stderr
     out = json.loads(r.stdout)
     # Which lanes were real is said, not hidden behind "scripted models".

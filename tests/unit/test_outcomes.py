@@ -78,6 +78,21 @@ def test_an_echo_is_refused_whatever_the_kind() -> None:
     assert not echoes(UNIFIED, PROMPT)
 
 
+def test_repeating_the_redo_request_back_is_an_echo() -> None:
+    asked = (
+        "Your work could not be accepted: the answer only restates the task; do"
+        " the work it asks for\nDo the work and give its result, not a"
+        " restatement of the task.\n"
+    )
+    # What the model answered to that, in bb demo --real-local.
+    answer = (
+        "Your work could not be accepted: the answer only restates the task; "
+        "give your result, not a restatement of the task."
+    )
+    assert echoes(answer, PROMPT + asked)
+    assert not echoes(answer, PROMPT)
+
+
 def test_json_is_checked_against_its_schema() -> None:
     schema = {
         "type": "object",
