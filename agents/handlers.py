@@ -536,8 +536,11 @@ class Agents:
                 REDO_WRITE.format(artifact=artifact) if writes else ""
             )
             asked = REDO.user.format(error=str(first), how=how)
-            # Repeating the redo's own words back is no work either (seen).
-            task = f"{task}\n{asked}"
+            if kind == "text":
+                # Repeating the redo's own words back is no work either (seen).
+                # Structured work is judged by its form: the redo quotes what
+                # was wrong, and a right answer may share all its words.
+                task = f"{task}\n{asked}"
             redo = ModelRequest(
                 model=lane.model,
                 system=request.system,
