@@ -224,7 +224,10 @@ async def test_cancel_mid_flight_across_workers_stops_everything(
     fenced = [e.event.task_id or "" for e in envs
               if isinstance(e.event, TaskCancelled) and e.seq <= cut + cancelled_n]
     assert sorted(fenced) == sorted(t.task_id for t in open_before)
-    assert all(t.status in ("done", "cancelled") for t in goal.tasks.values())
+    assert all(t.status in ("done", "cancelled") for t in goal.tasks.values()), [
+        (t.task_id, t.status, t.error) for t in goal.tasks.values()
+        if t.status not in ("done", "cancelled")
+    ]
     # Effects: every one performed was recorded as started before the cut.
     started = {e.event.task_id for e in envs
                if isinstance(e.event, SideEffectStarted) and e.seq < cut}
