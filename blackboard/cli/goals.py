@@ -169,7 +169,13 @@ def _demo_real_local(base: config_mod.Settings, url: str | None, as_json: bool) 
     from agents import local_model, session
     from blackboard.runtime import connection as runtime
 
-    here = runtime.running_here(base) if not base.nats.url else None
+    if base.nats.url:
+        # Its workers, if any, would take the local lane's work on their model.
+        fail(
+            "--real-local runs the demo on an embedded server here; unset"
+            " BB_NATS_URL (or [nats] url) to run it"
+        )
+    here = runtime.running_here(base)
     if here is not None:
         fail(
             f"a bb up serves {base.data_dir} (pid {here.pid}): its workers would"
@@ -203,7 +209,7 @@ def _demo_real_local(base: config_mod.Settings, url: str | None, as_json: bool) 
         drive_goal(
             s,
             session.DEMO_GOAL,
-            s.nats.url or None,
+            None,
             True,
             {},
             whoami(None),

@@ -13,8 +13,10 @@ from blackboard.cli import app
 from tests.local_model.conftest import need_model
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args), env={"BB_DATA_DIR": "/nonexistent"})
+def invoke(*args: str, **env: str):
+    return CliRunner().invoke(
+        app, list(args), env={"BB_DATA_DIR": "/nonexistent", **env}
+    )
 
 
 def test_info_finds_the_bundled_model() -> None:
@@ -28,6 +30,12 @@ def test_info_finds_the_bundled_model() -> None:
     cmd = local_model.server_command(port=9999)
     assert cmd[cmd.index("--model") + 1] == out["gguf"]
     assert cmd[cmd.index("--model_alias") + 1] == local_model.MODEL
+
+
+def test_real_local_refuses_a_deployment_it_would_share() -> None:
+    r = invoke("demo", "--real-local", BB_NATS_URL="nats://127.0.0.1:4222")
+    assert r.exit_code == 1, r.output
+    assert "unset BB_NATS_URL" in r.output
 
 
 @pytest.mark.parametrize(
