@@ -48,6 +48,7 @@ from agents.answers import (
     need_of,
     plan_specs,
 )
+from agents.governance import Governor
 from agents.lanes import Lanes
 from agents.models import (
     CallRecord,
@@ -169,6 +170,7 @@ class Agents:
         self.settings = settings
         self.lanes = lanes if lanes is not None else Lanes(settings)
         self.toolbox = toolbox if toolbox is not None else Toolbox(settings)
+        self.governor = Governor(settings.policy, self.lanes.prices)
         try:
             self.redactor = Redactor.from_env(settings.redact, self.lanes.env)
         except ValueError as e:
@@ -280,6 +282,7 @@ class Agents:
         cap = self.lanes.lane(ctx.lane).max_tokens
         if cap is not None and cap < request.max_tokens:
             request = msgspec.structs.replace(request, max_tokens=cap)
+        request = await self.governor.shape(ctx, request)
         messages = list(request.messages)
         written: dict[str, str] = {}
         turns = 0
@@ -329,19 +332,29 @@ class Agents:
 
     async def _call(self, ctx: TaskContext, request: ModelRequest) -> _Answer:
         recorded: list[tuple[str, CallRecord]] = []
+        # The reservation of the provider call in progress (one at a time).
+        held: list[str] = []
+
+        async def before(provider: str, model: str, sent: ModelRequest) -> bool:
+            allowed, reservation = await self.governor.before_call(ctx, model, sent)
+            held[:] = [reservation] if allowed else []
+            return allowed
 
         async def record(call: CallRecord) -> None:
             index = ctx.calls
             ctx.calls += 1
             clean = self._redacted(call)
+            reservation = held.pop() if held else ""
 
             def make(event_id: str) -> ModelCalled:
                 recorded.append((event_id, clean))
-                return _model_called(ctx, clean, index, event_id)
+                return _model_called(ctx, clean, index, event_id, reservation)
 
             await ctx.append(make)
+            used = call.tokens_in + call.tokens_cached + call.tokens_out
+            await ctx.settle(reservation, (used, call.cost_usd))
 
-        model = self.lanes.model(ctx.lane, record)
+        model = self.lanes.model(ctx.lane, record, before)
         try:
             await model.complete(request)
         except RetryableModelError as e:
@@ -390,7 +403,17 @@ class Agents:
             idempotent=tool.idempotent if tool is not None else True,
         )
 
+        refusal = None
+        if tool is not None and record.key not in (await ctx.transcript()).finished:
+            # A call a run finished keeps its recorded outcome; the policy is
+            # asked about calls still to be made.
+            refusal = await self.governor.before_tool(
+                ctx, call.name, tool.effect, record.key
+            )
+
         async def run() -> ToolOutcome:
+            if refusal is not None:
+                return refusal
             if tool is None:
                 offered = ", ".join(sorted(by_name)) or "none"
                 return ToolOutcome(
@@ -846,9 +869,9 @@ def _brief(results: Mapping[str, Any]) -> str:
 
 
 def _model_called(
-    ctx: TaskContext, call: CallRecord, index: int, event_id: str
+    ctx: TaskContext, call: CallRecord, index: int, event_id: str, reservation: str
 ) -> ModelCalled:
-    return call.to_event(
+    event = call.to_event(
         event_id=event_id,
         goal_id=ctx.goal_id,
         task_id=ctx.task_id,
@@ -859,3 +882,6 @@ def _model_called(
         attempt=ctx.attempt,
         dispatch=ctx.dispatch,
     )
+    if not reservation:
+        return event
+    return msgspec.structs.replace(event, reservation=reservation)

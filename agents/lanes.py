@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from agents.cost import PriceTable
 from agents.models import ModelClient, SupportsAclose
 from agents.ratelimit import RateLimiter, limiter_for
-from agents.resilient import OnCall, ResilientModel
+from agents.resilient import BeforeCall, OnCall, ResilientModel
 from agents.scripted import ScriptedModel
 from blackboard.errors import ConfigError
 from blackboard.runtime.config import PROVIDERS, LaneSettings, ModelRef, Settings
@@ -139,7 +139,9 @@ class Lanes:
         except ValueError as e:
             raise ConfigError(f"lane {name}: {e}") from e
 
-    def model(self, name: str, on_call: OnCall) -> ResilientModel:
+    def model(
+        self, name: str, on_call: OnCall, before_call: BeforeCall | None = None
+    ) -> ResilientModel:
         """The lane's chain with retries, fallback, limits and cost accounting."""
         lane = self.lane(name)
         return ResilientModel(
@@ -147,6 +149,7 @@ class Lanes:
             self.prices,
             limiters=self.limiters(name),
             on_call=on_call,
+            before_call=before_call,
             max_retries_per_model=lane.max_retries,
         )
 

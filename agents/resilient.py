@@ -32,6 +32,7 @@ from agents.models import (
     ModelResponse,
     RetryableModelError,
     SupportsAclose,
+    TerminalModelError,
     approx_tokens,
     input_text,
     request_body,
@@ -46,6 +47,11 @@ __all__ = ["OnCall", "ResilientModel"]
 
 OnCall = Callable[[CallRecord], Awaitable[None]]
 """Awaited after every provider call, before anything else happens."""
+
+BeforeCall = Callable[[str, str, ModelRequest], Awaitable[bool]]
+"""Awaited before every provider call with the provider, the model and the
+request; False skips that model (the policy does not allow it). It may raise
+to stop the call (an approval to wait for, a budget that would be crossed)."""
 
 
 async def _ignore(record: CallRecord) -> None:
@@ -81,6 +87,7 @@ class ResilientModel(ModelClient):
         *,
         limiters: Mapping[str, RateLimiter] | None = None,
         on_call: OnCall | None = None,
+        before_call: BeforeCall | None = None,
         max_retries_per_model: int = 2,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
@@ -99,6 +106,7 @@ class ResilientModel(ModelClient):
         self.prices = prices
         self._limiters = dict(limiters or {})
         self._on_call = on_call or _ignore
+        self._before = before_call
         self._max_retries = max_retries_per_model
         self._base = backoff_base_s
         self._cap = backoff_cap_s
@@ -135,6 +143,7 @@ class ResilientModel(ModelClient):
         """
         call_index = 0
         last_error: RetryableModelError | None = None
+        skipped: list[str] = []
         for client, model in self.chain:
             sent = msgspec.structs.replace(request, model=model)
             context = _CallContext(
@@ -147,6 +156,11 @@ class ResilientModel(ModelClient):
             limiter = self._limiters.get(client.provider)
             estimate = approx_tokens(input_text(sent)) + sent.max_tokens
             for retry in range(self._max_retries + 1):
+                if self._before is not None and not await self._before(
+                    client.provider, model, sent
+                ):
+                    skipped.append(model)
+                    break
                 if limiter is not None:
                     await limiter.acquire(estimate)
                 started = self._monotonic()
@@ -178,8 +192,12 @@ class ResilientModel(ModelClient):
                     used = response.tokens_in + response.tokens_cached
                     limiter.adjust(used + response.tokens_out - estimate)
                 return response
-        # The chain is never empty and only retryable errors leave the loop.
-        assert last_error is not None
+        if last_error is None:
+            # Every model of the chain was skipped: none is allowed.
+            raise TerminalModelError(
+                f"no model of the chain may be called: {', '.join(skipped)}"
+                " refused by the policy"
+            )
         raise last_error
 
     def _price(self, model: str, response: ModelResponse) -> Price:

@@ -125,6 +125,11 @@ class Toolbox:
             self._mcp = None
 
 
+def known_effects(settings: Settings) -> dict[str, str]:
+    """Effect classes of the tools known without starting a server, by name."""
+    return {t.name: t.effect for t in Toolbox(settings).registry.all()}
+
+
 def workspace_of(settings: Settings, goal_id: str) -> Path:
     """A goal's workspace: ``[tools] workspace_dir`` (or the data dir's) / goal."""
     configured = settings.tools.workspace_dir

@@ -22,6 +22,7 @@ from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BudgetEntry,
     GoalCancelled,
     GoalCompleted,
     GoalFailed,
@@ -29,6 +30,7 @@ from blackboard.log.events import (
     GoalResumed,
     GoalSubmitted,
     ModelCalled,
+    PolicyDecided,
     SideEffectCompleted,
     SideEffectFailed,
     SideEffectStarted,
@@ -191,6 +193,8 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
             | TaskNeedsFollowup()
             | TaskCancelled()
             | TaskHeld()
+            | PolicyDecided()
+            | BudgetEntry()
         ):
             pass  # only in `events`, and in the goal and task rows of the fold
         case _:

@@ -22,6 +22,7 @@ from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BudgetEntry,
     GoalCancelled,
     GoalCompleted,
     GoalFailed,
@@ -29,6 +30,7 @@ from blackboard.log.events import (
     GoalResumed,
     GoalSubmitted,
     ModelCalled,
+    PolicyDecided,
     SideEffectCompleted,
     SideEffectFailed,
     SideEffectStarted,
@@ -335,6 +337,20 @@ def _apply(trace: Trace, env: Envelope) -> None:
             task.notes.append(Note(env.seq, e.at, "approval requested", e.reason))
         case ApprovalGranted():
             task.notes.append(Note(env.seq, e.at, "approved", _by(e.by, e.note)))
+        case PolicyDecided():
+            what = e.decision.replace("_", " ")
+            if e.constraints:
+                imposed = sorted(e.constraints.items())
+                what += " " + ", ".join(f"{k}={v}" for k, v in imposed)
+            task.notes.append(
+                Note(
+                    env.seq,
+                    e.at,
+                    "policy",
+                    f"{e.point} {e.subject}: {what} (rule {e.rule}, {e.policy_hash})"
+                    + (f": {e.reason}" if e.reason else ""),
+                )
+            )
         case ApprovalDenied():
             task.notes.append(Note(env.seq, e.at, "denied", _by(e.by, e.note)))
         case TaskHeld():
@@ -357,6 +373,7 @@ def _apply(trace: Trace, env: Envelope) -> None:
             | GoalCancelled()
             | GoalHalted()
             | GoalResumed()
+            | BudgetEntry()
         ):
             pass  # a creation is applied above; a goal event names no task
         case _:

@@ -37,6 +37,25 @@ _REQUIRED: dict[type[ev.Event], dict[str, Any]] = {
     ev.ApprovalRequested: {"reason": "writes to prod", "policy": "task_type:migration"},
     ev.ApprovalGranted: {"by": "ana", "note": "ok"},
     ev.ApprovalDenied: {"by": "ana", "note": "no"},
+    ev.PolicyDecided: {
+        "point": "tool",
+        "subject": "orders.refund",
+        "decision": "require_approval",
+        "rule": "refunds-need-a-human",
+        "policy_hash": "sha256:0123456789abcdef",
+        "key": "tool:G:T1:1.1:c1",
+    },
+    ev.BudgetEntry: {
+        "op": "reserve",
+        "reservation": "R1",
+        "tokens": 1200,
+        "cost_usd": 0.0042,
+        "model": "claude-sonnet-4-5",
+        "spent_tokens": 300,
+        "spent_usd": 0.001,
+        "held": {"R1": {"task_id": "T1", "tokens": 1200, "cost_usd": 0.0042}},
+        "max_cost_usd": 1.0,
+    },
     ev.ModelCalled: {
         "provider": "anthropic",
         "model": "claude-sonnet-4-5",
@@ -79,7 +98,8 @@ _REQUIRED: dict[type[ev.Event], dict[str, Any]] = {
 
 
 def sample(cls: type[ev.Event], goal_id: str = "G1", i: int = 0) -> ev.AnyEvent:
-    task_id = None if cls.__name__.startswith("Goal") else "T1"
+    goal_level = cls.__name__.startswith("Goal") or cls is ev.BudgetEntry
+    task_id = None if goal_level else "T1"
     raw = {
         "event_id": f"{cls.__name__}-{i}",
         "goal_id": goal_id,

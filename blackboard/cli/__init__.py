@@ -18,6 +18,7 @@ GROUPS = (
     "trace",
     "events",
     "acting",
+    "governance",
     "deploy",
     "localmodel",
     "bench",

@@ -11,6 +11,7 @@ from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BudgetEntry,
     GoalCancelled,
     GoalCompleted,
     GoalFailed,
@@ -18,6 +19,7 @@ from blackboard.log.events import (
     GoalResumed,
     GoalSubmitted,
     ModelCalled,
+    PolicyDecided,
     SideEffectCompleted,
     SideEffectFailed,
     SideEffectStarted,
@@ -80,6 +82,14 @@ def detail(event: AnyEvent) -> str:
             return f"{event.guardrail}: {clip(event.reason)}"
         case ApprovalRequested():
             return clip(event.reason or event.policy)
+        case PolicyDecided():
+            return f"{event.decision} {event.point} {event.subject}: rule {event.rule}"
+        case BudgetEntry():
+            return (
+                f"{event.op} {event.reservation[-8:]} {event.tokens} tok "
+                f"${event.cost_usd:.4f}; spent ${event.spent_usd:.4f}, "
+                f"{len(event.held)} held"
+            )
         case ApprovalGranted() | ApprovalDenied():
             return f"by {event.by} {clip(event.note, 40)}".strip()
         case ModelCalled():

@@ -140,6 +140,7 @@ def decide_command(
                 actor=actor,
                 by=cmd.by,
                 note=cmd.note,
+                key=task.approval_key,
             )
             return [(event, task.last_seq)]
         case ResumeGoal():

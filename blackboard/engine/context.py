@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from blackboard import ids, telemetry
-from blackboard.engine import builders, dag
+from blackboard.engine import budget, builders, dag
 from blackboard.engine.handlers import Followup, NeedsApproval
+from blackboard.engine.ledger import Ledger
 from blackboard.engine.state import TaskState, fold, fold_task
 from blackboard.engine.transcript import (
     ToolCallRecord,
@@ -40,6 +41,7 @@ from blackboard.engine.transcript import (
 )
 from blackboard.errors import ConcurrencyConflict, ConfigError, LogUnavailable
 from blackboard.log.events import (
+    BudgetHold,
     Event,
     GoalResumed,
     GoalSubmitted,
@@ -185,6 +187,16 @@ class TaskContext(Protocol):
         """Run a tool call once, recorded; a finished one returns its record."""
         ...
 
+    async def reserve(
+        self, tokens: int, cost_usd: float, model: str
+    ) -> str | budget.Refused:
+        """Reserve a call's worst case in the goal's budget; its id, or why not."""
+        ...
+
+    async def settle(self, reservation: str, used: tuple[int, float] | None) -> None:
+        """Settle a reservation with what its call used (None: release it)."""
+        ...
+
     async def converse(
         self,
         prompt: str,
@@ -299,6 +311,16 @@ class BaseTaskContext(ABC):
         if self._transcript is None:
             self._transcript = transcript(await self._task_events())
         return self._transcript
+
+    async def reserve(
+        self, tokens: int, cost_usd: float, model: str
+    ) -> str | budget.Refused:
+        """No budget to keep by default (replay calls no model): nothing held."""
+        return ""
+
+    async def settle(self, reservation: str, used: tuple[int, float] | None) -> None:
+        """Nothing was reserved by default."""
+        return
 
     async def converse(
         self,
@@ -622,6 +644,52 @@ class LiveTaskContext(BaseTaskContext):
         known.finished[call.key] = finished
         telemetry.get().tool_call(started, finished)
         return outcome
+
+    async def reserve(
+        self, tokens: int, cost_usd: float, model: str
+    ) -> str | budget.Refused:
+        """Reserve a call's worst case against the goal's limits now.
+
+        Nothing is reserved for a goal with neither ``max_tokens`` nor
+        ``max_cost_usd``. A reservation an earlier run of this task left open
+        (its worker died) is settled with the call it recorded, or released.
+        """
+        limits = await self.limits()
+        if limits.max_tokens is None and limits.max_cost_usd is None:
+            return ""
+        used: dict[str, tuple[int, float]] = {}
+        for env in await self._fresh_events():
+            e = env.event
+            if isinstance(e, ModelCalled) and e.reservation:
+                used[e.reservation] = (
+                    e.tokens_in + e.tokens_cached + e.tokens_out,
+                    e.cost_usd,
+                )
+        hold = BudgetHold(
+            task_id=self.task_id,
+            dispatch=self.dispatch,
+            attempt=self.attempt,
+            tokens=tokens,
+            cost_usd=cost_usd,
+        )
+        return await self._ledger().reserve(limits, hold, model, used.get)
+
+    async def settle(self, reservation: str, used: tuple[int, float] | None) -> None:
+        """Settle a reservation (or release it); nothing for an empty id."""
+        if reservation:
+            await self._ledger().settle(reservation, used)
+
+    def _ledger(self) -> Ledger:
+        return Ledger(self.store, self.goal_id, self.worker)
+
+    async def _fresh_events(self) -> list[Envelope]:
+        """This task's events as the log has them now (not the cached read)."""
+        return [
+            env
+            async for env in self.store.read(
+                self.store.subjects.task_events(self.goal_id, self.task_id)
+            )
+        ]
 
     async def children_events(self, specs: Sequence[TaskSpec]) -> list[TaskCreated]:
         """TaskCreated events for specs spawned by this task, validated."""

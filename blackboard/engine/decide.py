@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from blackboard.engine import builders, dag
+from blackboard.engine.policy import ALLOW_ALL, Facts, PolicySet, evaluate
 from blackboard.engine.state import TERMINAL, BoardState, GoalState, TaskState
 from blackboard.errors import InvalidDag
 from blackboard.log.events import (
@@ -21,6 +22,7 @@ from blackboard.log.events import (
     GoalCompleted,
     GoalFailed,
     GoalHalted,
+    PolicyDecided,
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
@@ -48,6 +50,8 @@ class Policy:
     root_lane: str = "frontier"
     lanes: frozenset[str] = frozenset()
     """Configured lanes; a task on another lane fails at admission. Empty: any."""
+    rules: PolicySet = ALLOW_ALL
+    """The policy (``engine.policy``), asked at every admission."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +315,9 @@ class Decider:
                     goal.last_seq,
                 ),
             ]
+        ruled = self._ruled(goal, task, now)
+        if ruled is not None:
+            return ruled
         policy = self._approval_policy(task)
         if policy and not task.approved:
             return [
@@ -366,6 +373,69 @@ class Decider:
                 )
             ]
         return []
+
+    def _ruled(
+        self, goal: GoalState, task: TaskState, now: datetime
+    ) -> list[Action] | None:
+        """What the policy says of admitting ``task``; None: go on.
+
+        A decision that is not a plain allow is recorded first, on its own
+        (``PolicyDecided``); its return to the log wakes the task, and the
+        next round acts on it: a denied task fails, one moved to another lane
+        is admitted there (the fold moves it), one that needs approval waits.
+        """
+        rules = self.policy.rules
+        if not rules.rules and rules.default == "allow":
+            return None
+        facts = Facts(
+            point="task",
+            tenant=goal.submitted.tenant,
+            lane=task.lane,
+            task_type=task.task_type,
+            depth=task.depth,
+        )
+        verdict = evaluate(rules, facts)
+        if verdict.decision == "allow":
+            return None
+        lane = verdict.constraints.get("lane")
+        if verdict.decision == "allow_with":
+            if not isinstance(lane, str) or lane == task.lane:
+                return None
+            key = f"task:lane:{task.lane}:{lane}"
+        else:
+            key = f"task:{verdict.decision}"
+        if key not in task.policy_keys:
+            decided = self._ev(
+                PolicyDecided,
+                goal,
+                task,
+                now,
+                f"policy:{goal.goal_id}:{task.task_id}:{task.last_seq}",
+                point="task",
+                subject=task.lane,
+                decision=verdict.decision,
+                rule=verdict.rule,
+                policy_hash=verdict.policy_hash,
+                constraints=verdict.constraints,
+                reason=verdict.reason,
+                key=key,
+            )
+            return [Append(decided, task.last_seq)]
+        if verdict.decision == "deny":
+            why = f"denied by policy: {verdict.explain()}"
+            return [self._fail(goal, task, now, why)]
+        if verdict.decision == "require_approval" and not task.approved:
+            asked = self._ev(
+                ApprovalRequested,
+                goal,
+                task,
+                now,
+                f"approval:{goal.goal_id}:{task.task_id}:{task.last_seq}",
+                reason=f"{task.task_type} on {task.lane}: {verdict.explain()}",
+                policy=f"rule:{verdict.rule}",
+            )
+            return [Append(asked, task.last_seq)]
+        return None
 
     def _approval_policy(self, task: TaskState) -> str:
         if task.requires_approval:

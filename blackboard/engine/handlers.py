@@ -48,10 +48,21 @@ class RetryableError(HandlerError):
 class NeedsApproval(HandlerError):
     """The handler wants a human to approve before it goes on."""
 
-    def __init__(self, reason: str, policy: str = "handler") -> None:
+    def __init__(
+        self,
+        reason: str,
+        policy: str = "handler",
+        *,
+        key: str = "",
+        on_deny: str = "cancel",
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.policy = policy
+        self.key = key
+        """What inside the run is to be approved (empty: the task)."""
+        self.on_deny = on_deny
+        """``cancel`` the task on a denial, or ``resume`` it without it."""
 
 
 class GuardrailBreached(HandlerError):
@@ -61,8 +72,12 @@ class GuardrailBreached(HandlerError):
     scheduler's own guardrails; ``bb resume --max-turns N`` admits it again.
     """
 
-    def __init__(self, guardrail: str, limit: float, observed: float) -> None:
-        super().__init__(f"{guardrail} {observed:g} reaches its limit {limit:g}")
+    def __init__(
+        self, guardrail: str, limit: float, observed: float, detail: str = ""
+    ) -> None:
+        super().__init__(
+            detail or f"{guardrail} {observed:g} reaches its limit {limit:g}"
+        )
         self.guardrail = guardrail
         self.limit = limit
         self.observed = observed

@@ -189,6 +189,7 @@ class Runner:
         except NeedsApproval as e:
             heartbeat.cancel()
             reason, policy, actor = e.reason, e.policy, self.worker_id
+            key, on_deny = e.key, e.on_deny
             await ctx.append(
                 lambda i: ApprovalRequested(
                     event_id=i,
@@ -198,6 +199,8 @@ class Runner:
                     actor=actor,
                     reason=reason,
                     policy=policy,
+                    key=key,
+                    on_deny=on_deny,
                 )
             )
             await msg.ack()

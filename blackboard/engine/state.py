@@ -23,6 +23,7 @@ from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BudgetEntry,
     GoalCancelled,
     GoalCompleted,
     GoalFailed,
@@ -31,6 +32,7 @@ from blackboard.log.events import (
     GoalSubmitted,
     Limits,
     ModelCalled,
+    PolicyDecided,
     SideEffectCompleted,
     SideEffectFailed,
     SideEffectStarted,
@@ -96,6 +98,15 @@ LEGAL: Final[dict[str, frozenset[str]]] = {
 """Status -> the statuses it may move to."""
 
 
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A human's answer to one keyed approval request."""
+
+    granted: bool
+    by: str = ""
+    note: str = ""
+
+
 @dataclass(slots=True)
 class TaskState:
     """What is known of one task."""
@@ -132,6 +143,13 @@ class TaskState:
     dependents: list[str] = field(default_factory=list)
     approved: bool = False
     approval_reason: str = ""
+    approval_key: str = ""
+    """What the open approval request is for (empty: the task as a whole)."""
+    approval_on_deny: str = "cancel"
+    approvals: dict[str, Approval] = field(default_factory=dict)
+    """Answers to keyed requests (a tool call, a cost gate), by key."""
+    policy_keys: set[str] = field(default_factory=set)
+    """Keys of the policy decisions recorded for this task (one record each)."""
     held_reason: str = ""
     result: Any = None
     error: str | None = None
@@ -287,6 +305,8 @@ def _evolve_goal(goal: GoalState, event: AnyEvent, env: Envelope) -> None:
             | ApprovalRequested()
             | ApprovalGranted()
             | ApprovalDenied()
+            | PolicyDecided()
+            | BudgetEntry()
             | ModelCalled()
             | SideEffectStarted()
             | SideEffectCompleted()
@@ -402,14 +422,34 @@ def _evolve_task(
                 task.held_reason = event.reason
         case ApprovalRequested():
             if _move(state, env, task, "awaiting_approval"):
-                task.approval_reason, task.approved = event.reason, False
+                task.approval_reason = event.reason
+                task.approval_key, task.approval_on_deny = event.key, event.on_deny
+                if not event.key:
+                    # A keyed request (one call inside a run) leaves the
+                    # task's own approval, if it had one, standing.
+                    task.approved = False
         case ApprovalGranted():
             if _move(state, env, task, "pending"):
-                task.approved = True
+                if event.key:
+                    task.approvals[event.key] = Approval(True, event.by, event.note)
+                else:
+                    task.approved = True
         case ApprovalDenied():
-            if _move(state, env, task, "cancelled"):
+            if task.approval_on_deny == "resume" and event.key:
+                # The run goes on without what was asked for (a denied tool
+                # call is an error the model sees).
+                if _move(state, env, task, "pending"):
+                    task.approvals[event.key] = Approval(False, event.by, event.note)
+            elif _move(state, env, task, "cancelled"):
                 task.error = f"approval denied by {event.by}: {event.note}".strip()
                 task.finished_at = event.at
+        case PolicyDecided():
+            task.policy_keys.add(event.key)
+            lane = event.constraints.get("lane")
+            if event.point == "task" and isinstance(lane, str) and lane:
+                task.lane = lane
+        case BudgetEntry():
+            pass
         case ModelCalled():
             task.model_calls += 1
             task.tokens_in += event.tokens_in

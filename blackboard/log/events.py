@@ -238,24 +238,102 @@ class TaskHeld(Event, frozen=True, kw_only=True):
 
 
 class ApprovalRequested(Event, frozen=True, kw_only=True):
-    """A human must approve before the task runs (again)."""
+    """A human must approve before the task runs (again).
+
+    ``key`` names what is to be approved inside a run (``tool:<call key>`` for
+    one tool call, ``model:<task>`` for a cost gate); empty for the task as a
+    whole. ``on_deny`` says what a denial does: ``cancel`` the task, or
+    ``resume`` it (a denied tool call is returned to the model as an error).
+    """
 
     reason: str = ""
     policy: str = ""
+    key: str = ""
+    on_deny: str = "cancel"
 
 
 class ApprovalGranted(Event, frozen=True, kw_only=True):
-    """A human approved the task."""
+    """A human approved the task (``key``: what the request named)."""
 
     by: str = ""
     note: str = ""
+    key: str = ""
 
 
 class ApprovalDenied(Event, frozen=True, kw_only=True):
-    """A human refused the task; it is cancelled."""
+    """A human refused (``key``: what the request named).
+
+    The task is cancelled, or, when the request said ``on_deny = "resume"``,
+    runs on without what was asked for.
+    """
 
     by: str = ""
     note: str = ""
+    key: str = ""
+
+
+# --- governance -----------------------------------------------------------
+
+
+class PolicyDecided(Event, frozen=True, kw_only=True):
+    """The policy said something other than a plain allow.
+
+    ``point`` is what was decided on: ``task`` (admission, by the scheduler),
+    ``model`` or ``tool`` (a call, by the worker). ``rule`` names the rule that
+    matched (``default`` when none did) and ``policy_hash`` the policy's
+    content, so an audit can tell which version was consulted.
+    """
+
+    point: str
+    subject: str
+    """The lane, model or tool decided on."""
+    decision: str
+    """``deny``, ``require_approval`` or ``allow_with``."""
+    rule: str
+    policy_hash: str
+    constraints: dict[str, Any] = msgspec.field(default_factory=dict)
+    """What an ``allow_with`` imposed: ``lane``, ``models``, ``max_tokens``."""
+    reason: str = ""
+    key: str = ""
+    """The call or approval the decision is about (one record per key)."""
+
+
+class BudgetHold(msgspec.Struct, frozen=True, kw_only=True):
+    """One reservation not yet settled."""
+
+    task_id: str
+    dispatch: int = 1
+    attempt: int = 1
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class BudgetEntry(Event, frozen=True, kw_only=True):
+    """One step of a goal's budget ledger: a reservation, or its settlement.
+
+    Before a model call a worker reserves the call's worst case; after it, the
+    reservation is settled with what the call used (or released when no call
+    was made). Every entry of a goal is written guarded on the last entry of
+    the goal (the subject ``<prefix>.evt.<goal>.*.budget_entry``), so
+    concurrent workers take turns, and each entry carries the running totals:
+    the last entry alone says what is spent and what is held.
+    """
+
+    op: str
+    """``reserve``, ``settle`` or ``release``."""
+    reservation: str
+    tokens: int = 0
+    """Reserve: the worst case; settle: what the call used."""
+    cost_usd: float = 0.0
+    model: str = ""
+    spent_tokens: int = 0
+    """Totals after this entry: settled usage..."""
+    spent_usd: float = 0.0
+    held: dict[str, BudgetHold] = msgspec.field(default_factory=dict)
+    """...and the reservations still open, by id."""
+    max_tokens: int | None = None
+    """The goal's limits this entry was checked against."""
+    max_cost_usd: float | None = None
 
 
 # --- reasoning ------------------------------------------------------------
@@ -300,6 +378,8 @@ class ModelCalled(Event, frozen=True, kw_only=True):
     prompt_version: str = ""
     error: str | None = None
     scripted: bool = False
+    reservation: str = ""
+    """The budget reservation this call was made under (``BudgetEntry``)."""
 
 
 # --- side effects ---------------------------------------------------------
@@ -401,6 +481,8 @@ AnyEvent = (
     | ApprovalRequested
     | ApprovalGranted
     | ApprovalDenied
+    | PolicyDecided
+    | BudgetEntry
     | ModelCalled
     | SideEffectStarted
     | SideEffectCompleted

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from blackboard.errors import InvalidEvent, MalformedEvent
 from blackboard.log import codec, subjects
 from blackboard.log.codec import Envelope
-from blackboard.log.events import SCHEMA_VERSION, Event, kind
+from blackboard.log.events import SCHEMA_VERSION, BudgetEntry, Event, kind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -100,8 +100,15 @@ def stub_body(event: Event, body: bytes, digest: str) -> bytes:
 def guard(
     subjects_: Subjects, headers: dict[str, str], event: Event, expect: int
 ) -> str:
-    """Add the task-wide guard to ``headers``; return the guard's scope."""
-    scope = subjects_.task_events(event.goal_id, event.task_id)
+    """Add the task-wide guard to ``headers``; return the guard's scope.
+
+    A goal's budget entries are guarded on the last budget entry of the goal
+    instead: they form one chain, whoever writes them (``engine.budget``).
+    """
+    if isinstance(event, BudgetEntry):
+        scope = subjects_.kind_filter("budget_entry", event.goal_id)
+    else:
+        scope = subjects_.task_events(event.goal_id, event.task_id)
     headers[subjects.H_EXPECTED_SUBJECT_SEQ] = str(expect)
     headers[subjects.H_EXPECTED_SUBJECT_SEQ_SUBJECT] = scope
     return scope

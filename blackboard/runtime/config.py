@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from blackboard.engine import policy
+from blackboard.engine.policy import ALLOW_ALL, PolicySet
 from blackboard.errors import ConfigError
 from blackboard.log.events import Limits
 from blackboard.log.ports import StoreSettings
@@ -175,6 +177,32 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     script: str | None = None
     redact: list[str] = msgspec.field(default_factory=list)
     tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
+    policy: PolicySet = ALLOW_ALL
+    """``[policy]`` of the file, or the file ``$BB_POLICY`` names."""
+
+
+def _policy(data: dict[str, Any], file: Path, env: Mapping[str, str]) -> PolicySet:
+    """The policy: ``$BB_POLICY``'s file, else the config file's ``[policy]``.
+
+    A ``BB_POLICY`` file holds the policy itself (``default``, ``[[rules]]``)
+    or a ``[policy]`` table; it replaces the config file's, as environment
+    variables override the file everywhere else.
+    """
+    named = env.get("BB_POLICY")
+    if named:
+        path = Path(named)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"BB_POLICY: policy file {path} not found") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"BB_POLICY: cannot read {path}: {e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"BB_POLICY: {path} is not valid TOML: {e}") from e
+        return policy.parse(raw.get("policy", raw), source=str(path))
+    if "policy" in data:
+        return policy.parse(data["policy"], source=f"{file} [policy]")
+    return ALLOW_ALL
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -247,6 +275,7 @@ def load(
     env = os.environ if env is None else env
     base: dict[str, Any] = msgspec.to_builtins(Settings())
     file = Path(path) if path else Path(env.get("BB_CONFIG", "bb.toml"))
+    data: dict[str, Any] = {}
     if path is not None or env.get("BB_CONFIG") or file.exists():
         try:
             data = tomllib.loads(file.read_text())
@@ -255,11 +284,20 @@ def load(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {file} is not valid TOML: {e}") from e
         base = _merge(base, data)
+    base.pop("policy", None)
+    rules = _policy(data, file, env)
     base = _merge(base, _env_overrides(env))
     try:
         settings = msgspec.convert(base, Settings)
     except msgspec.ValidationError as e:
         raise ConfigError(f"invalid settings: {e}") from e
+    settings.policy = rules
+    for rule in rules.rules:
+        if rule.lane is not None and rule.lane not in settings.lanes:
+            raise ConfigError(
+                f"policy rule {rule.name!r}: lane = {rule.lane!r} is not a"
+                f" configured lane ({', '.join(settings.lanes)})"
+            )
     for lane, lane_settings in settings.lanes.items():
         # A lane's name is the last token of its work subject.
         try:

@@ -38,6 +38,7 @@ def policy_from(settings: Settings) -> Policy:
         approval_lanes=frozenset(settings.approvals.lanes),
         max_attempts=settings.engine.max_attempts,
         lanes=frozenset(settings.lanes),
+        rules=settings.policy,
     )
 
 

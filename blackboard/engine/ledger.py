@@ -1,0 +1,121 @@
+"""A goal's budget ledger on the log: reserve before a call, settle after.
+
+Each entry is appended guarded on the goal's last budget entry (the subject
+filter ``<prefix>.evt.<goal>.*.budget_entry``), so two workers reserving at
+once cannot both spend the same headroom: one write lands, the other is
+refused by the server, reads the new last entry and decides again. The
+arithmetic is pure (``engine.budget``); this is the compare-and-set loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+from blackboard import ids
+from blackboard.engine import budget
+from blackboard.engine.state import fold
+from blackboard.errors import ConcurrencyConflict, LogUnavailable
+from blackboard.log.events import BudgetEntry, BudgetHold
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from blackboard.log.events import Limits
+    from blackboard.log.ports import EventStore
+
+log = logging.getLogger(__name__)
+
+MAX_TRIES: Final = 64
+"""Lost races before giving up: each loss means another entry landed, so a
+goal would need that many calls starting at the same instant."""
+
+
+class Ledger:
+    """The budget ledger of one goal, as one writer (a worker's task) uses it."""
+
+    def __init__(self, store: EventStore, goal_id: str, actor: str) -> None:
+        self.store = store
+        self.goal_id = goal_id
+        self.actor = actor
+        self.scope = store.subjects.kind_filter("budget_entry", goal_id)
+
+    async def last(self) -> tuple[int, BudgetEntry | None]:
+        """The guard value of the chain and its last entry (0, None: empty)."""
+        found = await self.store.last_on(self.scope)
+        if found is None:
+            return 0, None
+        env = await self.store.get(found.seq)
+        if env is None or not isinstance(env.event, BudgetEntry):
+            raise LogUnavailable(f"goal {self.goal_id}: budget entry unreadable")
+        return found.seq, env.event
+
+    async def _start(self) -> tuple[int, float]:
+        """What the goal spent before its ledger began (calls made unreserved)."""
+        state = fold([env async for env in self.store.read_goal(self.goal_id)])
+        goal = state.goals.get(self.goal_id)
+        return (0, 0.0) if goal is None else (goal.tokens, goal.cost_usd)
+
+    def _base(self) -> dict[str, Any]:
+        return {
+            "event_id": ids.new_id(),
+            "goal_id": self.goal_id,
+            "at": ids.utcnow(),
+            "actor": self.actor,
+        }
+
+    async def _totals(self, last: BudgetEntry | None) -> budget.Totals:
+        return budget.Totals.of(last, await self._start() if last is None else (0, 0))
+
+    async def reserve(
+        self,
+        limits: Limits,
+        hold: BudgetHold,
+        model: str,
+        recorded: Callable[[str], tuple[int, float] | None],
+    ) -> str | budget.Refused:
+        """Reserve ``hold`` if it fits; its id, or why it does not.
+
+        ``recorded`` gives what a reservation's call used by its recorded
+        ``ModelCalled`` (None: never recorded): reservations an earlier run of
+        this task left open are settled with it, or released, first.
+        """
+        reservation = ids.new_id()
+        for _ in range(MAX_TRIES):
+            seq, last = await self.last()
+            totals = await self._totals(last)
+            old = budget.stale(totals, hold.task_id, hold.dispatch, hold.attempt)
+            if old:
+                use = recorded(old[0])
+                entry = budget.settled(self._base(), totals, old[0], use)
+            else:
+                refused = budget.check(
+                    totals, limits, hold.tokens, hold.cost_usd, model
+                )
+                if refused is not None:
+                    return refused
+                entry = budget.reserved(
+                    self._base(), totals, reservation, hold, limits, model
+                )
+            try:
+                await self.store.append(entry, expect=seq)
+            except ConcurrencyConflict:
+                continue
+            if not old:
+                return reservation
+        raise LogUnavailable(f"goal {self.goal_id}: budget ledger kept changing")
+
+    async def settle(self, reservation: str, used: tuple[int, float] | None) -> None:
+        """Settle a reservation with what its call used (None: release it)."""
+        for _ in range(MAX_TRIES):
+            seq, last = await self.last()
+            totals = await self._totals(last)
+            if reservation not in (totals.held or {}):
+                return  # settled already (a retried write that had landed)
+            entry = budget.settled(self._base(), totals, reservation, used)
+            try:
+                await self.store.append(entry, expect=seq)
+            except ConcurrencyConflict:
+                continue
+            return
+        raise LogUnavailable(f"goal {self.goal_id}: budget ledger kept changing")
