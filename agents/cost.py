@@ -82,6 +82,8 @@ DEFAULT_PRICES: Final[Mapping[str, Mapping[str, float]]] = {
     # Local models cost nothing per token (the hardware is paid for elsewhere).
     "llama3.1:8b": {},
     "qwen2.5:7b-instruct": {},
+    "qwen2.5-7b-instruct": {},
+    "SmolLM2-135M-Instruct": {},
     "scripted": {},
 }
 """List prices as of this writing, USD per million tokens.

@@ -49,7 +49,7 @@ from agents.answers import (
     plan_specs,
 )
 from agents.governance import Governor
-from agents.lanes import Lanes
+from agents.lanes import Lanes, unpriced
 from agents.models import (
     CallRecord,
     Message,
@@ -171,6 +171,14 @@ class Agents:
         self.lanes = lanes if lanes is not None else Lanes(settings)
         self.toolbox = toolbox if toolbox is not None else Toolbox(settings)
         self.governor = Governor(settings.policy, self.lanes.prices)
+        missing = unpriced(settings, self.lanes.prices)
+        if missing:
+            raise ConfigError(
+                f"no price for {', '.join(missing)}, and goals have a dollar budget"
+                f" ([limits] max_cost_usd = {settings.limits.max_cost_usd:g}): add"
+                ' [prices."<model>"] input_per_mtok = ..., output_per_mtok = ...'
+                " (zeros for a model you host)"
+            )
         try:
             self.redactor = Redactor.from_env(settings.redact, self.lanes.env)
         except ValueError as e:

@@ -52,6 +52,23 @@ def _refs(lane: LaneSettings) -> list[ModelRef]:
     return out
 
 
+def unpriced(settings: Settings, prices: PriceTable) -> list[str]:
+    """``lane: model`` for every model a dollar budget could not count.
+
+    With a dollar budget (``[limits] max_cost_usd``) every call's worst case
+    is reserved at its model's price before it is made; a model with no price
+    would be counted as free, and the budget would not hold.
+    """
+    if settings.scripted or settings.limits.max_cost_usd is None:
+        return []
+    return [
+        f"{name}: {ref.model}"
+        for name, lane in settings.lanes.items()
+        for ref in _refs(lane)
+        if not prices.known(ref.model)
+    ]
+
+
 def _key_env(ref: ModelRef, lane: LaneSettings) -> str | None:
     if ref.provider == "openai-compatible":
         return None

@@ -189,3 +189,16 @@ def test_stale_reservations_are_those_of_an_earlier_run_of_the_same_task():
     )
     assert budget.stale(totals, "a", 1, 2) == ["old"]
     assert budget.stale(totals, "a", 2, 1) == ["old", "mine"]
+
+
+def test_a_lane_whose_model_has_no_price_is_refused_under_a_dollar_budget():
+    from agents.handlers import Agents
+
+    s = config.load(env={}, path=None)
+    s.lanes["frontier"].model = "claude-mystery"
+    with pytest.raises(ConfigError, match=r"no price for frontier: claude-mystery"):
+        Agents(s)
+    s.prices = {"claude-mystery": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+    Agents(s)  # priced: starts
+    s.prices, s.limits = {}, Limits(max_cost_usd=None)
+    Agents(s)  # no dollar budget: nothing to count
