@@ -30,6 +30,7 @@ from blackboard.log import codec
 from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
+    BudgetEntry,
     Event,
     GoalCancelled,
     GoalCompleted,
@@ -174,7 +175,11 @@ class Scheduler:
                 tasks.add((goal_id, task_id))
             else:
                 goals.add(goal_id)
-        if event.task_id is None:
+        if isinstance(event, BudgetEntry):
+            # A call's reservation: the fold keeps the goal's guard current,
+            # and nothing the scheduler decides depends on it.
+            pass
+        elif event.task_id is None:
             goals.add(event.goal_id)
             self._trace_goal_end(env)
             self._log_goal(event)
