@@ -31,6 +31,7 @@ from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
     InvalidEvent,
+    PermissionDenied,
     StoreError,
 )
 from blackboard.log import codec, streams, wire
@@ -109,15 +110,23 @@ class JetStreamEventStore(JetStreamReads):
         # timeout, a 503): retried like any transient trouble; a retried
         # create of a stream that had landed finds it in place.
         s, subjects = self.settings, self.subjects
-        for cfg, events in (
-            (streams.events_config(self.events_stream, s, subjects), True),
-            (streams.work_config(self.work_stream, s, subjects), False),
-        ):
-            await self._retry(
-                f"creating {cfg.name}",
-                functools.partial(streams.ensure_stream, self.js, cfg, events),
-            )
-        await self._retry("creating the blob bucket", self._ensure_blobs)
+        try:
+            for cfg, events in (
+                (streams.events_config(self.events_stream, s, subjects), True),
+                (streams.work_config(self.work_stream, s, subjects), False),
+            ):
+                await self._retry(
+                    f"creating {cfg.name}",
+                    functools.partial(streams.ensure_stream, self.js, cfg, events),
+                )
+            await self._retry("creating the blob bucket", self._ensure_blobs)
+        except PermissionDenied as e:
+            # A reader may only look: it cannot create what is missing, nor
+            # move a stream of the older layout (only the scheduler may).
+            raise PermissionDenied(
+                f"{e}; the scheduler creates the streams and moves them to the "
+                "current layout: start it first"
+            ) from e
 
     async def _ensure_blobs(self) -> None:
         self._blobs = await streams.ensure_blobs(
