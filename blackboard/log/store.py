@@ -161,9 +161,12 @@ class JetStreamEventStore(JetStreamReads):
         if len(body) > self.settings.blob_threshold:
             digest = codec.sha256(body)
             blobs = await self._blob_store()
-            # The digest is the key, so a retried put of the same body is harmless.
+            # The digest is the key: a blob already there holds these bytes.
+            # Putting it again would make nats-py purge the old copy's chunks,
+            # and no role may purge: a purge names its subjects in the body,
+            # so the permission cannot be narrowed to one object.
             await self._retry(
-                f"storing blob {digest[:12]}", lambda: blobs.put(digest, body)
+                f"storing blob {digest[:12]}", lambda: _put_once(blobs, digest, body)
             )
             headers[H_BLOB] = digest
             body = wire.stub_body(event, body, digest)
@@ -423,3 +426,13 @@ class JetStreamEventStore(JetStreamReads):
             await msg.respond(await handler(msg.data or b""))
 
         return NatsSubscription(await self.nc.subscribe(subject, cb=on_msg))
+
+
+async def _put_once(blobs: ObjectStore, name: str, data: bytes) -> None:
+    """Put a content-addressed object unless it is already there."""
+    try:
+        info = await blobs.get_info(name)
+    except nats.js.errors.ObjectNotFoundError:
+        info = None
+    if info is None or info.deleted:
+        await blobs.put(name, data)
