@@ -25,6 +25,7 @@ into one line.
     │   ├── InvalidEvent(StoreError, ValueError)        can never be written (an id
     │   │                                               that is no subject token, size)
     │   ├── StreamConfigDrift                           a stream differs from ours
+    │   ├── PermissionDenied                            the NATS user may not do it
     │   ├── ConcurrencyConflict                         a guarded write lost
     │   └── BatchRejected                               an atomic batch was refused
     ├── MalformedEvent(BlackboardError, ValueError)     a message we cannot decode
@@ -104,6 +105,16 @@ class InvalidEvent(StoreError, ValueError):
 
 class StreamConfigDrift(StoreError):
     """A stream exists with a configuration that differs from the one we need."""
+
+
+class PermissionDenied(StoreError):
+    """The NATS server refused a publish: this user's permissions do not allow it.
+
+    The server drops the message and says so asynchronously, so the call
+    itself only times out; the store tells the two apart by the violation
+    the server reported meanwhile, and raises this at once instead of
+    retrying. Not transient: the user's role (the chart's NATS users) decides.
+    """
 
 
 class ConcurrencyConflict(StoreError):

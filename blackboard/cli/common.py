@@ -85,7 +85,12 @@ HandlersOpt = Annotated[
     str | None,
     typer.Option("--handlers", help="Extra task handlers, as module:attribute."),
 ]
-ByOpt = Annotated[str | None, typer.Option("--by", help="Who you are (default $USER).")]
+ByOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--by", help="Who you are (default: the NATS user you connect as, else $USER)."
+    ),
+]
 MaxDepth = Annotated[int | None, typer.Option(help="Guardrail: deepest spawn level.")]
 MaxTasks = Annotated[int | None, typer.Option(help="Guardrail: tasks in the goal.")]
 MaxTokens = Annotated[int | None, typer.Option(help="Guardrail: tokens of the goal.")]
@@ -167,11 +172,27 @@ def emit_json(value: Any) -> None:
     typer.echo(json.dumps(value, default=str))
 
 
-def whoami(by: str | None) -> str:
-    """The name written into events a person causes."""
-    from blackboard.engine.submission import _whoami
+def whoami(s: config_mod.Settings, by: str | None) -> str:
+    """The name written into events a person causes (``by``, ``submitted_by``).
 
-    return by or _whoami()
+    Connected as a named NATS user, it is that user, whatever ``--by`` says:
+    the server lets only an operator's user write approvals, resumes and
+    cancels, so the name on them is one the server let in. ``--by`` may
+    repeat it; another name is refused rather than recorded.
+    """
+    from blackboard.engine.submission import _whoami
+    from blackboard.runtime.connection import nats_user
+
+    user = nats_user(s)
+    if user is None:
+        return by or _whoami()
+    if by is not None and by != user:
+        fail(
+            f"--by {by} contradicts the NATS user {user} this command connects "
+            "as: the log records that user",
+            2,
+        )
+    return user
 
 
 def limit_overrides(

@@ -65,7 +65,7 @@ def run_goal(
     if in_process and not s.scripted:
         _check_models(s)
     overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost, max_turns)
-    drive_goal(s, text, url, in_process, overrides, whoami(by), as_json, demo=False)
+    drive_goal(s, text, url, in_process, overrides, whoami(s, by), as_json, demo=False)
 
 
 def _check_models(s: config_mod.Settings) -> None:
@@ -158,7 +158,7 @@ def demo(
         here.url if here is not None else runtime.resolve_url(s),
         here is None,
         {},
-        whoami(None),
+        whoami(s, None),
         as_json,
         demo=True,
     )
@@ -212,7 +212,7 @@ def _demo_real_local(base: config_mod.Settings, url: str | None, as_json: bool) 
             None,
             True,
             {},
-            whoami(None),
+            whoami(s, None),
             as_json,
             demo=True,
         )
@@ -224,7 +224,7 @@ def _demo_real_local(base: config_mod.Settings, url: str | None, as_json: bool) 
 def _submit_only(s: config_mod.Settings, text: str, as_json: bool) -> None:
     from blackboard.engine import submission as service
 
-    event = service.goal_submitted(s, text, submitted_by=whoami(None))
+    event = service.goal_submitted(s, text, submitted_by=whoami(s, None))
     try:
         run(_append(s, event))
     except BlackboardError as e:
@@ -276,7 +276,7 @@ def submit(
             ),
             tenant=tenant,
             priority=priority,
-            submitted_by=whoami(by),
+            submitted_by=whoami(s, by),
         )
     except BlackboardError as e:
         fail(str(e), 2)
@@ -391,13 +391,14 @@ def approve(
     from blackboard.engine import control as client
 
     s = settings(config)
+    who = whoami(s, by)
 
     async def go() -> Any:
         from blackboard.runtime import connection as runtime
 
         async with runtime.open_store(s, name="bb-approve") as store:
             return await client.approve(
-                store, task, goal_id=goal, deny=deny, note=note, by=whoami(by)
+                store, task, goal_id=goal, deny=deny, note=note, by=who
             )
 
     t = run(go())
@@ -432,11 +433,13 @@ def resume(
             2,
         )
 
+    who = whoami(s, by)
+
     async def go() -> Any:
         from blackboard.runtime import connection as runtime
 
         async with runtime.open_store(s, name="bb-resume") as store:
-            return await client.resume(store, goal, overrides, by=whoami(by))
+            return await client.resume(store, goal, overrides, by=who)
 
     g = run(go())
     held = [t.task_id for t in g.tasks.values() if t.status == "held"]
@@ -460,12 +463,13 @@ def cancel(
     from blackboard.engine import control as client
 
     s = settings(config)
+    who = whoami(s, by)
 
     async def go() -> Any:
         from blackboard.runtime import connection as runtime
 
         async with runtime.open_store(s, name="bb-cancel") as store:
-            return await client.cancel(store, goal, reason=reason, by=whoami(by))
+            return await client.cancel(store, goal, reason=reason, by=who)
 
     _, n = run(go())
     if as_json:

@@ -23,12 +23,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from blackboard.errors import LogUnavailable, MalformedEvent, StoreError
 from blackboard.log import wire
 from blackboard.log.ports import DerivedReads, Last, OnBad, StoreSettings, warn_bad
-from blackboard.log.retry import NATS_ERRORS, quietly, retry, transient
+from blackboard.log.retry import NATS_ERRORS, quietly, retry, transient, violation
 from blackboard.log.subjects import H_MSG_ID, Subjects
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 
+    from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
     from nats.js.object_store import ObjectStore
@@ -65,6 +66,7 @@ def translated(
 class JetStreamReads(DerivedReads):
     """The reading half of the JetStream event store (see store.py)."""
 
+    nc: NatsClient
     js: JetStreamContext
     settings: StoreSettings
     subjects: Subjects
@@ -74,8 +76,14 @@ class JetStreamReads(DerivedReads):
         raise NotImplementedError
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Run ``op``, retrying transient server trouble (see retry.py)."""
-        return await retry(what, op, self.settings.transient_s)
+        """Run ``op``, retrying transient server trouble (see retry.py).
+
+        A publish the server refuses for this user's permissions is raised
+        as PermissionDenied once the violation is reported, not retried.
+        """
+        return await retry(
+            what, op, self.settings.transient_s, lambda: violation(self.nc.last_error)
+        )
 
     # --- decoding -------------------------------------------------------------
 

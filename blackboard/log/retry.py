@@ -4,6 +4,12 @@ A timeout, no responders, a 503 during a leader election, "JetStream
 temporarily unavailable": each may pass if the call is made again. Every call
 the JetStream adapters make goes through :func:`retry`, which gives up with
 LogUnavailable after the store's patience; anything else is raised at once.
+
+A publish the server refuses for permissions also looks like a timeout: the
+server drops it and reports the violation on the connection instead. Given
+a way to see the connection's last violation, :func:`retry` raises
+PermissionDenied as soon as one arrives during a try, rather than waiting
+out its patience for an answer that never comes.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 import nats.errors
 import nats.js.errors
 
-from blackboard.errors import LogUnavailable
+from blackboard.errors import LogUnavailable, PermissionDenied
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -51,21 +57,42 @@ def transient(e: BaseException) -> bool:
     )
 
 
-async def retry(what: str, op: Callable[[], Awaitable[T]], patience_s: float) -> T:
+def violation(e: BaseException | None) -> BaseException | None:
+    """``e`` if it is the server's report of a permissions violation."""
+    if isinstance(e, nats.errors.Error) and "permissions violation" in str(e).lower():
+        return e
+    return None
+
+
+async def retry(
+    what: str,
+    op: Callable[[], Awaitable[T]],
+    patience_s: float,
+    refused: Callable[[], BaseException | None] | None = None,
+) -> T:
     """Run ``op``, retrying transient server trouble with backoff.
 
     Gives up with LogUnavailable after ``patience_s``; any other error is
-    raised at once.
+    raised at once. ``refused`` returns the connection's last permissions
+    violation (or None): a new one during a try that timed out means the
+    server refused it, raised as PermissionDenied.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience_s
     delay = 0.1
     while True:
+        before = refused() if refused is not None else None
         try:
             return await op()
         except Exception as e:
             if not transient(e):
                 raise
+            after = refused() if refused is not None else None
+            if after is not None and after is not before:
+                raise PermissionDenied(
+                    f"{what}: the NATS server refused it ({after}); this NATS "
+                    "user's role does not allow it (README, Roles)"
+                ) from e
             if loop.time() + delay > deadline:
                 raise LogUnavailable(
                     f"{what}: JetStream did not answer for "

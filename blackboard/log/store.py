@@ -31,6 +31,7 @@ from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
     InvalidEvent,
+    PermissionDenied,
     StoreError,
 )
 from blackboard.log import codec, streams, wire
@@ -109,15 +110,23 @@ class JetStreamEventStore(JetStreamReads):
         # timeout, a 503): retried like any transient trouble; a retried
         # create of a stream that had landed finds it in place.
         s, subjects = self.settings, self.subjects
-        for cfg, events in (
-            (streams.events_config(self.events_stream, s, subjects), True),
-            (streams.work_config(self.work_stream, s, subjects), False),
-        ):
-            await self._retry(
-                f"creating {cfg.name}",
-                functools.partial(streams.ensure_stream, self.js, cfg, events),
-            )
-        await self._retry("creating the blob bucket", self._ensure_blobs)
+        try:
+            for cfg, events in (
+                (streams.events_config(self.events_stream, s, subjects), True),
+                (streams.work_config(self.work_stream, s, subjects), False),
+            ):
+                await self._retry(
+                    f"creating {cfg.name}",
+                    functools.partial(streams.ensure_stream, self.js, cfg, events),
+                )
+            await self._retry("creating the blob bucket", self._ensure_blobs)
+        except PermissionDenied as e:
+            # A reader may only look: it cannot create what is missing, nor
+            # move a stream of the older layout (only the scheduler may).
+            raise PermissionDenied(
+                f"{e}; the scheduler creates the streams and moves them to the "
+                "current layout: start it first"
+            ) from e
 
     async def _ensure_blobs(self) -> None:
         self._blobs = await streams.ensure_blobs(
@@ -152,9 +161,12 @@ class JetStreamEventStore(JetStreamReads):
         if len(body) > self.settings.blob_threshold:
             digest = codec.sha256(body)
             blobs = await self._blob_store()
-            # The digest is the key, so a retried put of the same body is harmless.
+            # The digest is the key: a blob already there holds these bytes.
+            # Putting it again would make nats-py purge the old copy's chunks,
+            # and no role may purge: a purge names its subjects in the body,
+            # so the permission cannot be narrowed to one object.
             await self._retry(
-                f"storing blob {digest[:12]}", lambda: blobs.put(digest, body)
+                f"storing blob {digest[:12]}", lambda: _put_once(blobs, digest, body)
             )
             headers[H_BLOB] = digest
             body = wire.stub_body(event, body, digest)
@@ -414,3 +426,13 @@ class JetStreamEventStore(JetStreamReads):
             await msg.respond(await handler(msg.data or b""))
 
         return NatsSubscription(await self.nc.subscribe(subject, cb=on_msg))
+
+
+async def _put_once(blobs: ObjectStore, name: str, data: bytes) -> None:
+    """Put a content-addressed object unless it is already there."""
+    try:
+        info = await blobs.get_info(name)
+    except nats.js.errors.ObjectNotFoundError:
+        info = None
+    if info is None or info.deleted:
+        await blobs.put(name, data)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -107,6 +108,28 @@ def connect_options(settings: Settings) -> dict[str, Any]:
             ctx.load_cert_chain(n.tls_cert, n.tls_key)
         opts["tls"] = ctx
     return opts
+
+
+def nats_user(settings: Settings) -> str | None:
+    """The named NATS user this process authenticates as, if it is one.
+
+    The same choice nats-py makes with ``connect_options``: credentials or an
+    nkey seed sign with a key (no name to give), then ``BB_NATS_USER``, then a
+    token, then a user in the URL (``nats://name:password@host``; a name with
+    no password is a token).
+    """
+    n = settings.nats
+    if n.creds or n.nkey_seed:
+        return None
+    if n.user:
+        return n.user
+    if n.token:
+        return None
+    for url in (n.url or "").split(","):
+        parts = urllib.parse.urlsplit(url.strip())
+        if parts.username and parts.password is not None:
+            return parts.username
+    return None
 
 
 async def _silent(_: Exception) -> None:

@@ -19,7 +19,10 @@ import pytest
 import yaml
 
 from blackboard.engine.worker import consumer_name
+from blackboard.log import roles
 from blackboard.log.server import EmbeddedServer
+from blackboard.log.subjects import matches
+from tests.deploy.nats_chart import nats_conf, nats_env, nats_values, permissions
 from tests.e2e.test_cli_basics import bb
 from tests.waiting import bb_status_until, until
 
@@ -228,6 +231,55 @@ def test_lint_finds_no_error():
     assert all("dependencies: nats" in w for w in warnings)
 
 
+# --- the NATS roles ------------------------------------------------------------
+
+STREAMS = ("BB_EVENTS", "BB_WORK", "OBJ_bb_blobs", "KV_bb_locks")
+GUARDED = {
+    **{f"$JS.API.STREAM.{op}.{s}": "" for op in ("DELETE", "PURGE") for s in STREAMS},
+    **{f"$JS.API.STREAM.MSG.DELETE.{s}": "" for s in STREAMS},
+    **{f"$JS.API.STREAM.UPDATE.{s}": "" for s in STREAMS},
+    "$JS.API.STREAM.UPDATE.BB_EVENTS": "scheduler",  # moves the older layout
+    "$JS.API.STREAM.CREATE.KV_bb_locks": "scheduler",  # its lease
+    "$JS.API.CONSUMER.DELETE.BB_WORK.bb-local": "",
+    "$JS.API.CONSUMER.DELETE.BB_EVENTS.bb-projector": "projector",  # its own
+    "$JS.API.CONSUMER.LEADER.STEPDOWN.BB_WORK.bb-local": "",
+    "$JS.API.ACCOUNT.PURGE.$G": "",
+    "bb.work.local": "scheduler",  # only dispatched work reaches a lane
+    "$KV.bb_locks.scheduler": "scheduler",
+}
+"""Subjects that delete, purge, reconfigure or take over, and the one role
+that may publish each ("": none)."""
+
+
+def test_each_nats_role_may_publish_exactly_its_event_kinds():
+    perms = permissions(nats_values())
+    assert set(perms) == set(roles.WRITES)
+    for role, p in perms.items():
+        kinds = {s for s in p["publish"] if s.startswith(("bb.in.evt.", "bb.evt."))}
+        assert kinds == roles.event_subjects(role), role
+    # What a human decides is written by an operator only; a goal ends by the
+    # scheduler only (a worker cannot declare it done).
+    for kind in ("approval_granted", "approval_denied", "goal_resumed"):
+        assert roles.writers(kind) == {"operator"}, kind
+    assert roles.writers("goal_cancelled") == {"operator"}
+    assert roles.writers("goal_completed") == roles.writers("goal_failed")
+    assert roles.writers("goal_completed") == {"scheduler"}
+    assert roles.writers("goal_submitted") == {"operator", "submitter"}
+
+
+def test_no_nats_role_may_delete_purge_or_take_over_what_it_does_not_own():
+    perms = permissions(nats_values())
+    for role, p in perms.items():
+        allowed = {s for s in GUARDED if any(matches(a, s) for a in p["publish"])}
+        assert allowed == {s for s, owner in GUARDED.items() if owner == role}, role
+    # Readers subscribe to the public subjects; a worker only to cancellations.
+    assert "bb.evt.>" in perms["reader"]["subscribe"]
+    assert set(perms["worker"]["subscribe"]) == {
+        "_INBOX.>",
+        "bb.evt.*.*.goal_cancelled",
+    }
+
+
 # --- the chart's processes, for real ------------------------------------------
 
 
@@ -238,16 +290,17 @@ def free_port() -> int:
 
 
 @pytest.mark.integration
-def test_processes_with_the_charts_args_and_env_complete_a_goal(tmp_path):
-    docs = render({**EXTERNAL, "scripted": True, "streams": {"replicas": 1}})
+def test_processes_with_the_charts_args_and_env_complete_a_goal(tmp_path, monkeypatch):
+    values = {**EXTERNAL, "scripted": True, "streams": {"replicas": 1}}
+    docs = render(values)
     secrets = {name: d["stringData"] for name, d in by_kind(docs, "Secret").items()}
     users = secrets["blackboard-nats-auth"]
-    conf = (
-        "authorization { users = ["
-        + ", ".join(f'{{user: "{u}", password: "{p}"}}' for u, p in users.items())
-        + "] }\n"
-    )
-    server = EmbeddedServer(tmp_path / "nats", config=conf)
+    # The NATS config the chart gives its NATS: each process below connects
+    # as its role and may do only what that role may.
+    nats = nats_values(values)
+    for var, value in nats_env(nats, docs).items():
+        monkeypatch.setenv(var, value)
+    server = EmbeddedServer(tmp_path / "nats", config=nats_conf(nats))
     server.start()
     procs: list[subprocess.Popen[bytes]] = []
     health: dict[str, int] = {}
@@ -283,14 +336,18 @@ def test_processes_with_the_charts_args_and_env_complete_a_goal(tmp_path):
         for name, port in health.items():
             _until(lambda p=port: _get(p, "/readyz") == 200)
             assert _get(port, "/healthz") == 200, name
-        reader = {
-            "PATH": "/usr/bin:/bin",
-            "BB_NATS_URL": server.url,
-            "BB_NATS_USER": "reader",
-            "BB_NATS_PASSWORD": users["reader"],
-            "BB_DATA_DIR": str(tmp_path / "cli"),
-        }
-        r = bb(["demo", "--detach", "--json"], reader)
+
+        def cli(role: str) -> dict[str, str]:
+            return {
+                "PATH": "/usr/bin:/bin",
+                "BB_NATS_URL": server.url,
+                "BB_NATS_USER": role,
+                "BB_NATS_PASSWORD": users[role],
+                "BB_DATA_DIR": str(tmp_path / "cli"),
+            }
+
+        reader = cli("reader")
+        r = bb(["demo", "--detach", "--json"], cli("operator"))
         assert r.returncode == 0, r.stderr
         goal = json.loads(r.stdout)["goal_id"]
         status = bb_status_until(reader, goal, timeout_s=90)
@@ -305,6 +362,8 @@ def test_processes_with_the_charts_args_and_env_complete_a_goal(tmp_path):
         server.stop()
     logs = "".join(f.read_text() for f in tmp_path.glob("*.log"))
     assert "Traceback" not in logs
+    # Every publish the goal took was one its writer's role allows.
+    assert "Violation" not in server.log_path.read_text()
 
 
 def _tasks_projected(env: dict[str, str], goal: str) -> int:

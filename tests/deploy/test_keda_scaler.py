@@ -13,8 +13,8 @@ some of it in flight; the lag KEDA computes must equal that backlog.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
-import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,6 +28,7 @@ from blackboard.log import codec, subjects
 from blackboard.log.server import EmbeddedCluster
 from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from tests.contract.test_cluster import eventually
+from tests.deploy.nats_chart import nats_conf, nats_env, nats_values
 from tests.deploy.test_chart import CHART, by_kind, render
 
 if TYPE_CHECKING:
@@ -323,23 +324,6 @@ class KubeNetwork:
 # --- the test -----------------------------------------------------------------
 
 
-def nats_values() -> Json:
-    """The values the chart gives its NATS subchart (helm merges them)."""
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    nats: Json = values["nats"]
-    return nats
-
-
-def nats_authorization(nats: Json) -> str:
-    """The chart's ``config.merge`` as NATS config, ``<< $VAR >>`` as ``$VAR``.
-
-    That is how the NATS chart writes it (it turns ``<< $VAR >>`` into a bare
-    variable, which nats-server takes from the environment).
-    """
-    text = json.dumps(nats["config"]["merge"]["authorization"])
-    return "authorization: " + re.sub(r'"<< (\$\w+) >>"', r"\1", text) + "\n"
-
-
 async def publish_work(store: JetStreamEventStore, lane: str, n: int) -> None:
     """Work items as the scheduler publishes them (Scheduler._send_work)."""
     for i in range(n):
@@ -379,15 +363,21 @@ async def test_keda_reads_the_local_lanes_backlog_on_the_chart_as_shipped(
     # chart's Secret through the env the chart maps, server_name = pod name.
     nats = nats_values()
     secret = by_kind(docs, "Secret")["blackboard-nats-auth"]["stringData"]
-    for var, spec in nats["container"]["env"].items():
-        monkeypatch.setenv(var, secret[spec["valueFrom"]["secretKeyRef"]["key"]])
+    for var, value in nats_env(nats, docs).items():
+        monkeypatch.setenv(var, value)
     replicas = int(nats["config"]["cluster"]["replicas"])
+    # Plus a user of the test's own: moving the consumer's leader is an
+    # administrator's call, which no role of the chart may make.
+    admin = copy.deepcopy(nats)
+    admin["config"]["merge"]["authorization"]["users"].append(
+        {"user": "test-admin", "password": "test-admin"}
+    )
     cluster = EmbeddedCluster(
         tmp_path / "nats",
         size=replicas,
         server_names=[f"{RELEASE}-nats-{i}" for i in range(replicas)],
         no_advertise=True,
-        config=nats_authorization(nats),
+        config=nats_conf(admin),
     )
     cluster.start()
     try:
@@ -395,9 +385,11 @@ async def test_keda_reads_the_local_lanes_backlog_on_the_chart_as_shipped(
             cluster.url, user="scheduler", password=secret["scheduler"]
         )
         work = await connect(cluster.url, user="worker", password=secret["worker"])
+        root = await connect(cluster.url, user="test-admin", password="test-admin")
         try:
-            await _scenario(cluster, nats, meta, sched, work)
+            await _scenario(cluster, nats, meta, sched, work, root)
         finally:
+            await root.close()
             await work.close()
             await sched.close()
     finally:
@@ -410,6 +402,7 @@ async def _scenario(
     meta: dict[str, str],
     sched: NatsClient,
     work: NatsClient,
+    root: NatsClient,
 ) -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     settings = StoreSettings(replicas=int(values["streams"]["replicas"]))
@@ -449,11 +442,11 @@ async def _scenario(
         await asyncio.sleep(0.1)
     assert stream.state.subjects == {store.subjects.work("local"): backlog}
     assert stream.state.messages == backlog + 7
-    info = await sched.jetstream().consumer_info(subjects.WORK_STREAM, "bb-local")
+    info = await work.jetstream().consumer_info(subjects.WORK_STREAM, "bb-local")
     assert info.config.num_replicas in (0, 3)  # 0: inherits the stream's R3
     assert info.cluster is not None and len(info.cluster.replicas or []) == 2
 
-    leader = await consumer_leader(sched)
+    leader = await consumer_leader(work)
     for first in range(len(cluster.nodes)):  # whichever pod the Service picks
         probe = KedaProbe(cluster, nats, meta, first=first)
         assert probe.lag() == backlog
@@ -476,10 +469,10 @@ async def _scenario(
     # The consumer's leader moves: the scaler finds the new one.
     probe = KedaProbe(cluster, nats, meta)
     assert probe.lag() == backlog
-    await sched.request(
+    await root.request(
         f"$JS.API.CONSUMER.LEADER.STEPDOWN.{subjects.WORK_STREAM}.bb-local", b"", 5
     )
-    moved = await eventually(lambda: _new_leader(sched, leader), timeout_s=30)
+    moved = await eventually(lambda: _new_leader(work, leader), timeout_s=30)
     # Until every node has applied the change, the old leader's own /jsz can
     # name itself for a moment; KEDA would then read it once more (a brief,
     # real race, not what this test is about).
