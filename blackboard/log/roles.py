@@ -23,9 +23,10 @@ Who writes each kind today:
 - a submitter only submits: a service that starts goals must not be able to
   approve what they do.
 
-Kinds whose writers other changes add (policy decisions, budget reservations,
-compensations) are listed already, so the chart grants them when that code
-lands.
+The worker also writes the policy's decisions on its calls and the goal's
+budget entries (reservations before a call, settlements after); the scheduler
+the policy's decisions at admission; the operator (and the scheduler, for a
+policy that compensates a failed goal) the compensation events.
 """
 
 from __future__ import annotations
@@ -73,8 +74,7 @@ WORKER: Final = frozenset(
         "tool_call_started",
         "tool_call_finished",
         "policy_decided",
-        "budget_reserved",
-        "budget_released",
+        "budget_entry",
     }
 )
 
