@@ -409,7 +409,7 @@ _OUTCOME = {"undone": "undone", "failed": "undo failed", "needs_human": "needs a
 
 
 def _compensation_line(c: Compensation, full: bool) -> str:
-    head = f"  {_OUTCOME.get(c.outcome, c.outcome):<13} {c.name}"
+    head = f"  {_OUTCOME.get(c.outcome, c.outcome):<14}{c.name}"
     if c.outcome == "needs_human":
         args = f" {_clip(c.arguments, full)}" if c.arguments else ""
         head += f" ({c.effect}){args}: {c.detail}"
