@@ -66,7 +66,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPENSABLE",
+    "ON_FAILURE",
     "CompensationReport",
+    "OnFailure",
     "Step",
     "compensate_goal",
 ]
@@ -75,6 +77,9 @@ log = logging.getLogger("blackboard.compensate")
 
 COMPENSABLE = frozenset({"cancelled", "failed"})
 """The goal statuses whose effects may be undone."""
+
+ON_FAILURE = "compensate_on_failure"
+"""Who asks, on the events of a compensation the setting started."""
 
 REDACTED = (
     "its recorded result was redacted: undoing from it could act on the wrong thing"
@@ -259,6 +264,36 @@ async def compensate_goal(
         reported=undo.reported,
         already_undone=len(undo.undone),
     )
+
+
+class OnFailure:
+    """``[tools] compensate_on_failure``: compensates each goal that fails.
+
+    What ``bb up`` hands the runtime (``inprocess.running(compensator=...)``);
+    the report goes to the log, a line per step that did not simply undo.
+
+    Args:
+        store: The log.
+        settings: The process settings (its tools, its workspaces).
+    """
+
+    def __init__(self, store: EventStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.toolbox = Toolbox(settings)
+
+    async def compensate(self, goal_id: str) -> None:
+        """Compensate a goal that failed; say what is left to a human."""
+        report = await compensate_goal(
+            self.store, self.settings, goal_id, by=ON_FAILURE, toolbox=self.toolbox
+        )
+        if report.nothing_to_do:
+            return
+        undone = sum(s.outcome == "undone" for s in report.steps)
+        log.info("goal %s failed: %d effect(s) undone", goal_id, undone)
+        for line in report.lines():
+            if not line.startswith("undone"):
+                log.warning("goal %s: %s", goal_id, line.strip())
 
 
 class _Runner:

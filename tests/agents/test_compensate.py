@@ -7,22 +7,28 @@ on the in-memory log. The CLI and a real engine: tests/e2e/test_cli_compensate.p
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from agents.compensate import REDACTED, compensate_goal
+from agents.compensate import ON_FAILURE, REDACTED, OnFailure, compensate_goal
 from agents.compensation import IRREVERSIBLE, UNKNOWN
+from agents.handlers import Agents
 from agents.toolbox import Toolbox, artifacts_of, workspace_of
 from agents.tools.registry import Invocation
 from agents.tools.workspace import previous_of
+from blackboard.engine import control as client
+from blackboard.engine import submission as service
+from blackboard.engine.handlers import BUILTIN
 from blackboard.errors import ConfigError
 from blackboard.log import events as ev
 from blackboard.log.memory import MemoryEventStore
 from blackboard.log.redact import MASK
 from blackboard.runtime import config
+from blackboard.runtime.inprocess import running
 from tests.factories import at
 
 if TYPE_CHECKING:
@@ -315,3 +321,88 @@ async def test_an_open_or_done_goal_is_refused_and_nothing_says_so(
     await other.end()
     report = await compensate_goal(other.store, settings, G, by="ana")
     assert report.nothing_to_do and report.clean and report.lines() == []
+
+
+# --- [tools] compensate_on_failure --------------------------------------------
+
+
+async def test_a_goal_that_fails_is_compensated_by_the_engine_s_process(
+    tmp_path: Path,
+):
+    """``running(compensator=OnFailure(...))``: what `bb up` runs with the setting."""
+    script = tmp_path / "script.json"
+    script.write_text(
+        json.dumps(
+            {
+                "rules": [
+                    {
+                        "task_type": "execute",
+                        "turn": 0,
+                        "reply": "",
+                        "tool_calls": [
+                            {
+                                "name": "workspace.write",
+                                "arguments": {"path": "a.txt", "content": "A1"},
+                            },
+                            {"name": "python.add", "arguments": {"a": 1}},
+                        ],
+                    },
+                    # Empty, then empty again after the redo: the task fails for good.
+                    {"task_type": "execute", "reply": ""},
+                ]
+            }
+        )
+    )
+    s = config.load(
+        env={
+            "BB_SCRIPTED": "1",
+            "BB_SCRIPT": str(script),
+            "BB_DATA_DIR": str(tmp_path / "data"),
+            "BB_LEASE_SECONDS": "5",
+        },
+        path=None,
+    )
+    s.tools.python = ["tests.agents.pytools:add"]
+    s.tools.compensate_on_failure = True
+    store = MemoryEventStore()
+    agents = Agents(s)
+    spec = ev.TaskSpec(
+        task_id="act",
+        type="execute",
+        lane="local",
+        payload={"title": "edit", "instruction": "edit a.txt"},
+    )
+    event = service.goal_submitted(s, "edit", specs=[spec], submitted_by="test")
+    workspace = workspace_of(s, event.goal_id)
+    workspace.mkdir(parents=True)
+    (workspace / "a.txt").write_text("A0")
+    try:
+        async with running(
+            store,
+            s,
+            {**BUILTIN, **agents.handlers()},
+            agent=agents,
+            compensator=OnFailure(store, s),
+        ):
+            await store.append(event)
+            goal = await client.wait_goal(store, event.goal_id, timeout_s=30)
+            assert goal.status == "failed", goal.reason
+
+            # The compensator watches the failure land, then undoes.
+            found: list[ev.EffectCompensated | ev.CompensationNeeded] = []
+            for _ in range(600):
+                found = [
+                    e.event
+                    async for e in store.read_goal(event.goal_id)
+                    if isinstance(e.event, ev.EffectCompensated | ev.CompensationNeeded)
+                ]
+                if len(found) == 2:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await agents.aclose()
+    assert files(workspace) == {"a.txt": "A0"}
+    assert [(type(e).__name__, e.by) for e in found] == [
+        ("CompensationNeeded", ON_FAILURE),
+        ("EffectCompensated", ON_FAILURE),
+    ]

@@ -254,3 +254,55 @@ async def test_cancel_compensate_restores_the_workspace_in_reverse_order(
 
     until(lambda: len(projected()) == 5, what="compensations projected")
     assert [row["outcome"] for row in projected()] == ["needs_human", *["undone"] * 4]
+
+
+def test_bb_run_compensates_a_goal_that_failed_when_configured(
+    cli_env: dict[str, str], tmp_path: Path
+):
+    """`[tools] compensate_on_failure`: `bb run` running its own engine undoes."""
+    plan = {
+        "tasks": [
+            {
+                "id": "edit",
+                "type": "execute",
+                "lane": "local",
+                "title": "edit",
+                "instruction": "create new.txt",
+                "depends_on": [],
+            }
+        ]
+    }
+    rules = [
+        {"task_type": "plan", "reply": json.dumps(plan)},
+        {
+            "task_type": "execute",
+            "turn": 0,
+            "reply": "",
+            "tool_calls": [
+                {
+                    "name": "workspace.write",
+                    "arguments": {"path": "new.txt", "content": "made\n"},
+                }
+            ],
+        },
+        # Nothing usable, twice: the task fails, and the goal with it.
+        {"task_type": "execute", "reply": ""},
+        {"reply": "ok"},
+    ]
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"rules": rules}))
+    settings = tmp_path / "bb.toml"
+    settings.write_text("[tools]\ncompensate_on_failure = true\n")
+    env = dict(cli_env, BB_SCRIPTED="1", BB_SCRIPT=str(script), BB_CONFIG=str(settings))
+    r = bb(["run", "make a file", "--with-workers", "--json"], env, timeout=120)
+    assert r.returncode == 1, r.stderr  # the goal failed
+    out = json.loads(r.stdout)
+    assert out["status"] == "failed"
+    [step] = out["compensation"]["steps"]
+    assert (step["name"], step["outcome"], step["detail"]["action"]) == (
+        "workspace.write",
+        "undone",
+        "deleted",
+    )
+    assert out["compensation"]["clean"]
+    assert not (Path(out["workspace"]) / "new.txt").exists()
