@@ -244,6 +244,9 @@ async def test_cancel_compensate_restores_the_workspace_in_reverse_order(
     assert [x.split()[0] for x in lines] == ["needs", *["undone"] * 4]
     assert "python.step (irreversible)" in lines[0]
     assert "cancelled (compensate)" in r.stdout
+    # And the records after the task's end do not trouble re-running it.
+    r = bb(["replay", goal, "--verify"], env, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
 
     def projected() -> list[Any]:
         q = bb(
