@@ -192,7 +192,8 @@ def _recorded_json(r: Recorded) -> dict[str, Any]:
         "key": r.key,
         "effect": r.effect,
         "seq": r.seq,
-        "arguments": r.arguments,
+        # As the events have them: a write's whole content is in the log.
+        "arguments": summary(r.arguments),
     }
 
 
