@@ -484,6 +484,13 @@ def cancel(
         from blackboard.runtime import connection as runtime
 
         async with runtime.open_store(s, name="bb-cancel") as store:
+            if compensate:
+                was = (await client.goal_state(store, goal)).status
+                if was in ("cancelled", "failed"):
+                    fail(
+                        f"goal {goal} is already {was}: `bb compensate {goal}`"
+                        " undoes its effects"
+                    )
             _, n = await client.cancel(
                 store, goal, reason=reason, by=who, compensate=compensate
             )

@@ -111,8 +111,15 @@ async def compensate_failures(
         await stop.wait()
     finally:
         await sub.close()
-        if running:
-            await asyncio.wait(running)
+        try:
+            if running:
+                await asyncio.wait(running)
+        except asyncio.CancelledError:
+            # Past the stack's grace: stop them too. What they recorded stays,
+            # and `bb compensate` goes on from there.
+            for task in running:
+                task.cancel()
+            raise
 
 
 @dataclass

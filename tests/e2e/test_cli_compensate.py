@@ -235,6 +235,9 @@ async def test_cancel_compensate_restores_the_workspace_in_reverse_order(
     assert files(workspace) == ORIGINAL
     text = bb(["compensate", goal], env, timeout=60).stdout
     assert text.startswith(f"nothing left to undo for goal {goal}\n")
+    r = bb(["cancel", goal, "--compensate"], env)
+    assert r.returncode == 1
+    assert f"already cancelled: `bb compensate {goal}` undoes" in r.stderr
 
     # The replay shows the compensation; the projection has it.
     r = bb(["replay", goal], env)
