@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import posixpath
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
@@ -48,6 +47,7 @@ from agents.answers import (
     need_of,
     plan_specs,
 )
+from agents.compensation import ARTIFACT_EFFECT
 from agents.governance import Governor
 from agents.lanes import Lanes, unpriced
 from agents.models import (
@@ -77,8 +77,9 @@ from agents.prompts import (
     Prompt,
     as_text,
 )
-from agents.toolbox import Toolbox, with_demo_tools
+from agents.toolbox import Toolbox, artifacts_of, with_demo_tools
 from agents.tools.registry import Invocation, Tool, ToolError, ToolRefused
+from agents.tools.workspace import previous_of
 from blackboard import ids
 from blackboard.engine.handlers import GuardrailBreached, RetryableError
 from blackboard.engine.transcript import ToolCallRecord, ToolOutcome
@@ -596,11 +597,18 @@ class Agents:
         if writes:
             result["artifact"] = {"path": artifact, "in": "workspace"}
         elif artifact is not None:
-            result["artifact"] = await ctx.effect(
-                f"write:{artifact}",
+            written = await ctx.effect(
+                f"{ARTIFACT_EFFECT}{artifact}",
                 lambda: self._write(ctx.goal_id, artifact, text),
                 idempotent=True,
                 request={"artifact": artifact, "bytes": len(text.encode())},
+            )
+            # What the file held before is for compensation, in the log; the
+            # task's result (read by later prompts) names the artifact only.
+            result["artifact"] = (
+                {k: v for k, v in written.items() if k != "previous"}
+                if isinstance(written, dict)
+                else written
             )
         escalated_from = payload.get("escalated_from")
         if isinstance(escalated_from, str):
@@ -754,17 +762,24 @@ class Agents:
         return (await ctx.goal()).text
 
     async def _write(self, goal_id: str, artifact: str, text: str) -> dict[str, Any]:
-        root = (Path(self.settings.data_dir) / "artifacts" / goal_id).resolve()
+        root = artifacts_of(self.settings, goal_id).resolve()
         path = (root / artifact).resolve()
         if not path.is_relative_to(root):
             raise ValueError(f"artifact path {artifact!r} leaves the goal's folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         data = text.encode()
+        # Recorded like workspace.write's, so compensation can put it back.
+        # Redacted as a tool's result is: a masked content no longer matches
+        # its sha256, and the undo refuses rather than restore it wrong.
+        previous = previous_of(path)
+        if previous["content"] is not None:
+            previous["content"] = self.redactor.text(previous["content"])
         path.write_bytes(data)
         return {
             "path": str(path.relative_to(root)),
             "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
+            "previous": previous,
         }
 
 

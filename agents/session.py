@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agents.compensate import ON_FAILURE, CompensationReport, compensate_goal
 from agents.handlers import Agents
 from agents.report import Usage, lane_kinds, usage_by_lane_model, usage_json
 from agents.toolbox import with_demo_tools, workspace_of
@@ -49,6 +50,8 @@ class Outcome:
     """Tool calls the agents made (finished ones, refused included)."""
     workspace: str = ""
     """The goal's workspace directory as this process sees it (may not exist)."""
+    compensation: CompensationReport | None = None
+    """What ``[tools] compensate_on_failure`` undid of a goal that failed here."""
 
     def as_json(self) -> dict[str, Any]:
         """The outcome as JSON-able data."""
@@ -66,6 +69,11 @@ class Outcome:
             "tool_calls": self.tool_calls,
             "workspace": self.workspace,
             "lanes": lane_kinds(self.usage),
+            **(
+                {"compensation": self.compensation.as_json()}
+                if self.compensation is not None
+                else {}
+            ),
         }
 
 
@@ -118,7 +126,18 @@ async def drive(
                 if on_progress is not None:
                     on_progress(goal)
 
-            await client.wait_goal(store, event.goal_id, on_batch=progress)
+            goal = await client.wait_goal(store, event.goal_id, on_batch=progress)
+            compensation = None
+            if (
+                in_process
+                and goal.status == "failed"
+                and settings.tools.compensate_on_failure
+            ):
+                # The engine ran here, so the workspace is here: undo now, and
+                # show it with the outcome. A deployment's bb up does its own.
+                compensation = await compensate_goal(
+                    store, settings, event.goal_id, by=ON_FAILURE
+                )
             envs = [env async for env in store.read_goal(event.goal_id)]
             if running is not None and running.projector is not None:
                 # Stop only once the goal is in the projection, for `bb sql`.
@@ -129,6 +148,7 @@ async def drive(
         usage_by_lane_model(env.event for env in envs),
         tool_calls=sum(isinstance(env.event, ToolCallFinished) for env in envs),
         workspace=str(workspace_of(settings, event.goal_id)),
+        compensation=compensation,
     )
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from agents.tools.mcp import McpServers
     from blackboard.runtime.config import Settings
 
-__all__ = ["DEMO_MCP", "Toolbox", "with_demo_tools", "workspace_of"]
+__all__ = ["DEMO_MCP", "Toolbox", "artifacts_of", "with_demo_tools", "workspace_of"]
 
 log = logging.getLogger("blackboard.tools")
 
@@ -135,6 +135,14 @@ def workspace_of(settings: Settings, goal_id: str) -> Path:
     configured = settings.tools.workspace_dir
     root = Path(configured) if configured else Path(settings.data_dir) / "workspaces"
     return root / goal_id
+
+
+def artifacts_of(settings: Settings, goal_id: str) -> Path:
+    """Where the ``execute`` handler writes a goal's artifacts.
+
+    It writes them when its agent cannot (the lane offers no ``workspace.write``).
+    """
+    return Path(settings.data_dir) / "artifacts" / goal_id
 
 
 def _resolved(server: McpServerSettings) -> McpServerSettings:

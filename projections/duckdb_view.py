@@ -126,6 +126,7 @@ class DuckDBView:
             "task_deps": rows.task_deps,
             "dead_letters": rows.dead_letters,
             "tool_calls": list(rows.tool_calls.values()),
+            "compensations": rows.compensations,
             "goals": [
                 goal_row(state.goals[g]) for g in sorted(rows.goals) if g in state.goals
             ],

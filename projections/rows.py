@@ -1,7 +1,8 @@
 """Events to table rows. Pure: no DuckDB, no NATS, no clock.
 
 Append-only tables (``events``, ``model_calls``, ``side_effects``,
-``approvals``, ``task_deps``, ``dead_letters``) get one row per event. The
+``approvals``, ``task_deps``, ``dead_letters``, ``compensations``) get one row
+per event. The
 current state of ``goals`` and ``tasks`` comes from the one fold
 (:mod:`blackboard.engine.state`): a batch marks what it touched, and those rows are
 written again whole, so the projection never disagrees with ``bb status``.
@@ -23,6 +24,9 @@ from blackboard.log.events import (
     ApprovalGranted,
     ApprovalRequested,
     BudgetEntry,
+    CompensationFailed,
+    CompensationNeeded,
+    EffectCompensated,
     GoalCancelled,
     GoalCompleted,
     GoalFailed,
@@ -80,6 +84,7 @@ class Rows:
     approvals: list[dict[str, Any]] = field(default_factory=list)
     task_deps: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    compensations: list[dict[str, Any]] = field(default_factory=list)
     tool_calls: dict[ToolKey, dict[str, Any]] = field(default_factory=dict)
     """One row per call touched by the batch, its two events merged."""
     goals: set[str] = field(default_factory=set)
@@ -174,6 +179,8 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
                 row = _tool_row(e)
                 key = _tool_key(row)
                 merge_tool_row(rows.tool_calls.setdefault(key, {}), row)
+        case EffectCompensated() | CompensationFailed() | CompensationNeeded():
+            rows.compensations.append(_compensation_row(e, base))
         case TaskCreated():
             rows.task_deps.extend(
                 {"goal_id": e.goal_id, "task_id": e.task_id, "depends_on": d}
@@ -199,6 +206,33 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
             pass  # only in `events`, and in the goal and task rows of the fold
         case _:
             assert_never(e)
+
+
+def _compensation_row(
+    e: EffectCompensated | CompensationFailed | CompensationNeeded,
+    base: dict[str, Any],
+) -> dict[str, Any]:
+    """One undo step: ``undone``, ``failed`` or ``needs_human``, with its detail."""
+    row: dict[str, Any] = {
+        **base,
+        "outcome": "undone",
+        "name": e.name,
+        "origin": e.origin,
+        "idempotency_key": e.idempotency_key,
+        "effect": None,
+        "detail": None,
+        "result": None,
+        "by": e.by,
+    }
+    match e:
+        case EffectCompensated():
+            row["result"] = e.result
+        case CompensationFailed():
+            row["outcome"], row["detail"] = "failed", e.error
+        case CompensationNeeded():
+            row["outcome"], row["detail"] = "needs_human", e.reason
+            row["effect"] = e.effect
+    return row
 
 
 def tool_status(finished: ToolCallFinished | None) -> str:

@@ -19,10 +19,11 @@ __all__ = [
     "VIEWS",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """2: ``model_calls.dispatch``. 3: ``tasks.tokens_cached``, and ``tasks.tokens_in``
 without the cached tokens (see :mod:`blackboard.engine.usage`). 4: ``tool_calls``
-(created on open; no log had tool events before it)."""
+(created on open; no log had tool events before it). 5: ``compensations``
+(likewise: no log had compensation events before it)."""
 
 COLUMNS: dict[str, dict[str, str]] = {
     "events": {
@@ -83,6 +84,12 @@ COLUMNS: dict[str, dict[str, str]] = {
         "finished_at": "TIMESTAMPTZ", "duration_ms": "DOUBLE", "status": "VARCHAR",
         "error": "VARCHAR", "arguments": "JSON", "result": "JSON",
     },
+    "compensations": {
+        "seq": "BIGINT", "at": "TIMESTAMPTZ", "goal_id": "VARCHAR",
+        "task_id": "VARCHAR", "outcome": "VARCHAR", "name": "VARCHAR",
+        "origin": "VARCHAR", "idempotency_key": "VARCHAR", "effect": "VARCHAR",
+        "detail": "VARCHAR", "result": "JSON", "by": "VARCHAR",
+    },
 }  # fmt: skip
 
 KEYS: dict[str, tuple[str, ...]] = {
@@ -95,6 +102,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "approvals": ("seq",),
     "dead_letters": ("seq",),
     "tool_calls": ("goal_id", "task_id", "idempotency_key", "dispatch", "attempt"),
+    "compensations": ("seq",),
 }
 """Primary keys: a row applied twice would be refused, never doubled."""
 

@@ -28,7 +28,13 @@ JSON (``format_version`` 1) is an object::
                                      error, duration_ms, started_at,
                                      finished_at}]}]}],   in creation order
      "totals": [{lane, model, calls, failed_calls, tokens_in, tokens_out,
-                 tokens_cached, cost_usd, latency_ms, scripted}]}
+                 tokens_cached, cost_usd, latency_ms, scripted}],
+     "compensations": [{seq, at, task_id, outcome, name, origin, key, detail,
+                        effect, arguments, by}]}          in stream order
+
+``compensations`` is there only when the goal's effects were compensated
+(``outcome``: ``undone``, ``failed`` or ``needs_human``; ``detail`` is what the
+compensator returned, the error, or why a human is needed).
 
 A call has ``tool_calls`` (``{id, name, arguments}``, as its answer asked) and
 an attempt ``tools`` only when there are any, so the JSON of a goal without
@@ -53,7 +59,7 @@ from replay.trace import ToolUse
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from replay.trace import Attempt, Call, TaskTrace, Trace
+    from replay.trace import Attempt, Call, Compensation, TaskTrace, Trace
 
 __all__ = ["FORMAT_VERSION", "render_html", "render_json", "render_text", "to_json"]
 
@@ -175,6 +181,28 @@ def _task_json(t: TaskTrace) -> dict[str, Any]:
 
 def to_json(trace: Trace) -> dict[str, Any]:
     """The trace as JSON-able data (documented in the module docstring)."""
+    doc = _trace_json(trace)
+    if trace.compensations:
+        doc["compensations"] = [
+            {
+                "seq": c.seq,
+                "at": _ts(c.at),
+                "task_id": c.task_id,
+                "outcome": c.outcome,
+                "name": c.name,
+                "origin": c.origin,
+                "key": c.key,
+                "detail": c.detail,
+                "effect": c.effect,
+                "arguments": c.arguments,
+                "by": c.by,
+            }
+            for c in trace.compensations
+        ]
+    return doc
+
+
+def _trace_json(trace: Trace) -> dict[str, Any]:
     s = trace.submitted
     return {
         "format_version": FORMAT_VERSION,
@@ -377,6 +405,21 @@ def _task_lines(t: TaskTrace, pad: str, full: bool) -> list[str]:
     return out
 
 
+_OUTCOME = {"undone": "undone", "failed": "undo failed", "needs_human": "needs a human"}
+
+
+def _compensation_line(c: Compensation, full: bool) -> str:
+    head = f"  {_OUTCOME.get(c.outcome, c.outcome):<14}{c.name}"
+    if c.outcome == "needs_human":
+        args = f" {_clip(c.arguments, full)}" if c.arguments else ""
+        head += f" ({c.effect}){args}: {c.detail}"
+    elif c.outcome == "failed":
+        head += f": {_clip(str(c.detail), full)}"
+    else:
+        head += f"  {_clip(_json_text(c.detail), full)}"
+    return f"{head}  (task {c.task_id}, seq {c.seq})"
+
+
 def render_text(trace: Trace, *, full: bool = False, task: str | None = None) -> str:
     """A tree that reads well in a terminal; long prompts folded unless ``full``."""
     out: list[str] = []
@@ -423,6 +466,10 @@ def render_text(trace: Trace, *, full: bool = False, task: str | None = None) ->
     for i, root in enumerate(roots):
         walk(root, "", i == len(roots) - 1, 0)
     out.append("")
+    if trace.compensations:
+        out.append("compensation (newest effect first)")
+        out.extend(_compensation_line(c, full) for c in trace.compensations)
+        out.append("")
     out.append(
         f"{'lane':<10} {'model':<32} {'calls':>5} {'tokens in':>10} "
         f"{'tokens out':>10} {'cost USD':>12}"

@@ -4,7 +4,9 @@
 parent), each task's attempts with worker and timings, each model call with
 its prompt and answer, the tool calls its answers asked for, side effects,
 NEED escalations, approvals, guardrail
-holds and resumes, failures, and totals by lane and model (the one usage
+holds and resumes, failures, the compensation of a cancelled or failed goal
+(each undo, each failed undo, each effect left to a human, in stream order),
+and totals by lane and model (the one usage
 summary, :mod:`blackboard.engine.usage`). Statuses come from
 the one fold (:mod:`blackboard.engine.state`), so a trace never disagrees with
 ``bb status``. Nothing here reads a clock or iterates an unordered set: the
@@ -23,6 +25,9 @@ from blackboard.log.events import (
     ApprovalGranted,
     ApprovalRequested,
     BudgetEntry,
+    CompensationFailed,
+    CompensationNeeded,
+    EffectCompensated,
     GoalCancelled,
     GoalCompleted,
     GoalFailed,
@@ -57,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Attempt",
     "Call",
+    "Compensation",
     "Effect",
     "Note",
     "TaskTrace",
@@ -149,6 +155,27 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class Compensation:
+    """One step of undoing the goal's effects, as recorded."""
+
+    seq: int
+    at: datetime
+    task_id: str
+    outcome: str
+    """``undone``, ``failed`` or ``needs_human``."""
+    name: str
+    """The tool or side effect."""
+    origin: str
+    key: str
+    """The idempotency key of the call or side effect."""
+    detail: Any = None
+    """What the compensator returned, the error, or why a human is needed."""
+    effect: str | None = None
+    arguments: str = ""
+    by: str = ""
+
+
+@dataclass(slots=True)
 class Note:
     """Something that happened to a task or goal outside an attempt."""
 
@@ -196,6 +223,8 @@ class Trace:
     finished_at: datetime | None = None
     tasks: dict[str, TaskTrace] = field(default_factory=dict)
     notes: list[Note] = field(default_factory=list)
+    compensations: list[Compensation] = field(default_factory=list)
+    """Undo steps of any task, in stream order (newest effect undone first)."""
     totals: dict[tuple[str, str], Usage] = field(default_factory=dict)
     """Model usage by lane and model (:mod:`blackboard.engine.usage`)."""
     first_seq: int = 0
@@ -359,6 +388,8 @@ def _apply(trace: Trace, env: Envelope) -> None:
             )
         case TaskCancelled():
             task.notes.append(Note(env.seq, e.at, "cancelled", e.reason))
+        case EffectCompensated() | CompensationFailed() | CompensationNeeded():
+            trace.compensations.append(_compensation(env, e, task.task_id))
         case TaskReady():
             task.dispatch = e.dispatch
             if e.dispatch > 1:
@@ -401,13 +432,33 @@ def _goal_event(trace: Trace, env: Envelope) -> None:
             )
             trace.notes.append(Note(env.seq, e.at, "resumed", _by(e.by, limits)))
         case GoalCancelled():
-            trace.notes.append(Note(env.seq, e.at, "cancelled", _by(e.by, e.reason)))
+            what = "cancelled (compensate)" if e.compensate else "cancelled"
+            trace.notes.append(Note(env.seq, e.at, what, _by(e.by, e.reason)))
         case GoalCompleted():
             trace.notes.append(Note(env.seq, e.at, "completed", ""))
         case GoalFailed():
             trace.notes.append(Note(env.seq, e.at, "failed", e.reason))
         case _:
             trace.notes.append(Note(env.seq, e.at, kind(e), ""))
+
+
+def _compensation(
+    env: Envelope,
+    e: EffectCompensated | CompensationFailed | CompensationNeeded,
+    task_id: str,
+) -> Compensation:
+    step = Compensation(
+        env.seq, e.at, task_id, "undone", e.name, e.origin, e.idempotency_key, by=e.by
+    )
+    match e:
+        case EffectCompensated():
+            step.detail = e.result
+        case CompensationFailed():
+            step.outcome, step.detail = "failed", e.error
+        case CompensationNeeded():
+            step.outcome, step.detail = "needs_human", e.reason
+            step.effect, step.arguments = e.effect, e.arguments
+    return step
 
 
 def _end(attempt: Attempt | None, env: Envelope, outcome: str) -> None:

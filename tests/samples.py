@@ -16,7 +16,7 @@ _REQUIRED: dict[type[ev.Event], dict[str, Any]] = {
     },
     ev.GoalCompleted: {"summary": "done"},
     ev.GoalFailed: {"reason": "task T1 failed"},
-    ev.GoalCancelled: {"reason": "no longer needed", "by": "ana"},
+    ev.GoalCancelled: {"reason": "no longer needed", "by": "ana", "compensate": True},
     ev.GoalHalted: {"guardrail": "max_tasks", "limit": 10, "observed": 11},
     ev.GoalResumed: {"limits": {"max_tasks": 20}},
     ev.TaskCreated: {
@@ -93,6 +93,23 @@ _REQUIRED: dict[type[ev.Event], dict[str, Any]] = {
         "result": {"path": "a.py", "bytes": 5},
         "effect": "reversible",
         "duration_ms": 1.5,
+    },
+    ev.EffectCompensated: {
+        "name": "workspace.write",
+        "idempotency_key": "G1:T1:1.1:toolu_1",
+        "result": {"path": "a.py", "action": "restored"},
+        "by": "ana",
+    },
+    ev.CompensationFailed: {
+        "name": "workspace.write",
+        "idempotency_key": "G1:T1:1.1:toolu_1",
+        "error": "cannot undo the write of 'a.py': the file changed since",
+    },
+    ev.CompensationNeeded: {
+        "name": "python.step",
+        "idempotency_key": "G1:T1:1.1:toolu_2",
+        "arguments": '{"n": 1}',
+        "reason": "an irreversible tool call: Blackboard cannot undo it",
     },
 }
 

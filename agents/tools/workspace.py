@@ -57,6 +57,8 @@ __all__ = [
     "ReadArgs",
     "SearchArgs",
     "WriteArgs",
+    "previous_of",
+    "undo_write",
     "workspace_tools",
 ]
 
@@ -512,8 +514,13 @@ def _undo_write(workspace: Path, args: WriteArgs, recorded: Any) -> dict[str, An
     if not previous.existed:
         target.real.unlink()
         return {"path": target.rel, "action": "deleted"}
-    old = (previous.content or "").encode()
-    if previous.content is None or _sha256(old) != previous.sha256:
+    if previous.content is None:
+        raise ToolError(
+            f"cannot undo the write of {target.rel!r}: what the file held before"
+            " was not recorded (too big, or not text)"
+        )
+    old = previous.content.encode()
+    if _sha256(old) != previous.sha256:
         # Redaction may have masked part of the recorded content: restoring
         # it would write something the file never held.
         raise ToolError(
@@ -522,6 +529,43 @@ def _undo_write(workspace: Path, args: WriteArgs, recorded: Any) -> dict[str, An
         )
     _replace(target.real, old, before[1] if before else None)
     return {"path": target.rel, "action": "restored"}
+
+
+def undo_write(root: Path, path: str, recorded: Any) -> dict[str, Any]:
+    """Undo a write of ``path`` under ``root``, from the write's recorded result.
+
+    The result is what ``workspace.write`` returns (``sha256`` and
+    ``previous``); the execute handler's artifact writes record the same.
+    Puts the previous content back (or deletes a file the write created),
+    refuses when the file changed since, and does nothing when it already
+    holds what it held before, so it is safe to repeat. Blocking: run it in a
+    thread.
+
+    Raises:
+        ToolError: The undo is refused; the message says why.
+        ToolRefused: The path leaves ``root``.
+        OSError: The file system failed.
+    """
+    return _undo_write(root, WriteArgs(path=path, content=""), recorded)
+
+
+def previous_of(path: Path) -> dict[str, Any]:
+    """What a file holds before a write, as the write's result records it.
+
+    The content is kept only for a UTF-8 file of at most
+    :data:`MAX_WRITE_BYTES`; otherwise only its sha256, and an undo refuses.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {"existed": False, "content": None, "sha256": None}
+    content: str | None = None
+    if len(data) <= MAX_WRITE_BYTES:
+        try:
+            content = data.decode()
+        except UnicodeDecodeError:
+            content = None
+    return {"existed": True, "content": content, "sha256": _sha256(data)}
 
 
 def _list(workspace: Path, args: ListArgs) -> dict[str, Any]:

@@ -122,13 +122,15 @@ async def _up(
     scheduler: bool,
     stop: asyncio.Event,
 ) -> None:
+    from agents.compensate import OnFailure
     from blackboard.runtime import connection as runtime
     from blackboard.runtime import inprocess as stack
     from projections.runner import Projector
 
-    async with (
-        runtime.open_store(s, url, name="bb-up") as store,
-        stack.running(
+    async with runtime.open_store(s, url, name="bb-up") as store:
+        # Only the bb up that runs the scheduler compensates: one a deployment.
+        compensate = scheduler and s.tools.compensate_on_failure
+        async with stack.running(
             store,
             s,
             handlers[0],
@@ -136,17 +138,19 @@ async def _up(
             scheduler=scheduler,
             projector=Projector(store, db_path(s, None)) if scheduler else None,
             agent=handlers[1],
-        ),
-    ):
-        typer.echo(
-            f"streams {store.events_stream}, {store.work_stream} ready; "
-            f"scheduler {'on' if scheduler else 'off'}; "
-            f"workers: {', '.join(lanes) or 'none'}; Ctrl-C to stop"
-        )
-        try:
-            await stop.wait()
-        finally:
-            await handlers[1].aclose()  # the MCP servers it started
+            compensator=OnFailure(store, s) if compensate else None,
+        ):
+            typer.echo(
+                f"streams {store.events_stream}, {store.work_stream} ready; "
+                f"scheduler {'on' if scheduler else 'off'}; "
+                f"workers: {', '.join(lanes) or 'none'}; "
+                + ("failed goals are compensated; " if compensate else "")
+                + "Ctrl-C to stop"
+            )
+            try:
+                await stop.wait()
+            finally:
+                await handlers[1].aclose()  # the MCP servers it started
 
 
 @app.command(rich_help_panel=DEPLOY)

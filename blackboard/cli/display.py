@@ -12,6 +12,9 @@ from blackboard.log.events import (
     ApprovalGranted,
     ApprovalRequested,
     BudgetEntry,
+    CompensationFailed,
+    CompensationNeeded,
+    EffectCompensated,
     GoalCancelled,
     GoalCompleted,
     GoalFailed,
@@ -54,7 +57,8 @@ def detail(event: AnyEvent) -> str:
         case GoalFailed():
             return clip(event.reason)
         case GoalCancelled():
-            return clip(event.reason or f"by {event.by}")
+            undo = " (compensate)" if event.compensate else ""
+            return clip(event.reason or f"by {event.by}") + undo
         case GoalHalted():
             return f"{event.guardrail}: {event.observed:g} > limit {event.limit:g}"
         case GoalResumed():
@@ -115,6 +119,12 @@ def detail(event: AnyEvent) -> str:
             return (
                 f"{event.tool}: {clip(str(event.result), 40)} {event.duration_ms:.0f}ms"
             )
+        case EffectCompensated():
+            return f"undid {event.name}: {clip(str(event.result), 40)}"
+        case CompensationFailed():
+            return f"undo of {event.name} failed: {clip(event.error, 40)}"
+        case CompensationNeeded():
+            return f"{event.name} needs a human: {clip(event.reason, 40)}"
         case _:
             assert_never(event)
 

@@ -451,31 +451,141 @@ def resume(
         )
 
 
+CompensateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compensate",
+        help="Then undo its reversible effects, here (see `bb compensate`).",
+    ),
+]
+
+NEEDS_HUMAN = 3
+"""The exit code of a compensation that left something to a human."""
+
+
 @app.command(rich_help_panel=OPERATE)
 def cancel(
     goal: Annotated[str, typer.Argument(help="The goal to cancel.")],
     reason: Annotated[str, typer.Option(help="Recorded with the cancellation.")] = "",
+    compensate: CompensateOpt = False,
     by: ByOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Cancel a goal: its open tasks are cancelled, running ones stopped."""
+    """Cancel a goal: its open tasks are cancelled, running ones stopped.
+
+    With --compensate, its reversible effects are then undone in this process
+    (exit 3 if some undo failed or an effect needs a human), as `bb
+    compensate` does.
+    """
     from blackboard.engine import control as client
 
     s = settings(config)
     who = whoami(s, by)
 
-    async def go() -> Any:
+    async def go() -> tuple[int, Any]:
         from blackboard.runtime import connection as runtime
 
         async with runtime.open_store(s, name="bb-cancel") as store:
-            return await client.cancel(store, goal, reason=reason, by=who)
+            if compensate:
+                was = (await client.goal_state(store, goal)).status
+                if was in ("cancelled", "failed"):
+                    fail(
+                        f"goal {goal} is already {was}: `bb compensate {goal}`"
+                        " undoes its effects"
+                    )
+            _, n = await client.cancel(
+                store, goal, reason=reason, by=who, compensate=compensate
+            )
+            if not compensate:
+                return n, None
+            try:
+                return n, await _compensate(store, s, goal, who)
+            except BlackboardError as e:
+                fail(
+                    f"cancelled {goal}, but compensating failed: {e}; run"
+                    f" `bb compensate {goal}` once that is fixed"
+                )
 
-    _, n = run(go())
+    n, report = run(go())
     if as_json:
-        emit_json({"goal_id": goal, "cancelled_tasks": n})
+        doc: dict[str, Any] = {"goal_id": goal, "cancelled_tasks": n}
+        if report is not None:
+            doc["compensation"] = report.as_json()
+        emit_json(doc)
     else:
         typer.echo(
             f"cancelled {goal} and its {n} open task(s); running handlers stop "
             "at their next step"
         )
+        if report is not None:
+            _show_compensation(report)
+    if report is not None and not report.clean:
+        raise typer.Exit(NEEDS_HUMAN)
+
+
+@app.command(rich_help_panel=OPERATE)
+def compensate(
+    goal: Annotated[str, typer.Argument(help="A cancelled or failed goal.")],
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Undo a cancelled or failed goal's reversible effects, newest first.
+
+    Workspace writes (and Python tools with a compensator) are undone with
+    what their calls recorded, each undo recorded in the log; irreversible
+    effects are listed as needing a human. Run it where the goal's workspace
+    is (on Kubernetes: in a pod that mounts it). Running it again does nothing
+    twice. Exit 0: everything was undone; 3: some undo failed or an effect
+    needs a human; 1: nothing was done (the goal is open or done).
+    """
+    from blackboard.runtime import connection as runtime
+
+    s = settings(config)
+    who = whoami(s, by)
+
+    async def go(url: str) -> Any:
+        async with runtime.open_store(s, url, name="bb-compensate") as store:
+            return await _compensate(store, s, goal, who)
+
+    try:
+        # Offline too: a goal that failed under `bb run` is in the data dir.
+        with runtime.log_server(s) as url:
+            report = run(go(url))
+    except BlackboardError as e:
+        fail(str(e))
+    if as_json:
+        emit_json(report.as_json())
+    else:
+        _show_compensation(report)
+    if not report.clean:
+        raise typer.Exit(NEEDS_HUMAN)
+
+
+async def _compensate(store: Any, s: config_mod.Settings, goal: str, by: str) -> Any:
+    from agents.compensate import compensate_goal
+
+    return await compensate_goal(store, s, goal, by=by)
+
+
+def _show_compensation(report: Any) -> None:
+    """One line per undo, then what needs a human, then the counts."""
+    from blackboard.cli.common import me
+
+    goal = report.goal_id
+    if report.nothing_to_do:
+        typer.echo(f"nothing to undo for goal {goal}: it recorded no effect")
+        return
+    if not report.steps:
+        left = " left" if report.already_undone else ""
+        typer.echo(f"nothing{left} to undo for goal {goal}")
+    for line in report.lines():
+        typer.echo(line)
+    undone = sum(st.outcome == "undone" for st in report.steps)
+    humans = len(report.needs_human) + len(report.reported)
+    before = f" ({report.already_undone} before)" if report.already_undone else ""
+    typer.echo(
+        f"{undone} undone{before}, {len(report.failed)} failed, {humans} left to a"
+        f" human; every step is in the log: {me()} replay {goal}"
+    )

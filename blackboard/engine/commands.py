@@ -91,6 +91,9 @@ class CancelGoal(Command, frozen=True, kw_only=True):
 
     goal_id: str
     reason: str = ""
+    compensate: bool = False
+    """Recorded on ``GoalCancelled``: the canceller undoes the goal's
+    reversible effects next (the undo itself is not part of the command)."""
 
 
 AnyCommand = SubmitGoal | ApproveTask | DenyTask | ResumeGoal | CancelGoal
@@ -226,6 +229,7 @@ def _cancel(
                 actor=actor,
                 reason=why,
                 by=cmd.by,
+                compensate=cmd.compensate,
             ),
             goal.last_seq,
         )

@@ -197,17 +197,24 @@ async def resume(
 
 
 async def cancel(
-    store: EventStore, goal_id: str, *, reason: str = "", by: str = ""
+    store: EventStore,
+    goal_id: str,
+    *,
+    reason: str = "",
+    by: str = "",
+    compensate: bool = False,
 ) -> tuple[GoalState, int]:
     """Cancel an open goal and every open task of it, at once.
 
     The goal's cancellation and a ``TaskCancelled`` for each open task are one
     atomic batch (see ``commands.decide_command``): from there on every later
-    guarded write of those tasks is refused by the server.
+    guarded write of those tasks is refused by the server. ``compensate`` is
+    recorded on the cancellation; undoing the effects is the caller's next
+    step (``agents.compensate.compensate_goal``: it needs the workspace).
 
     Returns the goal as it was and how many open tasks were cancelled.
     """
-    cmd = CancelGoal(goal_id=goal_id, reason=reason, by=by)
+    cmd = CancelGoal(goal_id=goal_id, reason=reason, by=by, compensate=compensate)
     for _ in range(5):
         try:
             goal, events = await handle(store, cmd)

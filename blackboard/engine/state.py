@@ -24,6 +24,9 @@ from blackboard.log.events import (
     ApprovalGranted,
     ApprovalRequested,
     BudgetEntry,
+    CompensationFailed,
+    CompensationNeeded,
+    EffectCompensated,
     GoalCancelled,
     GoalCompleted,
     GoalFailed,
@@ -313,6 +316,9 @@ def _evolve_goal(goal: GoalState, event: AnyEvent, env: Envelope) -> None:
             | SideEffectFailed()
             | ToolCallStarted()
             | ToolCallFinished()
+            | EffectCompensated()
+            | CompensationFailed()
+            | CompensationNeeded()
         ):
             # A submission is applied before this point; a task event with no
             # task id (another client's garbage) names no task to apply it to.
@@ -468,6 +474,10 @@ def _evolve_task(
         case ToolCallStarted() | ToolCallFinished():
             # The conversation reads them (blackboard.engine.transcript); the
             # scheduler needs only their sequence, taken above.
+            pass
+        case EffectCompensated() | CompensationFailed() | CompensationNeeded():
+            # Written after the task ended, about its calls: no status moves.
+            # The undo plan (agents/compensation.py) folds them itself.
             pass
         case (
             GoalSubmitted()

@@ -127,6 +127,9 @@ class GoalCancelled(Event, frozen=True, kw_only=True):
 
     reason: str = ""
     by: str = ""
+    compensate: bool = False
+    """The canceller asked for the goal's reversible effects to be undone
+    (``bb cancel --compensate``); the undo steps are events of their own."""
 
 
 class GoalHalted(Event, frozen=True, kw_only=True):
@@ -463,6 +466,57 @@ class ToolCallFinished(Event, frozen=True, kw_only=True):
     dispatch: int = 1
 
 
+# --- compensation ---------------------------------------------------------
+#
+# Undoing what a cancelled or failed goal did (agents/compensate.py). Each is
+# written on the subject of the task whose call it is about, after that task
+# ended; ``idempotency_key`` names the call (``ToolCallStarted``) or the side
+# effect (``SideEffectStarted``), and ``origin`` says which of the two.
+
+
+class EffectCompensated(Event, frozen=True, kw_only=True):
+    """A recorded effect was undone by its compensator."""
+
+    name: str
+    """The tool (``workspace.write``) or the side effect (``write:notes.md``)."""
+    idempotency_key: str
+    origin: str = "tool_call"
+    """``tool_call`` or ``side_effect``."""
+    result: Any = None
+    """What the compensator returned (``{"path": ..., "action": "restored"}``)."""
+    by: str = ""
+    """Who asked for the compensation."""
+
+
+class CompensationFailed(Event, frozen=True, kw_only=True):
+    """An undo was tried and failed; a later compensation tries it again."""
+
+    name: str
+    idempotency_key: str
+    origin: str = "tool_call"
+    error: str
+    by: str = ""
+
+
+class CompensationNeeded(Event, frozen=True, kw_only=True):
+    """An effect Blackboard cannot undo: a human has to look at it.
+
+    An irreversible call, a side effect with no compensator, a call whose end
+    was never recorded (its outcome is unknown), or an undo made impossible
+    (its recorded result was redacted).
+    """
+
+    name: str
+    idempotency_key: str
+    origin: str = "tool_call"
+    effect: str = "irreversible"
+    """The call's effect class as recorded (side effects: ``irreversible``)."""
+    arguments: str = ""
+    """The recorded (redacted) arguments, as clipped JSON text."""
+    reason: str
+    by: str = ""
+
+
 AnyEvent = (
     GoalSubmitted
     | GoalCompleted
@@ -489,6 +543,9 @@ AnyEvent = (
     | SideEffectFailed
     | ToolCallStarted
     | ToolCallFinished
+    | EffectCompensated
+    | CompensationFailed
+    | CompensationNeeded
 )
 """The union of every event; the decoder of the ``BB_EVENTS`` stream."""
 

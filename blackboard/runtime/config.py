@@ -124,6 +124,11 @@ class ToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Seconds any one tool call may take; past it the call fails (recorded,
     and the model is told), so a hung tool holds its task, not a worker slot
     for ever."""
+    compensate_on_failure: bool = False
+    """Undo a goal's reversible effects as soon as it fails, as ``bb
+    compensate`` would, in the process that runs the scheduler here (``bb
+    up``; ``bb run`` and ``bb demo`` running their own engine). Off, a failed
+    goal's effects stay until someone runs ``bb compensate``."""
 
 
 class ApprovalSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -72,6 +72,57 @@ class Projecting(Protocol):
         ...
 
 
+class Compensating(Protocol):
+    """Undoes a failed goal's effects (``agents.compensate.OnFailure``).
+
+    Handed in by the caller: the runtime does not import agents/.
+    """
+
+    async def compensate(self, goal_id: str) -> None:
+        """Compensate the goal; errors are the caller's to log, not to raise."""
+        ...
+
+
+async def compensate_failures(
+    store: EventStore, compensator: Compensating, stop: asyncio.Event
+) -> None:
+    """Compensate every goal that fails from now on, until ``stop`` is set.
+
+    Failures are watched live (stored ``goal_failed`` events): one that lands
+    while nothing watches is left for ``bb compensate``. Each goal is
+    compensated in a task of its own, so a slow undo delays no other; at stop,
+    those still running get the stack's grace period.
+    """
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(goal_id: str) -> None:
+        try:
+            await compensator.compensate(goal_id)
+        except Exception:  # one goal's trouble must not stop the deployment
+            log.exception("compensating failed goal %s", goal_id)
+
+    async def failed(subject: str) -> None:
+        goal_id, _, _ = store.subjects.parse_event(subject)
+        task = asyncio.create_task(one(goal_id))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    sub = await store.watch(store.subjects.kind_filter("goal_failed"), failed)
+    try:
+        await stop.wait()
+    finally:
+        await sub.close()
+        try:
+            if running:
+                await asyncio.wait(running)
+        except asyncio.CancelledError:
+            # Past the stack's grace: stop them too. What they recorded stays,
+            # and `bb compensate` goes on from there.
+            for task in running:
+                task.cancel()
+            raise
+
+
 @dataclass
 class Stack:
     """Handles on the in-process components."""
@@ -95,11 +146,14 @@ async def running(
     queue: WorkQueue | None = None,
     lock: LeaderLock | None = None,
     agent: Agent | None = None,
+    compensator: Compensating | None = None,
 ) -> AsyncIterator[Stack]:
     """Run a scheduler, a worker per lane (and a projector) until the block exits.
 
     ``queue`` and ``lock`` default to the ones beside ``store``
-    (``store.work_queue()``, ``store.leader_lock(...)``).
+    (``store.work_queue()``, ``store.leader_lock(...)``). With a
+    ``compensator``, every goal that fails meanwhile is compensated
+    (``[tools] compensate_on_failure``: see :func:`compensate_failures`).
 
     If a component dies, the others are stopped, the block is interrupted and
     ComponentFailed is raised naming it: a command never goes on (or exits 0)
@@ -138,6 +192,11 @@ async def running(
             lock=lock,
         )
         watch("scheduler", asyncio.create_task(stack.scheduler.run(stack.stop)))
+    if compensator is not None:
+        watch(
+            "compensator",
+            asyncio.create_task(compensate_failures(store, compensator, stack.stop)),
+        )
     for lane in lanes if lanes is not None else list(settings.lanes):
         worker = Worker(
             store,

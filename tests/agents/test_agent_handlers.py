@@ -19,6 +19,7 @@ from blackboard.engine import control as client
 from blackboard.engine.handlers import BUILTIN
 from blackboard.log.events import (
     ModelCalled,
+    SideEffectCompleted,
     TaskCompleted,
     TaskFailed,
     ToolCallFinished,
@@ -305,7 +306,7 @@ async def test_artifact_is_written_once_as_a_recorded_side_effect(
     # A lane that offers no tools: the handler writes the artifact itself.
     agent_settings.lanes["local"].tools = []
     fake.enqueue(text=PATCH)
-    goal, _ = await run_goal(
+    goal, events = await run_goal(
         store, agent_settings, [execute("a", "local", artifact="patches/a.patch")]
     )
     assert goal.status == "done", goal.reason
@@ -313,6 +314,12 @@ async def test_artifact_is_written_once_as_a_recorded_side_effect(
     assert path.read_text() == PATCH
     assert goal.tasks["a"].result["artifact"]["bytes"] == len(PATCH)
     assert list(goal.tasks["a"].effects.values()) == ["completed"]
+    # What the file held before is recorded, for compensation, and kept out of
+    # the task's result (which later prompts quote).
+    [done] = [e for e in events if isinstance(e, SideEffectCompleted)]
+    assert done.result["previous"] == {"existed": False, "content": None,
+                                       "sha256": None}
+    assert "previous" not in goal.tasks["a"].result["artifact"]
 
 
 async def test_an_agent_that_can_write_delivers_the_artifact_through_the_workspace(

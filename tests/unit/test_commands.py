@@ -101,6 +101,16 @@ def test_cancel_fences_open_tasks_claimed_and_ready_first():
         decide_command(done, CancelGoal(goal_id=G), now=NOW, new_id=ids())
 
 
+def test_cancel_records_whether_the_canceller_compensates():
+    s = state_of(SUBMITTED)
+    [(plain, _)] = decide_command(s, CancelGoal(goal_id=G), now=NOW, new_id=ids())
+    [(undo, _)] = decide_command(
+        s, CancelGoal(goal_id=G, compensate=True), now=NOW, new_id=ids()
+    )
+    assert isinstance(plain, ev.GoalCancelled) and not plain.compensate
+    assert isinstance(undo, ev.GoalCancelled) and undo.compensate
+
+
 def test_submit_checks_text_ids_and_dag():
     cmd = SubmitGoal(text="go", limits=Limits(), by="ana",
                      tasks=(TaskSpec(task_id="b", type="t", lane="l", depends_on=("a",)),
