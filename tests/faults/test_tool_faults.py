@@ -52,6 +52,10 @@ class ToolDeployment(Deployment):
             f'base_url = "{base_url}"\n'
             'tools = ["python.*"]\n'
             "max_retries = 0\n"
+            # Goals have a dollar budget: a worker refuses a model it cannot price.
+            '[prices."fake-local"]\n'
+            "input_per_mtok = 0.0\n"
+            "output_per_mtok = 0.0\n"
         )
         self.config = config
 
