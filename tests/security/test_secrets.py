@@ -143,6 +143,7 @@ async def test_no_secret_in_events_logs_or_spans(store, fake, logs):
     telemetry.install(tp, MeterProvider(metric_readers=[InMemoryMetricReader()]))
     s = config.load(env={"BB_LEASE_SECONDS": "5"}, path=None)
     s.redact = PATTERNS
+    s.prices = {"claude-main": {"input_per_mtok": 3.0}, "local-main": {}}
     s.lanes = {
         "frontier": config.LaneSettings(
             provider="anthropic", model="claude-main", base_url=fake.anthropic_base_url
