@@ -312,7 +312,12 @@ class Decider:
                         observed=observed,
                         event_id=f"halted:{goal.goal_id}:{task.task_id}:{task.last_seq}",
                     ),
-                    goal.last_seq,
+                    # Unguarded, as a worker's halt: the hold above is the
+                    # guarded decision, and a halt that lost a race with a
+                    # budget entry would never be decided again (the task is
+                    # held by then). Its id makes a second copy a duplicate,
+                    # and the fold halts only a running goal.
+                    None,
                 ),
             ]
         ruled = self._ruled(goal, task, now)

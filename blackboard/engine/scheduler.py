@@ -110,6 +110,8 @@ class Scheduler:
         self._busy_ids: dict[str, str] = {}
         self._busy: Counter[str] = Counter()
         self._redo_goals: set[str] = set()
+        self._outraced: set[str] = set()
+        """Goals whose goal-level write lost to an event not yet folded."""
         self._unsent: list[codec.WorkItem] = []
         self._next_count = clock()
         self._conflicts: dict[str, tuple[int | None, int]] = {}
@@ -177,8 +179,11 @@ class Scheduler:
                 goals.add(goal_id)
         if isinstance(event, BudgetEntry):
             # A call's reservation: the fold keeps the goal's guard current,
-            # and nothing the scheduler decides depends on it.
-            pass
+            # and nothing the scheduler decides depends on it, unless it is
+            # what made a goal-level write of ours lose its race.
+            if event.goal_id in self._outraced:
+                self._outraced.discard(event.goal_id)
+                goals.add(event.goal_id)
         elif event.task_id is None:
             goals.add(event.goal_id)
             self._trace_goal_end(env)
@@ -359,6 +364,8 @@ class Scheduler:
             # Someone wrote to the task since we folded; their event will
             # arrive and we decide again then.
             self._unhold([event.event_id])
+            if event.task_id is None:
+                self._outraced.add(event.goal_id)
             if self._same_conflict(key, e.actual):
                 await self._give_up(
                     event.goal_id,
