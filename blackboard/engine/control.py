@@ -190,10 +190,18 @@ async def resume(
     by: str = "",
 ) -> GoalState:
     """Raise a halted goal's limits; its held tasks are admitted again."""
-    goal, _ = await handle(
-        store, ResumeGoal(goal_id=goal_id, overrides=dict(overrides), by=by)
-    )
-    return goal
+    cmd = ResumeGoal(goal_id=goal_id, overrides=dict(overrides), by=by)
+    for _ in range(5):
+        try:
+            goal, _ = await handle(store, cmd)
+        except ConfigError as e:
+            if isinstance(e.__cause__, ConcurrencyConflict):
+                # A goal-level event landed meanwhile (a call in flight
+                # settling its budget entry): look again.
+                continue
+            raise
+        return goal
+    raise ConfigError(f"goal {goal_id} kept changing; try again")
 
 
 async def cancel(
