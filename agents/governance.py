@@ -99,7 +99,7 @@ class Governor:
         Applied once, when the conversation starts, so a resumed run sends (and
         finds recorded) exactly the requests the first run did.
         """
-        if not self.rules.rules:
+        if self.rules.allows_all:
             return request
         verdict = policy.evaluate(
             self.rules, await self.facts(ctx, "model", model=request.model)
@@ -132,7 +132,7 @@ class Governor:
                 ``max_tokens`` or ``max_cost_usd``.
         """
         tokens, usd = self.worst_case(model, request)
-        if self.rules.rules or self.rules.default != "allow":
+        if not self.rules.allows_all:
             verdict = policy.evaluate(
                 self.rules,
                 await self.facts(ctx, "model", model=model, estimated_cost_usd=usd),
@@ -178,7 +178,7 @@ class Governor:
             NeedsApproval: A ``require_approval`` rule matches and nobody has
                 answered yet; the task waits, and resumes here.
         """
-        if not self.rules.rules and self.rules.default == "allow":
+        if self.rules.allows_all:
             return None
         verdict = policy.evaluate(
             self.rules, await self.facts(ctx, "tool", tool=tool, effect=effect)

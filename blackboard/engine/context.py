@@ -657,14 +657,6 @@ class LiveTaskContext(BaseTaskContext):
         limits = await self.limits()
         if limits.max_tokens is None and limits.max_cost_usd is None:
             return ""
-        used: dict[str, tuple[int, float]] = {}
-        for env in await self._fresh_events():
-            e = env.event
-            if isinstance(e, ModelCalled) and e.reservation:
-                used[e.reservation] = (
-                    e.tokens_in + e.tokens_cached + e.tokens_out,
-                    e.cost_usd,
-                )
         hold = BudgetHold(
             task_id=self.task_id,
             dispatch=self.dispatch,
@@ -672,7 +664,7 @@ class LiveTaskContext(BaseTaskContext):
             tokens=tokens,
             cost_usd=cost_usd,
         )
-        return await self._ledger().reserve(limits, hold, model, used.get)
+        return await self._ledger().reserve(limits, hold, model, self._used_by)
 
     async def settle(self, reservation: str, used: tuple[int, float] | None) -> None:
         """Settle a reservation (or release it); nothing for an empty id."""
@@ -682,14 +674,18 @@ class LiveTaskContext(BaseTaskContext):
     def _ledger(self) -> Ledger:
         return Ledger(self.store, self.goal_id, self.worker)
 
-    async def _fresh_events(self) -> list[Envelope]:
-        """This task's events as the log has them now (not the cached read)."""
-        return [
-            env
-            async for env in self.store.read(
-                self.store.subjects.task_events(self.goal_id, self.task_id)
-            )
-        ]
+    async def _used_by(self, reservation: str) -> tuple[int, float] | None:
+        """What the call made under ``reservation`` used, by its ``ModelCalled``.
+
+        Read from the log as it is now (not this attempt's cached read): only
+        for a reservation an earlier run left open, which is rare.
+        """
+        scope = self.store.subjects.task_events(self.goal_id, self.task_id)
+        async for env in self.store.read(scope):
+            e = env.event
+            if isinstance(e, ModelCalled) and e.reservation == reservation:
+                return (e.tokens_in + e.tokens_cached + e.tokens_out, e.cost_usd)
+        return None
 
     async def children_events(self, specs: Sequence[TaskSpec]) -> list[TaskCreated]:
         """TaskCreated events for specs spawned by this task, validated."""

@@ -390,7 +390,7 @@ class Decider:
         is admitted there (the fold moves it), one that needs approval waits.
         """
         rules = self.policy.rules
-        if not rules.rules and rules.default == "allow":
+        if rules.allows_all:
             return None
         facts = Facts(
             point="task",

@@ -9,7 +9,6 @@ arithmetic is pure (``engine.budget``); this is the compare-and-set loop.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from blackboard import ids
@@ -19,12 +18,10 @@ from blackboard.errors import ConcurrencyConflict, LogUnavailable
 from blackboard.log.events import BudgetEntry, BudgetHold
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from blackboard.log.events import Limits
     from blackboard.log.ports import EventStore
-
-log = logging.getLogger(__name__)
 
 MAX_TRIES: Final = 64
 """Lost races before giving up: each loss means another entry landed, so a
@@ -72,7 +69,7 @@ class Ledger:
         limits: Limits,
         hold: BudgetHold,
         model: str,
-        recorded: Callable[[str], tuple[int, float] | None],
+        recorded: Callable[[str], Awaitable[tuple[int, float] | None]],
     ) -> str | budget.Refused:
         """Reserve ``hold`` if it fits; its id, or why it does not.
 
@@ -86,7 +83,7 @@ class Ledger:
             totals = await self._totals(last)
             old = budget.stale(totals, hold.task_id, hold.dispatch, hold.attempt)
             if old:
-                use = recorded(old[0])
+                use = await recorded(old[0])
                 entry = budget.settled(self._base(), totals, old[0], use)
             else:
                 refused = budget.check(

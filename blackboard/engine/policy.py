@@ -78,6 +78,11 @@ class PolicySet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     """Where it was read from (``bb.toml``, a ``BB_POLICY`` file): not hashed."""
 
     @property
+    def allows_all(self) -> bool:
+        """No rule and an ``allow`` default: nothing to ask, nothing to record."""
+        return not self.rules and self.default == "allow"
+
+    @property
     def hash(self) -> str:
         """``sha256:`` and 16 hex digits of the normalised content."""
         return content_hash(self)

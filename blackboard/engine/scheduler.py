@@ -186,6 +186,7 @@ class Scheduler:
                 goals.add(event.goal_id)
         elif event.task_id is None:
             goals.add(event.goal_id)
+            self._outraced.discard(event.goal_id)  # decided again now
             self._trace_goal_end(env)
             self._log_goal(event)
         elif isinstance(event, _WAKES):

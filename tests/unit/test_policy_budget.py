@@ -202,3 +202,43 @@ def test_a_lane_whose_model_has_no_price_is_refused_under_a_dollar_budget():
     Agents(s)  # priced: starts
     s.prices, s.limits = {}, Limits(max_cost_usd=None)
     Agents(s)  # no dollar budget: nothing to count
+
+
+async def test_a_reservation_a_dead_run_left_open_is_settled_by_its_recorded_call():
+    from blackboard.engine.ledger import Ledger
+    from blackboard.log.events import BudgetEntry
+    from blackboard.log.memory import MemoryEventStore
+
+    store = MemoryEventStore()
+    ledger = Ledger(store, "G1", "w")
+    limits = Limits(max_cost_usd=1.0)
+    asked: list[str] = []
+
+    async def recorded(reservation: str) -> tuple[int, float] | None:
+        asked.append(reservation)
+        return (120, 0.25)
+
+    first = await ledger.reserve(
+        limits,
+        BudgetHold(task_id="a", attempt=1, tokens=900, cost_usd=0.6),
+        "m",
+        recorded,
+    )
+    assert isinstance(first, str) and asked == []  # nothing stale: nothing read
+    # The worker died before settling; the task's next attempt reserves again.
+    second = await ledger.reserve(
+        limits,
+        BudgetHold(task_id="a", attempt=2, tokens=900, cost_usd=0.6),
+        "m",
+        recorded,
+    )
+    assert isinstance(second, str) and asked == [first]
+    _, last = await ledger.last()
+    assert last is not None and list(last.held) == [second]
+    assert (last.spent_tokens, last.spent_usd) == (120, 0.25)
+    ops = [
+        env.event.op
+        async for env in store.read(store.subjects.kind_filter("budget_entry", "G1"))
+        if isinstance(env.event, BudgetEntry)
+    ]
+    assert ops == ["reserve", "settle", "reserve"]
