@@ -387,7 +387,12 @@ def approve(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Approve (or --deny) a task that waits for a human."""
+    """Approve (or --deny) a task that waits for a human.
+
+    A task stopped inside its run (a tool call or a cost gate the policy
+    sends to a human) resumes where it stopped; a denied tool call is
+    returned to the model as an error and the run goes on without it.
+    """
     from blackboard.engine import control as client
 
     s = settings(config)
@@ -404,9 +409,26 @@ def approve(
     t = run(go())
     verdict = "denied" if deny else "approved"
     if as_json:
-        emit_json({"goal_id": t.goal_id, "task_id": task, "decision": verdict})
+        emit_json(
+            {
+                "goal_id": t.goal_id,
+                "task_id": task,
+                "decision": verdict,
+                "key": t.approval_key,
+                "reason": t.approval_reason,
+            }
+        )
     else:
         typer.echo(f"{verdict} {task} ({t.task_type} on {t.lane}) of goal {t.goal_id}")
+        if t.approval_key:
+            after = (
+                "the run goes on without it"
+                if deny and t.approval_on_deny == "resume"
+                else "the run resumes where it stopped"
+                if not deny
+                else "the task is cancelled"
+            )
+            typer.echo(f"  {t.approval_reason}: {after}")
 
 
 @app.command(rich_help_panel=OPERATE)
