@@ -7,6 +7,8 @@ the ``max_tokens`` it asks for, at the model's price. The reservation is
 refused when what is spent, plus what calls in flight hold, plus this worst
 case would cross a limit: the call is not made. After the call the
 reservation is settled with what was used, or released when no call was made.
+A reservation whose run died without recording its call is forfeited: its
+worst case counts as spent, since the call may have been made and paid for.
 
 The ledger is a chain of ``BudgetEntry`` events, each carrying the running
 totals and written guarded on the one before (see ``engine.ledger``): this
@@ -156,6 +158,29 @@ def settled(
         cost_usd=usd,
         spent_tokens=totals.spent_tokens + tokens,
         spent_usd=round(totals.spent_usd + usd, 9),
+        held=held,
+    )
+
+
+def forfeited(base: dict[str, Any], totals: Totals, reservation: str) -> BudgetEntry:
+    """The entry that counts an abandoned reservation's worst case as spent.
+
+    A run that died holding ``reservation`` with no ``ModelCalled`` recorded
+    may have sent its call, and the provider may have charged for it: no one
+    can know what it used. Counting the worst case keeps the goal under its
+    limits whatever happened; releasing it could let the goal overspend.
+    """
+    hold = (totals.held or {})[reservation]
+    held = dict(totals.held or {})
+    held.pop(reservation)
+    return BudgetEntry(
+        **base,
+        op="forfeit",
+        reservation=reservation,
+        tokens=hold.tokens,
+        cost_usd=hold.cost_usd,
+        spent_tokens=totals.spent_tokens + hold.tokens,
+        spent_usd=round(totals.spent_usd + hold.cost_usd, 9),
         held=held,
     )
 

@@ -652,7 +652,7 @@ class LiveTaskContext(BaseTaskContext):
 
         Nothing is reserved for a goal with neither ``max_tokens`` nor
         ``max_cost_usd``. A reservation an earlier run of this task left open
-        (its worker died) is settled with the call it recorded, or released.
+        (its worker died) is settled with the call it recorded, or forfeited.
         """
         limits = await self.limits()
         if limits.max_tokens is None and limits.max_cost_usd is None:

@@ -75,7 +75,8 @@ class Ledger:
 
         ``recorded`` gives what a reservation's call used by its recorded
         ``ModelCalled`` (None: never recorded): reservations an earlier run of
-        this task left open are settled with it, or released, first.
+        this task left open are settled with it first, or forfeited (their
+        worst case counted as spent: the call may have been made).
         """
         reservation = ids.new_id()
         for _ in range(MAX_TRIES):
@@ -84,7 +85,11 @@ class Ledger:
             old = budget.stale(totals, hold.task_id, hold.dispatch, hold.attempt)
             if old:
                 use = await recorded(old[0])
-                entry = budget.settled(self._base(), totals, old[0], use)
+                entry = (
+                    budget.forfeited(self._base(), totals, old[0])
+                    if use is None
+                    else budget.settled(self._base(), totals, old[0], use)
+                )
             else:
                 refused = budget.check(
                     totals, limits, hold.tokens, hold.cost_usd, model

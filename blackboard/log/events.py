@@ -323,10 +323,11 @@ class BudgetEntry(Event, frozen=True, kw_only=True):
     """
 
     op: str
-    """``reserve``, ``settle`` or ``release``."""
+    """``reserve``, ``settle``, ``release`` (no call was made) or ``forfeit``
+    (a run died holding it with no call recorded: its worst case is spent)."""
     reservation: str
     tokens: int = 0
-    """Reserve: the worst case; settle: what the call used."""
+    """Reserve and forfeit: the worst case; settle: what the call used."""
     cost_usd: float = 0.0
     model: str = ""
     spent_tokens: int = 0

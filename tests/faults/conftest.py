@@ -40,11 +40,12 @@ def fault_report() -> Iterator[None]:
     if not REPORT:
         return
     lines = [
-        "| fault | goals | tasks | side effects | lost | doubled | projection |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| fault | goals | tasks | side effects | lost | doubled | projection "
+        "| also checked |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
         *(
             f"| {r.fault} | {r.goals} | {r.tasks} | {r.effects} | {r.lost} "
-            f"| {r.doubled} | {r.projection} |"
+            f"| {r.doubled} | {r.projection} | {r.checked} |"
             for r in REPORT
         ),
     ]

@@ -171,3 +171,7 @@ async def test_sigkill_mid_conversation_resumes_without_repeating(
     assert report.divergences == [], report.text()
     assert ledger_lines(d.tool_ledger) == ["step-1", "step-2", "step-3"]
     assert d.tracebacks() == []
+    row.checked = (
+        f"killed after {K_CALLS} model and {J_TOOLS} tool calls; only the call in"
+        " flight was sent again; each tool ran once; replay --verify clean"
+    )

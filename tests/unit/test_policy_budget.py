@@ -242,3 +242,29 @@ async def test_a_reservation_a_dead_run_left_open_is_settled_by_its_recorded_cal
         if isinstance(env.event, BudgetEntry)
     ]
     assert ops == ["reserve", "settle", "reserve"]
+
+
+async def test_a_reservation_a_dead_run_left_open_with_no_call_recorded_is_spent():
+    """The call may have reached the provider: its worst case counts as spent."""
+    from blackboard.engine.ledger import Ledger
+    from blackboard.log.memory import MemoryEventStore
+
+    ledger = Ledger(MemoryEventStore(), "G1", "w")
+    limits = Limits(max_cost_usd=1.0)
+
+    async def never(reservation: str) -> tuple[int, float] | None:
+        return None
+
+    dead = BudgetHold(task_id="a", attempt=1, tokens=900, cost_usd=0.4)
+    assert isinstance(await ledger.reserve(limits, dead, "m", never), str)
+    again = BudgetHold(task_id="a", attempt=2, tokens=900, cost_usd=0.4)
+    second = await ledger.reserve(limits, again, "m", never)
+    assert isinstance(second, str)
+    _, last = await ledger.last()
+    assert last is not None and list(last.held) == [second]
+    assert (last.spent_tokens, last.spent_usd) == (900, 0.4)
+    # Spent 0.4 (forfeited) + held 0.4: a third call of 0.4 would cross $1.
+    third = await ledger.reserve(
+        limits, BudgetHold(task_id="b", tokens=900, cost_usd=0.4), "m", never
+    )
+    assert isinstance(third, budget.Refused) and third.observed == pytest.approx(1.2)
