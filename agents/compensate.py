@@ -71,6 +71,7 @@ __all__ = [
     "OnFailure",
     "Step",
     "compensate_goal",
+    "on_failure_by",
 ]
 
 log = logging.getLogger("blackboard.compensate")
@@ -78,8 +79,19 @@ log = logging.getLogger("blackboard.compensate")
 COMPENSABLE = frozenset({"cancelled", "failed"})
 """The goal statuses whose effects may be undone."""
 
-ON_FAILURE = "compensate_on_failure"
-"""Who asks, on the events of a compensation the setting started."""
+ON_FAILURE = "policy on_failure"
+"""How a compensation the policy ordered names itself (``by``), before the
+policy's hash."""
+
+
+def on_failure_by(settings: Settings) -> str:
+    """``by`` of a compensation the policy's ``on_failure`` ordered.
+
+    It names the policy's hash, as every policy decision records which
+    version of which policy said so.
+    """
+    return f"{ON_FAILURE} {settings.policy.hash}"
+
 
 REDACTED = (
     "its recorded result was redacted: undoing from it could act on the wrong thing"
@@ -268,7 +280,7 @@ async def compensate_goal(
 
 
 class OnFailure:
-    """``[tools] compensate_on_failure``: compensates each goal that fails.
+    """``[policy] on_failure = "compensate"``: compensates each goal that fails.
 
     What ``bb up`` hands the runtime (``inprocess.running(compensator=...)``);
     the report goes to the log, a line per step that did not simply undo.
@@ -286,7 +298,11 @@ class OnFailure:
     async def compensate(self, goal_id: str) -> None:
         """Compensate a goal that failed; say what is left to a human."""
         report = await compensate_goal(
-            self.store, self.settings, goal_id, by=ON_FAILURE, toolbox=self.toolbox
+            self.store,
+            self.settings,
+            goal_id,
+            by=on_failure_by(self.settings),
+            toolbox=self.toolbox,
         )
         if report.nothing_to_do:
             return

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agents.compensate import ON_FAILURE, CompensationReport, compensate_goal
+from agents.compensate import CompensationReport, compensate_goal, on_failure_by
 from agents.handlers import Agents
 from agents.report import Usage, lane_kinds, usage_by_lane_model, usage_json
 from agents.toolbox import with_demo_tools, workspace_of
@@ -51,7 +51,7 @@ class Outcome:
     workspace: str = ""
     """The goal's workspace directory as this process sees it (may not exist)."""
     compensation: CompensationReport | None = None
-    """What ``[tools] compensate_on_failure`` undid of a goal that failed here."""
+    """What ``[policy] on_failure = "compensate"`` undid of a goal that failed here."""
 
     def as_json(self) -> dict[str, Any]:
         """The outcome as JSON-able data."""
@@ -131,12 +131,12 @@ async def drive(
             if (
                 in_process
                 and goal.status == "failed"
-                and settings.tools.compensate_on_failure
+                and settings.policy.compensates_failures
             ):
                 # The engine ran here, so the workspace is here: undo now, and
                 # show it with the outcome. A deployment's bb up does its own.
                 compensation = await compensate_goal(
-                    store, settings, event.goal_id, by=ON_FAILURE
+                    store, settings, event.goal_id, by=on_failure_by(settings)
                 )
             envs = [env async for env in store.read_goal(event.goal_id)]
             if running is not None and running.projector is not None:

@@ -129,7 +129,7 @@ async def _up(
 
     async with runtime.open_store(s, url, name="bb-up") as store:
         # Only the bb up that runs the scheduler compensates: one a deployment.
-        compensate = scheduler and s.tools.compensate_on_failure
+        compensate = scheduler and s.policy.compensates_failures
         async with stack.running(
             store,
             s,

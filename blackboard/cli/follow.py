@@ -160,7 +160,7 @@ def _print_outcome(outcome: Any, *, demo: bool) -> None:
         where = f"; {files} file(s) in its workspace: {written}" if files else ""
         typer.echo(f"the agents made {outcome.tool_calls} tool call(s){where}")
     if outcome.compensation is not None:
-        typer.echo("compensated ([tools] compensate_on_failure):")
+        typer.echo('compensated ([policy] on_failure = "compensate"):')
         for line in outcome.compensation.lines() or ["nothing to undo"]:
             typer.echo(f"  {line}")
     typer.echo(f"replay it: {me()} replay {goal.goal_id}")

@@ -29,6 +29,14 @@ def show(as_json: JsonOpt = False) -> None:
         return
     typer.echo(f"policy {described['hash']} from {described['source']}")
     typer.echo(f"default: {rules.default}")
+    typer.echo(
+        "on failure: "
+        + (
+            "compensate (a failed goal's reversible effects are undone)"
+            if rules.compensates_failures
+            else "keep (effects stay until bb compensate)"
+        )
+    )
     if not rules.rules:
         typer.echo("no rules")
     for i, rule in enumerate(described["rules"], 1):

@@ -33,6 +33,7 @@ from blackboard.errors import ConfigError
 
 Decision = Literal["allow", "deny", "require_approval", "allow_with"]
 Point = Literal["task", "model", "tool"]
+OnFailure = Literal["keep", "compensate"]
 
 DECISIONS: Final = ("allow", "deny", "require_approval", "allow_with")
 _TOOL_ONLY: Final = ("tool", "effect")
@@ -74,6 +75,9 @@ class PolicySet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     default: Decision = "allow"
     rules: list[Rule] = msgspec.field(default_factory=list)
+    on_failure: OnFailure = "keep"
+    """What becomes of a failed goal's reversible effects: ``keep`` them (until
+    someone runs ``bb compensate``) or ``compensate`` them at once."""
     source: str = ""
     """Where it was read from (``bb.toml``, a ``BB_POLICY`` file): not hashed."""
 
@@ -81,6 +85,11 @@ class PolicySet(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     def allows_all(self) -> bool:
         """No rule and an ``allow`` default: nothing to ask, nothing to record."""
         return not self.rules and self.default == "allow"
+
+    @property
+    def compensates_failures(self) -> bool:
+        """Whether a failed goal's reversible effects are undone at once."""
+        return self.on_failure == "compensate"
 
     @property
     def hash(self) -> str:
@@ -132,10 +141,15 @@ class Verdict:
 
 def content_hash(policy: PolicySet) -> str:
     """The hash of what a policy says, not of how its file is written."""
-    body = msgspec.json.encode(
-        {"default": policy.default, "rules": msgspec.to_builtins(policy.rules)},
-        order="sorted",
-    )
+    said: dict[str, Any] = {
+        "default": policy.default,
+        "rules": msgspec.to_builtins(policy.rules),
+    }
+    if policy.on_failure != "keep":
+        # Only when set: a policy that keeps effects hashes as it did before
+        # on_failure existed, so the hashes older logs recorded still match.
+        said["on_failure"] = policy.on_failure
+    body = msgspec.json.encode(said, order="sorted")
     return "sha256:" + hashlib.sha256(body).hexdigest()[:16]
 
 
@@ -296,6 +310,7 @@ def describe(policy: PolicySet) -> dict[str, Any]:
         "source": policy.source or "built-in (no policy configured)",
         "hash": policy.hash,
         "default": policy.default,
+        "on_failure": policy.on_failure,
         "rules": [_plain(msgspec.to_builtins(r)) for r in policy.rules],
     }
 

@@ -124,11 +124,6 @@ class ToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Seconds any one tool call may take; past it the call fails (recorded,
     and the model is told), so a hung tool holds its task, not a worker slot
     for ever."""
-    compensate_on_failure: bool = False
-    """Undo a goal's reversible effects as soon as it fails, as ``bb
-    compensate`` would, in the process that runs the scheduler here (``bb
-    up``; ``bb run`` and ``bb demo`` running their own engine). Off, a failed
-    goal's effects stay until someone runs ``bb compensate``."""
 
 
 class ApprovalSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -292,6 +287,11 @@ def load(
     base.pop("policy", None)
     rules = _policy(data, file, env)
     base = _merge(base, _env_overrides(env))
+    if "compensate_on_failure" in base.get("tools", {}):
+        raise ConfigError(
+            "[tools] compensate_on_failure is now part of the policy: [policy]"
+            ' on_failure = "compensate"'
+        )
     try:
         settings = msgspec.convert(base, Settings)
     except msgspec.ValidationError as e:

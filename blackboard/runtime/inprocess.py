@@ -153,7 +153,7 @@ async def running(
     ``queue`` and ``lock`` default to the ones beside ``store``
     (``store.work_queue()``, ``store.leader_lock(...)``). With a
     ``compensator``, every goal that fails meanwhile is compensated
-    (``[tools] compensate_on_failure``: see :func:`compensate_failures`).
+    (``[policy] on_failure = "compensate"``: see :func:`compensate_failures`).
 
     If a component dies, the others are stopped, the block is interrupted and
     ComponentFailed is raised naming it: a command never goes on (or exits 0)

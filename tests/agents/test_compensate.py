@@ -21,6 +21,7 @@ from agents.toolbox import Toolbox, artifacts_of, workspace_of
 from agents.tools.registry import Invocation
 from agents.tools.workspace import previous_of
 from blackboard.engine import control as client
+from blackboard.engine import policy
 from blackboard.engine import submission as service
 from blackboard.engine.handlers import BUILTIN
 from blackboard.errors import ConfigError
@@ -323,7 +324,7 @@ async def test_an_open_or_done_goal_is_refused_and_nothing_says_so(
     assert report.nothing_to_do and report.clean and report.lines() == []
 
 
-# --- [tools] compensate_on_failure --------------------------------------------
+# --- [policy] on_failure = "compensate" ----------------------------------------
 
 
 async def test_a_goal_that_fails_is_compensated_by_the_engine_s_process(
@@ -363,7 +364,7 @@ async def test_a_goal_that_fails_is_compensated_by_the_engine_s_process(
         path=None,
     )
     s.tools.python = ["tests.agents.pytools:add"]
-    s.tools.compensate_on_failure = True
+    s.policy = policy.parse({"on_failure": "compensate"}, source="test")
     store = MemoryEventStore()
     agents = Agents(s)
     spec = ev.TaskSpec(
@@ -403,6 +404,6 @@ async def test_a_goal_that_fails_is_compensated_by_the_engine_s_process(
         await agents.aclose()
     assert files(workspace) == {"a.txt": "A0"}
     assert [(type(e).__name__, e.by) for e in found] == [
-        ("CompensationNeeded", ON_FAILURE),
-        ("EffectCompensated", ON_FAILURE),
+        ("CompensationNeeded", f"{ON_FAILURE} {s.policy.hash}"),
+        ("EffectCompensated", f"{ON_FAILURE} {s.policy.hash}"),
     ]

@@ -265,7 +265,7 @@ async def test_cancel_compensate_restores_the_workspace_in_reverse_order(
 def test_bb_run_compensates_a_goal_that_failed_when_configured(
     cli_env: dict[str, str], tmp_path: Path
 ):
-    """`[tools] compensate_on_failure`: `bb run` running its own engine undoes."""
+    """`[policy] on_failure`: `bb run` running its own engine undoes."""
     plan = {
         "tasks": [
             {
@@ -298,7 +298,7 @@ def test_bb_run_compensates_a_goal_that_failed_when_configured(
     script = tmp_path / "script.json"
     script.write_text(json.dumps({"rules": rules}))
     settings = tmp_path / "bb.toml"
-    settings.write_text("[tools]\ncompensate_on_failure = true\n")
+    settings.write_text('[policy]\non_failure = "compensate"\n')
     env = dict(cli_env, BB_SCRIPTED="1", BB_SCRIPT=str(script), BB_CONFIG=str(settings))
     r = bb(["run", "make a file", "--with-workers", "--json"], env, timeout=120)
     assert r.returncode == 1, r.stderr  # the goal failed

@@ -227,7 +227,7 @@ async def test_two_approvals_across_a_worker_sigkill_and_a_scheduler_failover(
     calls = [e.event for e in envs if isinstance(e.event, ModelCalled)]
     assert len(calls) == 4
     resumed = [c for c in calls if len(c.request["messages"]) > 1]
-    assert sorted(c.task_id for c in resumed) == ["a", "b"]
+    assert sorted(c.task_id or "" for c in resumed) == ["a", "b"]
     assert all(c.request["messages"][-1].get("tool_results") for c in resumed)
     finished = {
         e.event.task_id: e.event for e in envs if isinstance(e.event, ToolCallFinished)
@@ -307,7 +307,7 @@ async def test_a_worker_killed_holding_a_reservation_cannot_let_a_goal_overspend
                     lambda: len(openai_requests(fake)) >= 2, what="two calls in flight"
                 )
                 reserved = [e for e in await entries() if e.op == "reserve"]
-                holders = {e.actor for e in reserved}
+                holders = {e.actor for e in reserved if e.actor}
                 victim = names[sorted(holders)[0]]
                 d.signal(victim, signal.SIGKILL)
                 release.set()

@@ -118,6 +118,7 @@ def test_the_hash_is_of_the_meaning_not_the_formatting():
             "twice",
         ),
         ('default = "sometimes"', "default"),
+        ('on_failure = "undo"', "on_failure"),
     ],
 )
 def test_a_bad_policy_is_refused_naming_what_is_wrong(text, message):
@@ -141,6 +142,18 @@ def test_bb_policy_names_a_file_that_replaces_the_config_files(tmp_path):
     )
     with pytest.raises(ConfigError, match="'gpu' is not a configured lane"):
         config.load(tmp_path / "bad.toml", env={})
+
+
+def test_on_failure_is_part_of_the_policy_and_of_its_hash(tmp_path):
+    keep = rules()
+    undo = rules(RULES.replace("[[rules]]", 'on_failure = "compensate"\n[[rules]]', 1))
+    assert (keep.compensates_failures, undo.compensates_failures) == (False, True)
+    assert undo.hash != keep.hash
+    assert policy.describe(undo)["on_failure"] == "compensate"
+    # The setting's old place says where it went.
+    (tmp_path / "bb.toml").write_text("[tools]\ncompensate_on_failure = true\n")
+    with pytest.raises(ConfigError, match='on_failure = "compensate"'):
+        config.load(tmp_path / "bb.toml", env={})
 
 
 PRICE = Price(input_per_mtok=3.0, output_per_mtok=15.0)
