@@ -569,6 +569,15 @@ def render_html(trace: Trace) -> str:
         f'<span style="background:{c}">{html.escape(s)}</span>'
         for s, c in _COLOURS.items()
     )
+    undo = ""
+    if trace.compensations:
+        lines = "\n".join(
+            _compensation_line(c, full=False).strip() for c in trace.compensations
+        )
+        undo = (
+            '<h3 id="compensation">compensation (newest effect first)</h3>'
+            f"<pre>{html.escape(lines)}</pre>"
+        )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(goal)} — bb replay</title>
 <style>
@@ -587,7 +596,7 @@ pre{{white-space:pre-wrap;background:#f4f4f6;padding:6px;border-radius:4px}}
 {chr(10).join(nodes)}
 </svg></div>
 <div id="side"><p>Goal <b>{html.escape(trace.goal_id)}</b>: {len(trace.tasks)} tasks,
-{trace.tokens:,} tokens, ${trace.cost_usd:.6f}. Click a task to see its attempts and model calls.</p></div>
+{trace.tokens:,} tokens, ${trace.cost_usd:.6f}. Click a task to see its attempts and model calls.</p>{undo}</div>
 <script type="application/json" id="trace">{data}</script>
 <script>
 const trace = JSON.parse(document.getElementById("trace").textContent);
@@ -626,6 +635,9 @@ function show(id) {{
     for (const f of a.effects) h += `<p>effect ${{esc(f.name)}}: ${{esc(f.status)}}</p>`;
   }}
   if (t.result !== null) h += `<h3>result</h3><pre>${{esc(JSON.stringify(t.result, null, 1))}}</pre>`;
+  const undone = (trace.compensations || []).filter(c => c.task_id === id);
+  if (undone.length) h += `<h3>compensation</h3>` + undone.map(c =>
+    `<p>${{esc(c.outcome)}} ${{esc(c.name)}}${{c.effect ? ` (${{esc(c.effect)}})` : ""}} by ${{esc(c.by)}}</p><pre>${{esc(clip(JSON.stringify(c.detail)))}}</pre>`).join("");
   document.getElementById("side").innerHTML = h;
 }}
 document.querySelectorAll(".node").forEach(n => n.addEventListener("click", () => show(n.dataset.task)));

@@ -7,7 +7,11 @@ kind of compensation record on T1.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from typing import Any
+
+import pytest
 
 from blackboard.engine.state import BoardState, evolve
 from blackboard.log import events as ev
@@ -85,6 +89,16 @@ def test_replay_lists_the_steps_after_the_tree_in_stream_order():
     ]
     assert doc["compensations"][1]["detail"] == {"path": "b.py", "action": "restored"}
     json.loads(render.render_json(trace))  # stays valid, sorted JSON
+    # The page lists them under the goal, and each task's panel has its own.
+    page = render.render_html(trace)
+    listed = page.split('<h3 id="compensation">')[1].split("</pre>")[0]
+    assert listed.count("workspace.write") == 2 and "needs a human shell.run" in listed
+    assert "trace.compensations || []" in page
+
+
+def test_a_page_never_compensated_has_no_section():
+    envs = [Envelope(i, "s", e) for i, e in enumerate(h.events(), 1)]
+    assert 'id="compensation"' not in render.render_html(build_trace(envs))
 
 
 def test_a_goal_never_compensated_has_no_section_and_no_key():
@@ -139,3 +153,35 @@ def test_the_projection_has_a_row_per_step(tmp_path):
         t.task_id: t.status for t in before.goals[h.GOAL].tasks.values()
     }
     assert state.anomalies == []
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium")
+def test_a_task_s_panel_shows_its_compensations_in_chromium(tmp_path):
+    """The page's script runs in a real browser: a click on T1 (here, a call
+    of the page's own show()) lists what was undone of it."""
+    page = render.render_html(build_trace(compensated()))
+    page = page.replace(
+        "</script></body>", "show('T1');</script></body>"
+    )  # what a click on the T1 box does
+    path = tmp_path / "page.html"
+    path.write_text(page)
+    dom = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    panel = dom.split('<div id="side">')[1]
+    assert "<h3>compensation</h3>" in panel
+    assert "needs_human shell.run (irreversible) by ana" in panel
+    assert "<p>undone workspace.write by ana</p>" in panel
+    assert "<p>failed workspace.write by ana</p>" in panel
