@@ -304,17 +304,31 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", help="Redraw as the goal moves, until it ends.")
     ] = False,
+    lanes: Annotated[
+        bool,
+        typer.Option(
+            "--lanes", help="Each lane's window: in flight, waiting, by tenant."
+        ),
+    ] = False,
+    tenant: Annotated[
+        str | None, typer.Option(help="Only this tenant's goals (and lane shares).")
+    ] = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Show a goal's DAG with statuses and counts (or list every goal)."""
     from blackboard.runtime import connection as runtime
 
+    if goal is not None and (lanes or tenant is not None):
+        fail("--lanes and --tenant are for every goal: give no goal id", 2)
     s = settings(config)
     try:
         # Offline too: the data dir's log is served for the command's length.
         with runtime.log_server(s) as url:
-            run(_status(s, url, goal, watch, as_json))
+            if lanes:
+                run(_lanes(s, url, tenant, as_json))
+            else:
+                run(_status(s, url, goal, watch, as_json, tenant))
     except BlackboardError as e:
         fail(str(e))
 
@@ -325,6 +339,7 @@ async def _status(
     goal_id: str | None,
     watch: bool,
     as_json: bool,
+    tenant: str | None = None,
 ) -> None:
     from blackboard.cli import display
     from blackboard.engine import control as client
@@ -332,7 +347,11 @@ async def _status(
 
     async with runtime.open_store(s, url, name="bb-status") as store:
         if goal_id is None:
-            goals = await client.goals(store)
+            goals = [
+                g
+                for g in await client.goals(store)
+                if tenant is None or g.submitted.tenant == tenant
+            ]
             if as_json:
                 emit_json([display.goal_json(g, tasks=False) for g in goals])
             elif not goals:
@@ -349,6 +368,50 @@ async def _status(
                 typer.echo("\n".join(display.goal_tree(goal)))
             return
         await _watch(store, goal_id, as_json)
+
+
+async def _lanes(
+    s: config_mod.Settings, url: str, tenant: str | None, as_json: bool
+) -> None:
+    """Each lane's window as the log shows it now."""
+    from blackboard.engine import control as client
+    from blackboard.engine.dispatch import lane_loads
+    from blackboard.runtime import connection as runtime
+    from blackboard.runtime.inprocess import policy_from
+
+    policy = policy_from(s)
+    async with runtime.open_store(s, url, name="bb-status") as store:
+        loads = lane_loads(await client.goals(store), policy.window)
+    rows: list[dict[str, Any]] = [
+        {
+            "lane": load.lane,
+            "window": load.window,
+            "in_flight": load.in_flight,
+            "waiting": load.waiting,
+            "tenants": {
+                t: {"in_flight": f, "waiting": w, "weight": policy.weights.get(t, 1.0)}
+                for t, (f, w) in load.tenants.items()
+                if tenant is None or t == tenant
+            },
+        }
+        for load in loads
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        typer.echo("no task is in flight or waiting")
+    for row in rows:
+        window = row["window"] or "no window"
+        typer.echo(
+            f"{row['lane']:<10} {row['in_flight']:>6} in flight (window {window}),"
+            f" {row['waiting']:>6} waiting"
+        )
+        for t, share in row["tenants"].items():
+            typer.echo(
+                f"  {t:<16} {share['in_flight']:>6} in flight {share['waiting']:>6}"
+                f" waiting  weight {share['weight']:g}"
+            )
 
 
 async def _watch(store: Any, goal_id: str, as_json: bool) -> None:

@@ -33,7 +33,7 @@ from blackboard.log.events import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
     from datetime import datetime
 
 ROOT_TASK = "plan"
@@ -52,6 +52,18 @@ class Policy:
     """Configured lanes; a task on another lane fails at admission. Empty: any."""
     rules: PolicySet = ALLOW_ALL
     """The policy (``engine.policy``), asked at every admission."""
+    windows: Mapping[str, int] = field(default_factory=dict)
+    """Each lane's window (``engine.dispatch``); 0: none."""
+    default_window: int = 64
+    """The window of a lane not in ``windows``."""
+    aging_s: float = 60.0
+    """Seconds of waiting worth one level of priority."""
+    weights: Mapping[str, float] = field(default_factory=dict)
+    """Tenants' weights (absent: 1)."""
+
+    def window(self, lane: str) -> int:
+        """How many of ``lane``'s tasks may be ready or running at once."""
+        return self.windows.get(lane, self.default_window)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from blackboard import ids, telemetry
 from blackboard.engine.decide import Append, AppendBatch, Decider, Dispatch
-from blackboard.engine.state import BoardState, TaskState, evolve
+from blackboard.engine.dispatch import Offer, ReadySet, rank
+from blackboard.engine.state import BoardState, GoalState, TaskState, evolve
 from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
@@ -73,6 +77,12 @@ _MAX_SAME_CONFLICT = 20
 # Goal events after which a goal's root span is written.
 _GOAL_ENDS = (GoalCompleted, GoalFailed, GoalCancelled, GoalHalted)
 
+_IN_FLIGHT = ("ready", "claimed")
+"""Statuses that take a slot of their lane's window."""
+
+_OFFERABLE = ("pending", "needs_followup")
+"""Statuses a task is dispatched from."""
+
 
 class Scheduler:
     """The one active scheduler of a deployment (others wait as standbys).
@@ -117,6 +127,13 @@ class Scheduler:
         self._conflicts: dict[str, tuple[int | None, int]] = {}
         self._dead: set[str] = set()
         """Goals that cannot even record their failure: never decided again."""
+        self._ready: ReadySet[Dispatch] = ReadySet()
+        """Work decided on but held back by its lane's window."""
+        self._flight: dict[str, Counter[str]] = {}
+        """Tasks ready or running, by lane, then tenant (from the fold)."""
+        self._dispatching: dict[str, tuple[str, str, str, str]] = {}
+        """(lane, tenant, goal, task) of each TaskReady being written: it takes
+        its slot before the fold shows the task ready."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lead when possible, until ``stop`` is set."""
@@ -140,8 +157,11 @@ class Scheduler:
         self.state = BoardState()
         self._busy_ids.clear()
         self._busy.clear()
+        self._ready = ReadySet()
+        self._dispatching.clear()
         async for env in self.store.read():
             evolve(self.state, env)
+        self._count_flight()
         await self._reconcile()
         batches = self.store.follow_batches(from_seq=self.state.last_seq + 1)
         async with contextlib.aclosing(batches):
@@ -155,7 +175,7 @@ class Scheduler:
                     self._observe(env, goals, tasks)
                 if self._unsent:
                     await self._send_work(self._unsent)
-                if goals or tasks:
+                if goals or tasks or self._ready.lanes():
                     await self._step(goals, tasks)
                 tm = telemetry.get()
                 if tm.meter is not None and self.clock() >= self._next_count:
@@ -165,8 +185,16 @@ class Scheduler:
     def _observe(
         self, env: Envelope, goals: set[str], tasks: set[tuple[str, str]]
     ) -> None:
+        before = self._slot(env.event)
         evolve(self.state, env)
         event = env.event
+        self._dispatching.pop(event.event_id, None)
+        after = self._slot(event)
+        if before != after:
+            if before is not None:
+                self._flight[before[0]][before[1]] -= 1
+            if after is not None:
+                self._flight.setdefault(after[0], Counter())[after[1]] += 1
         key = self._busy_ids.pop(event.event_id, None)
         if key is not None and self._release(key):
             # Events that arrived while the key was busy were not decided on
@@ -194,6 +222,44 @@ class Scheduler:
         elif (g := self.state.goals.get(event.goal_id)) and g.status == "cancelled":
             # Anything a task of a cancelled goal does is a reason to fence it.
             tasks.add((event.goal_id, event.task_id))
+
+    def _slot(self, event: Event) -> tuple[str, str] | None:
+        """(lane, tenant) whose window the event's task takes now, if any."""
+        if event.task_id is None:
+            return None
+        goal = self.state.goals.get(event.goal_id)
+        task = goal.tasks.get(event.task_id) if goal is not None else None
+        if goal is None or task is None or task.status not in _IN_FLIGHT:
+            return None
+        return (task.lane, goal.submitted.tenant)
+
+    def _count_flight(self) -> None:
+        """Tasks in flight by lane and tenant, from the whole fold (at a start)."""
+        self._flight = {}
+        for goal in self.state.goals.values():
+            for task in goal.tasks.values():
+                if task.status in _IN_FLIGHT:
+                    lane = self._flight.setdefault(task.lane, Counter())
+                    lane[goal.submitted.tenant] += 1
+
+    def in_flight(self, lane: str) -> Counter[str]:
+        """Tasks taking a slot of ``lane``'s window, by tenant."""
+        counts = Counter(self._flight.get(lane, Counter()))
+        for event_id, (sent_lane, tenant, goal_id, task_id) in list(
+            self._dispatching.items()
+        ):
+            goal = self.state.goals.get(goal_id)
+            task = goal.tasks.get(task_id) if goal is not None else None
+            if task is None or task.status not in _OFFERABLE:
+                # Read back (or refused, or moved on): the fold counts it now.
+                del self._dispatching[event_id]
+            elif sent_lane == lane:
+                counts[tenant] += 1
+        return +counts
+
+    def waiting(self, lane: str) -> int:
+        """Tasks of ``lane`` decided on and held back by its window."""
+        return self._ready.waiting(lane)
 
     def _log_goal(self, event: Event) -> None:
         """A line per goal that arrives or ends (live events only)."""
@@ -272,7 +338,15 @@ class Scheduler:
             goals = goals - self._dead
             tasks = {k for k in tasks if k[0] not in self._dead}
         busy = {k for k, n in self._busy.items() if n > 0}
-        actions = self.decider.decide(self.state, goals, tasks, self.clock(), busy)
+        now = self.clock()
+        decided = self.decider.decide(self.state, goals, tasks, now, busy)
+        actions: list[Append | AppendBatch | Dispatch] = []
+        for action in decided:
+            if isinstance(action, Dispatch):
+                self._ready.offer(self._offer(action))
+            else:
+                actions.append(action)
+        actions.extend(self._take(busy, now))
         if not actions:
             return
         by_goal: dict[str, list[AppendBatch]] = {}
@@ -292,6 +366,71 @@ class Scheduler:
         if work:
             await self._send_work(work)
 
+    def _offer(self, action: Dispatch) -> Offer[Dispatch]:
+        goal = self.state.goals[action.ready.goal_id]
+        task = goal.tasks[action.ready.task_id or ""]
+        priority = goal.submitted.priority + task.priority
+        return Offer(
+            key=(goal.goal_id, task.task_id),
+            lane=action.lane,
+            tenant=goal.submitted.tenant,
+            rank=rank(
+                _eligible_since(goal, task), priority, self.decider.policy.aging_s
+            ),
+            tie=f"{goal.goal_id}{task.ordinal:09d}",
+            action=action,
+        )
+
+    def _take(self, busy: set[str], now: datetime) -> list[Dispatch]:
+        """The offers each lane's window has room for, best first.
+
+        An offer whose task moved since (its goal halted or cancelled, the
+        task decided otherwise) is dropped: whatever moved it was decided on.
+        """
+        policy = self.decider.policy
+        taken: list[Dispatch] = []
+        for lane in self._ready.lanes():
+            window = policy.window(lane)
+            while True:
+                flight = self.in_flight(lane)
+                sent = sum(1 for a in taken if a.lane == lane)
+                free = (
+                    self._ready.waiting(lane)
+                    if window <= 0
+                    else window - sum(flight.values()) - sent
+                )
+                if free <= 0:
+                    break
+                for a in taken:
+                    if a.lane == lane:
+                        flight[self._tenant(a)] += 1
+                offers = self._ready.take(
+                    lane, free, flight, policy.weights, policy.aging_s
+                )
+                if not offers:
+                    break
+                for o in offers:
+                    if self._current(o.action, busy):
+                        ready = msgspec.structs.replace(o.action.ready, at=now)
+                        taken.append(dataclasses.replace(o.action, ready=ready))
+        return taken
+
+    def _tenant(self, action: Dispatch) -> str:
+        return self.state.goals[action.ready.goal_id].submitted.tenant
+
+    def _current(self, action: Dispatch, busy: set[str]) -> bool:
+        """Whether the task is still as it was when the dispatch was decided."""
+        goal = self.state.goals.get(action.ready.goal_id)
+        if goal is None or goal.status != "running" or goal.goal_id in busy:
+            return False
+        task = goal.tasks.get(action.ready.task_id or "")
+        return (
+            task is not None
+            and task.status in _OFFERABLE
+            and task.last_seq == action.expect
+            and f"{goal.goal_id}:{task.task_id}" not in busy
+        )
+
     def _hold(self, key: str, event_ids: list[str]) -> None:
         for event_id in event_ids:
             self._busy_ids[event_id] = key
@@ -307,6 +446,7 @@ class Scheduler:
 
     def _unhold(self, event_ids: list[str]) -> None:
         for event_id in event_ids:
+            self._dispatching.pop(event_id, None)  # a dispatch not written
             key = self._busy_ids.pop(event_id, None)
             if key is not None:
                 self._release(key)
@@ -355,6 +495,14 @@ class Scheduler:
             else f"{event.goal_id}:{event.task_id}"
         )
         self._hold(key, [event.event_id])
+        if isinstance(action, Dispatch):
+            goal = self.state.goals[event.goal_id]
+            self._dispatching[event.event_id] = (
+                action.lane,
+                goal.submitted.tenant,
+                event.goal_id,
+                event.task_id or "",
+            )
         try:
             seq = await self.store.append(event, expect=action.expect)
         except InvalidEvent as e:
@@ -441,6 +589,16 @@ class Scheduler:
                 self._unsent.append(item)
 
         await asyncio.gather(*(one(i) for i in items))
+
+
+def _eligible_since(goal: GoalState, task: TaskState) -> datetime:
+    """When the task could first run: created, and what it waits for done."""
+    times = [task.created_at]
+    for other in (*task.depends_on, *task.waiting_on):
+        done = goal.tasks.get(other)
+        if done is not None and done.finished_at is not None:
+            times.append(done.finished_at)
+    return max(times)
 
 
 def _work_item(

@@ -83,6 +83,12 @@ class LaneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_tokens: int | None = None
     """A cap on every call's ``max_tokens`` on this lane (a small model's
     context, or its speed); a prompt asking for fewer keeps its own."""
+    window: int = 64
+    """Tasks of this lane the scheduler lets be ready or running at once; the
+    rest wait in its ready set, where priority, age and tenant decide what
+    goes next (``engine.dispatch``). Set it near the lane's workers' total
+    concurrency: what is beyond it waits in the lane's queue in FIFO order.
+    0: no window (everything ready goes out at once)."""
 
 
 class McpServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -141,6 +147,8 @@ class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
     lock_ttl_s: float = 10.0
+    aging_s: float = 60.0
+    """Seconds of waiting that raise a ready task's priority by one."""
 
 
 def _default_lanes() -> dict[str, LaneSettings]:
@@ -155,6 +163,13 @@ def _default_lanes() -> dict[str, LaneSettings]:
             concurrency=16,
         ),
     }
+
+
+class TenantSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One tenant's share of the fleet."""
+
+    weight: float = 1.0
+    """Its share of each lane against other tenants' (2 gets twice 1's)."""
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -177,6 +192,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     script: str | None = None
     redact: list[str] = msgspec.field(default_factory=list)
     tools: ToolSettings = msgspec.field(default_factory=ToolSettings)
+    tenants: dict[str, TenantSettings] = msgspec.field(default_factory=dict)
+    """``[tenants.<name>]``: weights; a tenant not named weighs 1."""
     policy: PolicySet = ALLOW_ALL
     """``[policy]`` of the file, or the file ``$BB_POLICY`` names."""
 
@@ -316,6 +333,16 @@ def load(
                 f"[lanes.{lane}] escalate_to = {target!r}: name another"
                 f" configured lane ({others})"
             )
+        if lane_settings.window < 0:
+            raise ConfigError(
+                f"[lanes.{lane}] window = {lane_settings.window}: give 0 (no"
+                " window) or how many tasks may be in flight at once"
+            )
+    for name, tenant in settings.tenants.items():
+        if not tenant.weight > 0:
+            raise ConfigError(f"[tenants.{name}] weight must be above 0")
+    if not settings.engine.aging_s > 0:
+        raise ConfigError("[engine] aging_s must be above 0 seconds")
     for name, server in settings.tools.mcp.items():
         # A server's name is the first part of its tools' names.
         try:

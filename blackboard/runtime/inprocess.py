@@ -39,6 +39,9 @@ def policy_from(settings: Settings) -> Policy:
         max_attempts=settings.engine.max_attempts,
         lanes=frozenset(settings.lanes),
         rules=settings.policy,
+        windows={name: lane.window for name, lane in settings.lanes.items()},
+        aging_s=settings.engine.aging_s,
+        weights={name: t.weight for name, t in settings.tenants.items()},
     )
 
 

@@ -1,0 +1,233 @@
+"""Which ready work goes out now: lane windows, aged priorities, tenants. Pure.
+
+The scheduler does not put every task whose dependencies are done on its
+lane's queue: a queue is first in, first out, and what is in it can no longer
+be reordered. It keeps them here as *offers* and releases to each lane only as
+many as the lane's window has room for (tasks ready or running on it), so
+what runs next is decided when a slot frees, among everything waiting then.
+
+Order. A task's effective priority is its goal's priority plus its own, plus
+one for every ``aging_s`` seconds it has been waiting (since it became
+eligible: created, and its dependencies done). Both terms grow at the same
+rate for every task, so the order never changes while tasks wait, and it is a
+fixed rank: ``eligible_since - priority * aging_s``, smallest first. The bound
+this gives: a task of priority ``p`` goes before any task of priority ``P``
+that became eligible more than ``(P - p) * aging_s`` seconds after it.
+
+Tenants. Among the offers whose effective priority is within one level of the
+best (ranks within ``aging_s`` of it), the next slot goes to the tenant with
+the fewest tasks in flight on the lane for its weight: ``(in_flight + 1) /
+weight``, smallest first. Saturating a lane, tenants of weights 2 and 1 hold
+its slots two to one. Everything here is computed from the log's fold (in
+flight, eligible since) and the configuration, so a scheduler that takes over
+decides as the last one would have.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+    from datetime import datetime
+
+    from blackboard.engine.state import GoalState, TaskState
+
+T = TypeVar("T")
+
+Key = tuple[str, str]
+"""(goal id, task id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Offer(Generic[T]):
+    """A task ready to go out, and what sending it takes (``action``)."""
+
+    key: Key
+    lane: str
+    tenant: str
+    rank: float
+    """``eligible_since - priority * aging_s`` in seconds: smallest goes first."""
+    tie: str
+    """Submission order among equal ranks (goal ULID, then the task's ordinal)."""
+    action: T
+
+
+def rank(eligible_since: datetime, priority: int, aging_s: float) -> float:
+    """The fixed rank of a task: its effective priority, ordered."""
+    return eligible_since.timestamp() - priority * aging_s
+
+
+def effective_priority(
+    priority: int, eligible_since: datetime, now: datetime, aging_s: float
+) -> float:
+    """``priority + waited / aging_s``: what ``bb status`` shows."""
+    waited = max((now - eligible_since).total_seconds(), 0.0)
+    return priority + waited / aging_s
+
+
+@dataclass(slots=True)
+class ReadySet(Generic[T]):
+    """Offers by lane and tenant, each tenant's in rank order."""
+
+    _offers: dict[Key, Offer[T]] = field(default_factory=dict)
+    _waiting: Counter[str] = field(default_factory=Counter)
+    """Offers by lane."""
+    _heaps: dict[str, dict[str, list[tuple[float, str, Key]]]] = field(
+        default_factory=dict
+    )
+
+    def offer(self, o: Offer[T]) -> None:
+        """Add ``o``, replacing what was offered for its task before."""
+        old = self._offers.get(o.key)
+        self._offers[o.key] = o
+        self._waiting[o.lane] += 1
+        if old is not None:
+            self._waiting[old.lane] -= 1
+        if old is not None and (old.rank, old.tie, old.lane, old.tenant) == (
+            o.rank,
+            o.tie,
+            o.lane,
+            o.tenant,
+        ):
+            return  # same place in the same heap: the entry there now finds ``o``
+        heap = self._heaps.setdefault(o.lane, {}).setdefault(o.tenant, [])
+        heapq.heappush(heap, (o.rank, o.tie, o.key))
+
+    def discard(self, key: Key) -> None:
+        """Forget a task's offer (its heap entry is dropped when reached)."""
+        old = self._offers.pop(key, None)
+        if old is not None:
+            self._waiting[old.lane] -= 1
+
+    def waiting(self, lane: str) -> int:
+        """Offers waiting on ``lane``."""
+        return self._waiting[lane]
+
+    def lanes(self) -> list[str]:
+        """Lanes with at least one offer waiting."""
+        return sorted(lane for lane, n in self._waiting.items() if n > 0)
+
+    def take(
+        self,
+        lane: str,
+        free: int,
+        in_flight: Mapping[str, int],
+        weights: Mapping[str, float],
+        aging_s: float,
+    ) -> list[Offer[T]]:
+        """Up to ``free`` offers of ``lane``, best first (see the module doc).
+
+        Args:
+            lane: The lane with room.
+            free: How many it has room for.
+            in_flight: Tasks ready or running on the lane, by tenant.
+            weights: Tenants' weights (absent: 1).
+            aging_s: Seconds of waiting worth one level of priority.
+        """
+        heaps = self._heaps.get(lane, {})
+        counts = dict(in_flight)
+        taken: list[Offer[T]] = []
+        while len(taken) < free:
+            heads: dict[str, tuple[float, str, Key]] = {}
+            for tenant, heap in list(heaps.items()):
+                head = self._head(lane, tenant, heap)
+                if head is None:
+                    del heaps[tenant]
+                else:
+                    heads[tenant] = head
+            if not heads:
+                break
+            best = min(h[0] for h in heads.values())
+            near = [t for t, h in heads.items() if h[0] < best + aging_s]
+            tenant = min(
+                near,
+                key=lambda t: (
+                    (counts.get(t, 0) + 1) / max(weights.get(t, 1.0), 1e-9),
+                    heads[t][:2],
+                    t,
+                ),
+            )
+            _, _, key = heapq.heappop(heaps[tenant])
+            taken.append(self._offers.pop(key))
+            self._waiting[lane] -= 1
+            counts[tenant] = counts.get(tenant, 0) + 1
+        return taken
+
+    def _head(
+        self, lane: str, tenant: str, heap: list[tuple[float, str, Key]]
+    ) -> tuple[float, str, Key] | None:
+        """The heap's first entry that is still the offer of its task."""
+        while heap:
+            r, tie, key = heap[0]
+            o = self._offers.get(key)
+            if o is not None and (o.rank, o.tie, o.lane, o.tenant) == (
+                r,
+                tie,
+                lane,
+                tenant,
+            ):
+                return heap[0]
+            heapq.heappop(heap)  # replaced or discarded since it was pushed
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class LaneLoad:
+    """One lane's window as the log shows it: in flight, and waiting for room."""
+
+    lane: str
+    window: int
+    """0: no window."""
+    in_flight: int
+    waiting: int
+    tenants: dict[str, tuple[int, int]]
+    """Tenant -> (in flight, waiting)."""
+
+
+def lane_loads(
+    goals: Iterable[GoalState], window: Callable[[str], int]
+) -> list[LaneLoad]:
+    """Each lane's load from the fold: what ``bb status --lanes`` shows.
+
+    In flight: tasks ready or running. Waiting: tasks of running goals that
+    could run (dependencies done, or the tasks they spawned finished) and
+    that the window holds back.
+    """
+    flying: dict[str, Counter[str]] = {}
+    waiting: dict[str, Counter[str]] = {}
+    for goal in goals:
+        tenant = goal.submitted.tenant
+        for task in goal.tasks.values():
+            if task.status in ("ready", "claimed"):
+                flying.setdefault(task.lane, Counter())[tenant] += 1
+            elif goal.status == "running" and _could_run(goal, task):
+                waiting.setdefault(task.lane, Counter())[tenant] += 1
+    return [
+        LaneLoad(
+            lane=lane,
+            window=window(lane),
+            in_flight=sum(flying.get(lane, Counter()).values()),
+            waiting=sum(waiting.get(lane, Counter()).values()),
+            tenants={
+                t: (flying.get(lane, Counter())[t], waiting.get(lane, Counter())[t])
+                for t in sorted(
+                    {*flying.get(lane, Counter()), *waiting.get(lane, Counter())}
+                )
+            },
+        )
+        for lane in sorted({*flying, *waiting})
+    ]
+
+
+def _could_run(goal: GoalState, task: TaskState) -> bool:
+    if task.status == "pending":
+        deps = [goal.tasks.get(d) for d in task.depends_on]
+        return all(d is not None and d.status == "done" for d in deps)
+    if task.status == "needs_followup":
+        kids = [goal.tasks.get(c) for c in task.waiting_on]
+        return all(c is not None and c.status == "done" for c in kids)
+    return False

@@ -1,0 +1,93 @@
+"""The ready set: windows, priorities with aging, tenants by weight (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from blackboard.engine.dispatch import Offer, ReadySet, effective_priority, rank
+
+T0 = datetime(2026, 11, 24, tzinfo=UTC)
+AGING = 60.0
+
+
+def offer(
+    task: str,
+    priority: int = 0,
+    waited_from: float = 0.0,
+    tenant: str = "t",
+    lane: str = "local",
+) -> Offer[str]:
+    since = T0 + timedelta(seconds=waited_from)
+    return Offer(
+        key=("G", task),
+        lane=lane,
+        tenant=tenant,
+        rank=rank(since, priority, AGING),
+        tie=task,
+        action=task,
+    )
+
+
+def take(ready: ReadySet[str], n: int, **in_flight: int) -> list[str]:
+    weights = {"a": 2.0, "b": 1.0}
+    return [o.action for o in ready.take("local", n, in_flight, weights, AGING)]
+
+
+def test_higher_priority_first_then_the_older():
+    ready: ReadySet[str] = ReadySet()
+    for o in (offer("old", 0, 0), offer("new", 0, 5), offer("urgent", 3, 100)):
+        ready.offer(o)
+    assert ready.waiting("local") == 3
+    assert take(ready, 2) == ["urgent", "old"]
+    assert take(ready, 5) == ["new"]
+    assert ready.waiting("local") == 0 and ready.lanes() == []
+
+
+def test_waiting_raises_priority_by_one_per_aging_period():
+    """Priority 0 waiting since T0 goes before priority 2 eligible after T0 + 120 s."""
+    ready: ReadySet[str] = ReadySet()
+    ready.offer(offer("patient", 0, 0))
+    ready.offer(offer("later", 2, 2 * AGING + 1))
+    ready.offer(offer("sooner", 2, 2 * AGING - 1))
+    assert take(ready, 3) == ["sooner", "patient", "later"]
+    now = T0 + timedelta(seconds=3 * AGING)
+    assert effective_priority(0, T0, now, AGING) == 3.0
+
+
+def test_tenants_share_slots_by_weight_within_a_priority_level():
+    ready: ReadySet[str] = ReadySet()
+    for i in range(6):
+        ready.offer(offer(f"a{i}", tenant="a", waited_from=i))
+        ready.offer(offer(f"b{i}", tenant="b", waited_from=i))
+    got = take(ready, 6)
+    assert sorted(got) == ["a0", "a1", "a2", "a3", "b0", "b1"]
+    # With a's slots already full, b gets the next one.
+    assert take(ready, 1, a=4, b=1) == ["b2"]
+
+
+def test_a_tenant_does_not_jump_a_higher_priority():
+    ready: ReadySet[str] = ReadySet()
+    ready.offer(offer("b-urgent", 5, tenant="b"))
+    ready.offer(offer("a-bulk", 0, tenant="a"))
+    assert take(ready, 1, b=10) == ["b-urgent"]
+
+
+def test_an_offer_replaced_or_discarded_is_not_taken_twice():
+    ready: ReadySet[str] = ReadySet()
+    ready.offer(offer("x", 0))
+    ready.offer(offer("x", 4))  # decided again: the newer offer counts
+    ready.offer(offer("y", 1))
+    ready.discard(("G", "y"))
+    assert ready.waiting("local") == 1
+    assert [o.rank for o in ready.take("local", 5, {}, {}, AGING)] == [
+        rank(T0, 4, AGING)
+    ]
+    assert take(ready, 5) == []
+
+
+def test_lanes_are_apart():
+    ready: ReadySet[str] = ReadySet()
+    ready.offer(offer("f", lane="frontier"))
+    ready.offer(offer("l"))
+    assert ready.lanes() == ["frontier", "local"]
+    assert take(ready, 5) == ["l"]
