@@ -248,13 +248,14 @@ def submit(
     max_cost: MaxCost = None,
     max_turns: MaxTurns = None,
     tenant: Annotated[
-        str, typer.Option(help="Tenant the goal belongs to.")
+        str,
+        typer.Option(help="Tenant the goal belongs to ([tenants.X] weight)."),
     ] = "default",
     priority: Annotated[
         int,
         typer.Option(
-            help="Higher is dispatched first among work made ready at the same "
-            "moment; a lane's queue is first-in first-out beyond that."
+            help="Higher goes first when a lane's window frees a slot (waiting "
+            "raises it by one per [engine] aging_s)."
         ),
     ] = 0,
     by: ByOpt = None,
