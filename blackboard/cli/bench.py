@@ -55,6 +55,31 @@ def bench_engine(
         bench.print_table(result)
 
 
+@bench_app.command("fairness")
+def bench_fairness(
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    concurrency: Annotated[int, typer.Option(help="Slots per worker.")] = 8,
+    background: Annotated[
+        int, typer.Option(help="Tasks of the background goal.")
+    ] = 5000,
+    task_ms: Annotated[float, typer.Option(help="How long a task works.")] = 200.0,
+    aging_s: Annotated[
+        float, typer.Option(help="Seconds of waiting worth one priority level.")
+    ] = 2.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Urgent work into a saturated lane, tenants 2:1, aging: separate processes."""
+    from blackboard.tools import bench, bench_fairness
+
+    result = run(
+        bench_fairness.fairness(workers, concurrency, background, task_ms, aging_s)
+    )
+    if as_json:
+        emit_json(result)
+    else:
+        bench.print_table(result)
+
+
 @bench_app.command("local-model")
 def bench_local_model(
     runs: Annotated[

@@ -15,12 +15,14 @@ this gives: a task of priority ``p`` goes before any task of priority ``P``
 that became eligible more than ``(P - p) * aging_s`` seconds after it.
 
 Tenants. Among the offers whose effective priority is within one level of the
-best (ranks within ``aging_s`` of it), the next slot goes to the tenant with
-the fewest tasks in flight on the lane for its weight: ``(in_flight + 1) /
-weight``, smallest first. Saturating a lane, tenants of weights 2 and 1 hold
-its slots two to one. Everything here is computed from the log's fold (in
-flight, eligible since) and the configuration, so a scheduler that takes over
-decides as the last one would have.
+best (ranks within ``aging_s`` of it), the next slot goes by stride
+scheduling: each tenant has a pass on each lane, the tenant with the smallest
+goes, and its pass grows by ``1 / weight``; a tenant that had nothing waiting
+joins at the smallest pass of those that had, so idling earns no credit.
+Saturating a lane, tenants of weights 2 and 1 get its slots two to one. The
+ranks come from the log (eligible since, priorities) and the configuration;
+the passes are the scheduler's memory: one that takes over starts them level,
+which shifts at most a few slots between tenants.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class ReadySet(Generic[T]):
     _offers: dict[Key, Offer[T]] = field(default_factory=dict)
     _waiting: Counter[str] = field(default_factory=Counter)
     """Offers by lane."""
+    _passes: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Stride passes by lane, then tenant."""
     _heaps: dict[str, dict[str, list[tuple[float, str, Key]]]] = field(
         default_factory=dict
     )
@@ -115,7 +119,6 @@ class ReadySet(Generic[T]):
         self,
         lane: str,
         free: int,
-        in_flight: Mapping[str, int],
         weights: Mapping[str, float],
         aging_s: float,
     ) -> list[Offer[T]]:
@@ -124,12 +127,11 @@ class ReadySet(Generic[T]):
         Args:
             lane: The lane with room.
             free: How many it has room for.
-            in_flight: Tasks ready or running on the lane, by tenant.
             weights: Tenants' weights (absent: 1).
             aging_s: Seconds of waiting worth one level of priority.
         """
         heaps = self._heaps.get(lane, {})
-        counts = dict(in_flight)
+        passes = self._passes.setdefault(lane, {})
         taken: list[Offer[T]] = []
         while len(taken) < free:
             heads: dict[str, tuple[float, str, Key]] = {}
@@ -137,24 +139,23 @@ class ReadySet(Generic[T]):
                 head = self._head(lane, tenant, heap)
                 if head is None:
                     del heaps[tenant]
+                    passes.pop(tenant, None)  # idle: no credit kept
                 else:
                     heads[tenant] = head
             if not heads:
                 break
+            # A tenant with nothing waiting before joins at the lowest pass.
+            known = [passes[t] for t in heads if t in passes]
+            floor = min(known) if known else 0.0
+            for t in heads:
+                passes[t] = max(passes.get(t, floor), floor)
             best = min(h[0] for h in heads.values())
             near = [t for t, h in heads.items() if h[0] < best + aging_s]
-            tenant = min(
-                near,
-                key=lambda t: (
-                    (counts.get(t, 0) + 1) / max(weights.get(t, 1.0), 1e-9),
-                    heads[t][:2],
-                    t,
-                ),
-            )
+            tenant = min(near, key=lambda t: (passes[t], heads[t][:2], t))
             _, _, key = heapq.heappop(heaps[tenant])
             taken.append(self._offers.pop(key))
             self._waiting[lane] -= 1
-            counts[tenant] = counts.get(tenant, 0) + 1
+            passes[tenant] += 1 / max(weights.get(tenant, 1.0), 1e-9)
         return taken
 
     def _head(

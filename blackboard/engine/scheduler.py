@@ -83,6 +83,10 @@ _IN_FLIGHT = ("ready", "claimed")
 _OFFERABLE = ("pending", "needs_followup")
 """Statuses a task is dispatched from."""
 
+_WARM_UP = timedelta(seconds=5)
+"""At most this long after taking the lead, the windows wait for the goals
+being created to have their tasks."""
+
 
 class Scheduler:
     """The one active scheduler of a deployment (others wait as standbys).
@@ -131,6 +135,7 @@ class Scheduler:
         """Work decided on but held back by its lane's window."""
         self._flight: dict[str, Counter[str]] = {}
         """Tasks ready or running, by lane, then tenant (from the fold)."""
+        self._warm_until = clock()
         self._dispatching: dict[str, tuple[str, str, str, str]] = {}
         """(lane, tenant, goal, task) of each TaskReady being written: it takes
         its slot before the fold shows the task ready."""
@@ -159,6 +164,10 @@ class Scheduler:
         self._busy.clear()
         self._ready = ReadySet()
         self._dispatching.clear()
+        # Hold the windows until the goals that arrived while no scheduler
+        # led have their tasks: a lane emptied during the gap would otherwise
+        # fill with whatever was already created, before an urgent goal's.
+        self._warm_until = self.clock() + _WARM_UP
         async for env in self.store.read():
             evolve(self.state, env)
         self._count_flight()
@@ -346,7 +355,8 @@ class Scheduler:
                 self._ready.offer(self._offer(action))
             else:
                 actions.append(action)
-        actions.extend(self._take(busy, now))
+        creating = any(isinstance(a, AppendBatch) for a in actions)
+        actions.extend(self._take(busy, now, creating))
         if not actions:
             return
         by_goal: dict[str, list[AppendBatch]] = {}
@@ -381,7 +391,9 @@ class Scheduler:
             action=action,
         )
 
-    def _take(self, busy: set[str], now: datetime) -> list[Dispatch]:
+    def _take(
+        self, busy: set[str], now: datetime, creating: bool = False
+    ) -> list[Dispatch]:
         """The offers each lane's window has room for, best first.
 
         An offer whose task moved since (its goal halted or cancelled, the
@@ -389,6 +401,10 @@ class Scheduler:
         """
         policy = self.decider.policy
         taken: list[Dispatch] = []
+        if now < self._warm_until:
+            if creating or any(":" not in key for key in busy):
+                return taken  # a goal's tasks are still being created
+            self._warm_until = now
         for lane in self._ready.lanes():
             window = policy.window(lane)
             while True:
@@ -401,12 +417,7 @@ class Scheduler:
                 )
                 if free <= 0:
                     break
-                for a in taken:
-                    if a.lane == lane:
-                        flight[self._tenant(a)] += 1
-                offers = self._ready.take(
-                    lane, free, flight, policy.weights, policy.aging_s
-                )
+                offers = self._ready.take(lane, free, policy.weights, policy.aging_s)
                 if not offers:
                     break
                 for o in offers:
@@ -414,9 +425,6 @@ class Scheduler:
                         ready = msgspec.structs.replace(o.action.ready, at=now)
                         taken.append(dataclasses.replace(o.action, ready=ready))
         return taken
-
-    def _tenant(self, action: Dispatch) -> str:
-        return self.state.goals[action.ready.goal_id].submitted.tenant
 
     def _current(self, action: Dispatch, busy: set[str]) -> bool:
         """Whether the task is still as it was when the dispatch was decided."""

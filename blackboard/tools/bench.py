@@ -179,10 +179,23 @@ async def append(n: int = 5000) -> dict[str, Any]:
 
 
 def print_table(result: dict[str, Any]) -> None:
-    """Print a benchmark result as aligned name/value lines."""
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+    """Print a benchmark result as aligned name/value lines (nested: a.b)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    walk("", result)
+    width = max(len(k) for k in flat)
+    for key, value in flat.items():
+        if isinstance(value, float):
+            shown = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
+        else:
+            shown = str(value)
         typer.echo(f"{key:<{width}}  {shown}")
 
 

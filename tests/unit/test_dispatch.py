@@ -28,9 +28,9 @@ def offer(
     )
 
 
-def take(ready: ReadySet[str], n: int, **in_flight: int) -> list[str]:
+def take(ready: ReadySet[str], n: int) -> list[str]:
     weights = {"a": 2.0, "b": 1.0}
-    return [o.action for o in ready.take("local", n, in_flight, weights, AGING)]
+    return [o.action for o in ready.take("local", n, weights, AGING)]
 
 
 def test_higher_priority_first_then_the_older():
@@ -61,15 +61,27 @@ def test_tenants_share_slots_by_weight_within_a_priority_level():
         ready.offer(offer(f"b{i}", tenant="b", waited_from=i))
     got = take(ready, 6)
     assert sorted(got) == ["a0", "a1", "a2", "a3", "b0", "b1"]
-    # With a's slots already full, b gets the next one.
-    assert take(ready, 1, a=4, b=1) == ["b2"]
+    # The passes carry over from one take to the next: 2:1 again.
+    assert sorted(take(ready, 3)) == ["a4", "a5", "b2"]
+
+
+def test_a_tenant_back_from_idle_gets_no_credit():
+    ready: ReadySet[str] = ReadySet()
+    for i in range(4):
+        ready.offer(offer(f"b{i}", tenant="b", waited_from=i))
+    assert take(ready, 4) == ["b0", "b1", "b2", "b3"]
+    for i in range(4, 8):
+        ready.offer(offer(f"b{i}", tenant="b", waited_from=i))
+        ready.offer(offer(f"a{i}", tenant="a", waited_from=i))
+    # a was not waiting while b ran: it joins at b's pass, 2:1 from there.
+    assert sorted(take(ready, 3)) == ["a4", "a5", "b4"]
 
 
 def test_a_tenant_does_not_jump_a_higher_priority():
     ready: ReadySet[str] = ReadySet()
     ready.offer(offer("b-urgent", 5, tenant="b"))
     ready.offer(offer("a-bulk", 0, tenant="a"))
-    assert take(ready, 1, b=10) == ["b-urgent"]
+    assert take(ready, 1) == ["b-urgent"]
 
 
 def test_an_offer_replaced_or_discarded_is_not_taken_twice():
@@ -79,9 +91,7 @@ def test_an_offer_replaced_or_discarded_is_not_taken_twice():
     ready.offer(offer("y", 1))
     ready.discard(("G", "y"))
     assert ready.waiting("local") == 1
-    assert [o.rank for o in ready.take("local", 5, {}, {}, AGING)] == [
-        rank(T0, 4, AGING)
-    ]
+    assert [o.rank for o in ready.take("local", 5, {}, AGING)] == [rank(T0, 4, AGING)]
     assert take(ready, 5) == []
 
 
