@@ -42,12 +42,16 @@ def bench_engine(
     otel: Annotated[
         bool, typer.Option("--otel", help="Record spans and metrics (SDK on).")
     ] = False,
+    window: Annotated[
+        int | None,
+        typer.Option(help="Lane dispatch window (default: concurrency; 0: none)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """No-op tasks/s end to end, fan-out wall time, chain hop latency, raw rates."""
     from blackboard.tools import bench
 
-    result = run(bench.engine(tasks, fanout, chain, concurrency, otel))
+    result = run(bench.engine(tasks, fanout, chain, concurrency, otel, window))
     result["otel"] = otel
     if as_json:
         emit_json(result)

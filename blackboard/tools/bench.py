@@ -281,6 +281,7 @@ async def engine(
     chain: int = 200,
     concurrency: int = 128,
     otel: bool = False,
+    window: int | None = None,
 ) -> dict[str, Any]:
     """No-op tasks end to end; fan-out/fan-in; chain hops; raw JetStream rates.
 
@@ -300,6 +301,9 @@ async def engine(
     progress = typer.echo
     settings = config.load()
     settings.engine.lease_s = 30.0
+    # The lane's dispatch window: the worker's concurrency unless told (0: none).
+    window = concurrency if window is None else window
+    settings.lanes.setdefault("local", config.LaneSettings()).window = window
     async with (
         bench_store("engine") as (store, nc),
         stack.running(
@@ -361,6 +365,7 @@ async def engine(
         "jetstream_publish_per_s": round(publish, 1),
         "jetstream_fetch_ack_per_s": round(fetch_ack, 1),
         "worker_concurrency": concurrency,
+        "window": window,
     }
 
 
