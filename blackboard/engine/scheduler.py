@@ -320,6 +320,13 @@ class Scheduler:
             for t in g.tasks.values()
         )
         tm.open_tasks = dict(counts)
+        policy = self.decider.policy
+        windows: dict[tuple[str, str], int] = {}
+        for lane in sorted({*self._flight, *self._ready.lanes()}):
+            windows[(lane, "in_flight")] = sum(self.in_flight(lane).values())
+            windows[(lane, "waiting")] = self._ready.waiting(lane)
+            windows[(lane, "limit")] = policy.window(lane)
+        tm.windows = windows
 
     async def _reconcile(self) -> None:
         """After a (re)start: decide for every open goal; re-send ready work."""

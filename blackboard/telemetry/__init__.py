@@ -164,6 +164,9 @@ class Telemetry:
     """Pending work messages per lane, refreshed by the lane's worker."""
     open_tasks: dict[tuple[str, str], int] = field(default_factory=dict)
     """Tasks of running goals by (lane, status), refreshed by the scheduler."""
+    windows: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Each lane's dispatch window by (lane, what): ``in_flight``,
+    ``waiting`` (held back by it) and ``limit``, refreshed by the scheduler."""
     _instruments: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -184,6 +187,12 @@ class Telemetry:
             return [
                 Observation(v, {"lane": lane, "status": status})
                 for (lane, status), v in sorted(self.open_tasks.items())
+            ]
+
+        def windows(_: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(v, {"lane": lane, "state": state})
+                for (lane, state), v in sorted(self.windows.items())
             ]
 
         self._instruments = {
@@ -217,6 +226,12 @@ class Telemetry:
         )
         m.create_observable_gauge(
             "bb.tasks", [tasks], "{task}", "Tasks of running goals by lane and status"
+        )
+        m.create_observable_gauge(
+            "bb.lane.window",
+            [windows],
+            "{task}",
+            "Each lane's dispatch window: in_flight, waiting and its limit",
         )
 
     # --- spans ---------------------------------------------------------------

@@ -287,6 +287,13 @@ async def test_metrics_agree_with_the_log(store, otel):
     run_counts = sum(p.count for p in _points(reader, "bb.task.run_time"))
     assert run_counts == len([e for e in events if isinstance(e, TaskClaimed)])
     assert sum(p.count for p in _points(reader, "bb.task.queue_wait")) == run_counts
+    # The lanes' windows, as the scheduler last saw them: the goal over.
+    windows = {
+        (p.attributes["lane"], p.attributes["state"]): p.value
+        for p in _points(reader, "bb.lane.window")
+    }
+    assert windows[("local", "limit")] == 64
+    assert windows[("local", "in_flight")] == windows[("local", "waiting")] == 0
 
 
 @pytest.mark.integration
