@@ -6,10 +6,12 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -99,6 +101,40 @@ MaxTurns = Annotated[
     int | None,
     typer.Option(min=1, help="Guardrail: model turns of one task's conversation."),
 ]
+Deadline = Annotated[
+    str | None,
+    typer.Option(
+        help="When the goal must be done: a time (2026-11-24T18:00:00Z) or a"
+        " duration from now (90s, 30m, 2h, 1d); past it the goal halts."
+    ),
+]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+
+
+def parse_deadline(text: str | None, now: datetime) -> datetime | None:
+    """A ``--deadline``: an RFC 3339 time, or a duration from ``now``.
+
+    A time without an offset is UTC. Exits with a one-line message if the
+    text is neither.
+    """
+    if text is None:
+        return None
+    m = _DURATION.match(text)
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return now + timedelta(seconds=float(m.group(1)) * unit)
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    if when is None:
+        fail(
+            f"--deadline {text!r}: give a time (2026-11-24T18:00:00Z) or a"
+            " duration (90s, 30m, 2h, 1d)",
+            2,
+        )
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -201,14 +237,18 @@ def limit_overrides(
     max_tokens: int | None,
     max_cost: float | None,
     max_turns: int | None = None,
+    deadline: str | None = None,
 ) -> dict[str, Any]:
     """Guardrail options as the overrides the service takes."""
+    from blackboard import ids
+
     return {
         "max_depth": max_depth,
         "max_tasks": max_tasks,
         "max_tokens": max_tokens,
         "max_cost_usd": max_cost,
         "max_turns": max_turns,
+        "deadline": parse_deadline(deadline, ids.utcnow()),
     }
 
 

@@ -12,6 +12,7 @@ from blackboard.cli.common import (
     OPERATE,
     ByOpt,
     ConfigOpt,
+    Deadline,
     JsonOpt,
     MaxCost,
     MaxDepth,
@@ -41,6 +42,7 @@ def run_goal(
     max_tokens: MaxTokens = None,
     max_cost: MaxCost = None,
     max_turns: MaxTurns = None,
+    deadline: Deadline = None,
     with_workers: Annotated[
         bool,
         typer.Option(
@@ -64,7 +66,9 @@ def run_goal(
     in_process = url is None or with_workers
     if in_process and not s.scripted:
         _check_models(s)
-    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost, max_turns)
+    overrides = limit_overrides(
+        max_depth, max_tasks, max_tokens, max_cost, max_turns, deadline
+    )
     drive_goal(s, text, url, in_process, overrides, whoami(s, by), as_json, demo=False)
 
 
@@ -247,6 +251,7 @@ def submit(
     max_tokens: MaxTokens = None,
     max_cost: MaxCost = None,
     max_turns: MaxTurns = None,
+    deadline: Deadline = None,
     tenant: Annotated[
         str,
         typer.Option(help="Tenant the goal belongs to ([tenants.X] weight)."),
@@ -273,7 +278,7 @@ def submit(
             text,
             specs=specs,
             overrides=limit_overrides(
-                max_depth, max_tasks, max_tokens, max_cost, max_turns
+                max_depth, max_tasks, max_tokens, max_cost, max_turns, deadline
             ),
             tenant=tenant,
             priority=priority,
@@ -503,19 +508,22 @@ def resume(
     max_tokens: MaxTokens = None,
     max_cost: MaxCost = None,
     max_turns: MaxTurns = None,
+    deadline: Deadline = None,
     by: ByOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Raise a halted goal's limits and release its held tasks."""
+    """Raise a halted goal's limits (or extend its deadline); release its held tasks."""
     from blackboard.engine import control as client
 
     s = settings(config)
-    overrides = limit_overrides(max_depth, max_tasks, max_tokens, max_cost, max_turns)
+    overrides = limit_overrides(
+        max_depth, max_tasks, max_tokens, max_cost, max_turns, deadline
+    )
     if not any(v is not None for v in overrides.values()):
         fail(
             "say which limit to raise: --max-tasks, --max-depth, --max-tokens, "
-            "--max-cost or --max-turns",
+            "--max-cost, --max-turns or --deadline",
             2,
         )
 

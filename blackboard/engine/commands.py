@@ -149,12 +149,19 @@ def decide_command(
         case ResumeGoal():
             if goal.status != "halted":
                 raise ConfigError(f"goal {goal.goal_id} is {goal.status}, not halted")
+            limits = resolve_limits(goal.limits, cmd.overrides)
+            if limits.deadline is not None and limits.deadline <= now:
+                when = f"{limits.deadline:%Y-%m-%d %H:%M:%S%z}"
+                raise ConfigError(
+                    f"goal {goal.goal_id}'s deadline {when} has passed: give a"
+                    " later one (--deadline)"
+                )
             resumed = GoalResumed(
                 event_id=new_id(),
                 goal_id=goal.goal_id,
                 at=now,
                 actor=actor,
-                limits=resolve_limits(goal.limits, cmd.overrides),
+                limits=limits,
                 by=cmd.by,
             )
             return [(resumed, goal.last_seq)]
@@ -259,7 +266,7 @@ def resolve_limits(defaults: Limits, overrides: dict[str, Any] | None = None) ->
     """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     for name, value in given.items():
-        if value <= 0:
+        if name != "deadline" and value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
     try:
         return msgspec.structs.replace(defaults, **given)

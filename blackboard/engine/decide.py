@@ -60,6 +60,8 @@ class Policy:
     """Seconds of waiting worth one level of priority."""
     weights: Mapping[str, float] = field(default_factory=dict)
     """Tenants' weights (absent: 1)."""
+    on_deadline: str = "halt"
+    """What a goal past its deadline does: ``halt`` (resumable) or ``fail``."""
 
     def window(self, lane: str) -> int:
         """How many of ``lane``'s tasks may be ready or running at once."""
@@ -158,6 +160,9 @@ class Decider:
                 for t in goal.tasks.values()
                 if t.status not in TERMINAL and builders.task_key(t) not in busy
             ]
+        late = self._past_deadline(goal, now, busy)
+        if late is not None:
+            return [late]
         created = self._materialise(goal, now, busy)
         if created is not None:
             return created
@@ -189,6 +194,38 @@ class Decider:
             if end is not None:
                 actions.append(end)
         return actions
+
+    def _past_deadline(
+        self, goal: GoalState, now: datetime, busy: set[str]
+    ) -> Append | None:
+        """A running goal past its deadline halts (or fails), with the figures."""
+        deadline = goal.limits.deadline
+        if (
+            deadline is None
+            or now < deadline
+            or goal.status != "running"
+            or goal.goal_id in busy
+        ):
+            return None
+        late = (now - deadline).total_seconds()
+        if self.policy.on_deadline == "fail":
+            reason = (
+                f"deadline {deadline:%Y-%m-%d %H:%M:%S%z} passed ({late:.0f} s ago)"
+            )
+            return Append(
+                self._goal_ev(GoalFailed, goal, now, reason=reason), goal.last_seq
+            )
+        return Append(
+            self._goal_ev(
+                GoalHalted,
+                goal,
+                now,
+                guardrail="deadline",
+                limit=deadline.timestamp(),
+                observed=now.timestamp(),
+            ),
+            goal.last_seq,
+        )
 
     def _materialise(
         self, goal: GoalState, now: datetime, busy: set[str]

@@ -28,6 +28,7 @@ which shifts at most a few slots between tenants.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -43,6 +44,9 @@ T = TypeVar("T")
 Key = tuple[str, str]
 """(goal id, task id)."""
 
+Sort = tuple[int, float, float, str]
+"""(priority level, deadline, rank, tie): a heap's order."""
+
 
 @dataclass(frozen=True, slots=True)
 class Offer(Generic[T]):
@@ -56,6 +60,8 @@ class Offer(Generic[T]):
     tie: str
     """Submission order among equal ranks (goal ULID, then the task's ordinal)."""
     action: T
+    deadline: float = math.inf
+    """The goal's deadline (POSIX seconds): earliest first within a level."""
 
 
 def rank(eligible_since: datetime, priority: int, aging_s: float) -> float:
@@ -75,14 +81,14 @@ def effective_priority(
 class ReadySet(Generic[T]):
     """Offers by lane and tenant, each tenant's in rank order."""
 
+    aging_s: float = 60.0
+    """Seconds of waiting worth one level of priority."""
     _offers: dict[Key, Offer[T]] = field(default_factory=dict)
     _waiting: Counter[str] = field(default_factory=Counter)
     """Offers by lane."""
     _passes: dict[str, dict[str, float]] = field(default_factory=dict)
     """Stride passes by lane, then tenant."""
-    _heaps: dict[str, dict[str, list[tuple[float, str, Key]]]] = field(
-        default_factory=dict
-    )
+    _heaps: dict[str, dict[str, list[tuple[Sort, Key]]]] = field(default_factory=dict)
 
     def offer(self, o: Offer[T]) -> None:
         """Add ``o``, replacing what was offered for its task before."""
@@ -91,15 +97,18 @@ class ReadySet(Generic[T]):
         self._waiting[o.lane] += 1
         if old is not None:
             self._waiting[old.lane] -= 1
-        if old is not None and (old.rank, old.tie, old.lane, old.tenant) == (
-            o.rank,
-            o.tie,
+        if old is not None and (self._sort(old), old.lane, old.tenant) == (
+            self._sort(o),
             o.lane,
             o.tenant,
         ):
             return  # same place in the same heap: the entry there now finds ``o``
         heap = self._heaps.setdefault(o.lane, {}).setdefault(o.tenant, [])
-        heapq.heappush(heap, (o.rank, o.tie, o.key))
+        heapq.heappush(heap, (self._sort(o), o.key))
+
+    def _sort(self, o: Offer[T]) -> Sort:
+        # Levels of one aging period: earliest deadline first within one.
+        return (math.floor(o.rank / self.aging_s), o.deadline, o.rank, o.tie)
 
     def discard(self, key: Key) -> None:
         """Forget a task's offer (its heap entry is dropped when reached)."""
@@ -120,7 +129,6 @@ class ReadySet(Generic[T]):
         lane: str,
         free: int,
         weights: Mapping[str, float],
-        aging_s: float,
     ) -> list[Offer[T]]:
         """Up to ``free`` offers of ``lane``, best first (see the module doc).
 
@@ -128,13 +136,12 @@ class ReadySet(Generic[T]):
             lane: The lane with room.
             free: How many it has room for.
             weights: Tenants' weights (absent: 1).
-            aging_s: Seconds of waiting worth one level of priority.
         """
         heaps = self._heaps.get(lane, {})
         passes = self._passes.setdefault(lane, {})
         taken: list[Offer[T]] = []
         while len(taken) < free:
-            heads: dict[str, tuple[float, str, Key]] = {}
+            heads: dict[str, tuple[Sort, Key]] = {}
             for tenant, heap in list(heaps.items()):
                 head = self._head(lane, tenant, heap)
                 if head is None:
@@ -150,24 +157,23 @@ class ReadySet(Generic[T]):
             for t in heads:
                 passes[t] = max(passes.get(t, floor), floor)
             best = min(h[0] for h in heads.values())
-            near = [t for t, h in heads.items() if h[0] < best + aging_s]
-            tenant = min(near, key=lambda t: (passes[t], heads[t][:2], t))
-            _, _, key = heapq.heappop(heaps[tenant])
+            near = [t for t, h in heads.items() if h[0][0] == best[0]]
+            tenant = min(near, key=lambda t: (passes[t], heads[t][0], t))
+            _, key = heapq.heappop(heaps[tenant])
             taken.append(self._offers.pop(key))
             self._waiting[lane] -= 1
             passes[tenant] += 1 / max(weights.get(tenant, 1.0), 1e-9)
         return taken
 
     def _head(
-        self, lane: str, tenant: str, heap: list[tuple[float, str, Key]]
-    ) -> tuple[float, str, Key] | None:
+        self, lane: str, tenant: str, heap: list[tuple[Sort, Key]]
+    ) -> tuple[Sort, Key] | None:
         """The heap's first entry that is still the offer of its task."""
         while heap:
-            r, tie, key = heap[0]
+            sort, key = heap[0]
             o = self._offers.get(key)
-            if o is not None and (o.rank, o.tie, o.lane, o.tenant) == (
-                r,
-                tie,
+            if o is not None and (self._sort(o), o.lane, o.tenant) == (
+                sort,
                 lane,
                 tenant,
             ):

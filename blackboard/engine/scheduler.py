@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
 import logging
+import math
 from collections import Counter
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -40,6 +42,7 @@ from blackboard.log.events import (
     GoalCompleted,
     GoalFailed,
     GoalHalted,
+    GoalResumed,
     GoalSubmitted,
     TaskCancelled,
     TaskCompleted,
@@ -131,11 +134,14 @@ class Scheduler:
         self._conflicts: dict[str, tuple[int | None, int]] = {}
         self._dead: set[str] = set()
         """Goals that cannot even record their failure: never decided again."""
-        self._ready: ReadySet[Dispatch] = ReadySet()
+        self._ready: ReadySet[Dispatch] = ReadySet(aging_s=decider.policy.aging_s)
         """Work decided on but held back by its lane's window."""
         self._flight: dict[str, Counter[str]] = {}
         """Tasks ready or running, by lane, then tenant (from the fold)."""
         self._warm_until = clock()
+        self._deadlines: list[tuple[datetime, str]] = []
+        """Running goals' deadlines, soonest first: when one passes, the goal
+        is decided on (it halts) even if nothing else happens."""
         self._dispatching: dict[str, tuple[str, str, str, str]] = {}
         """(lane, tenant, goal, task) of each TaskReady being written: it takes
         its slot before the fold shows the task ready."""
@@ -162,7 +168,7 @@ class Scheduler:
         self.state = BoardState()
         self._busy_ids.clear()
         self._busy.clear()
-        self._ready = ReadySet()
+        self._ready = ReadySet(aging_s=self.decider.policy.aging_s)
         self._dispatching.clear()
         # Hold the windows until the goals that arrived while no scheduler
         # led have their tasks: a lane emptied during the gap would otherwise
@@ -171,6 +177,12 @@ class Scheduler:
         async for env in self.store.read():
             evolve(self.state, env)
         self._count_flight()
+        self._deadlines = [
+            (g.limits.deadline, g.goal_id)
+            for g in self.state.goals.values()
+            if g.status == "running" and g.limits.deadline is not None
+        ]
+        heapq.heapify(self._deadlines)
         await self._reconcile()
         batches = self.store.follow_batches(from_seq=self.state.last_seq + 1)
         async with contextlib.aclosing(batches):
@@ -182,6 +194,9 @@ class Scheduler:
                 tasks: set[tuple[str, str]] = set()
                 for env in batch:
                     self._observe(env, goals, tasks)
+                now = self.clock()
+                while self._deadlines and self._deadlines[0][0] <= now:
+                    goals.add(heapq.heappop(self._deadlines)[1])
                 if self._unsent:
                     await self._send_work(self._unsent)
                 if goals or tasks or self._ready.lanes():
@@ -223,6 +238,12 @@ class Scheduler:
                 goals.add(event.goal_id)
         elif event.task_id is None:
             goals.add(event.goal_id)
+            if isinstance(event, GoalSubmitted | GoalResumed):
+                goal = self.state.goals.get(event.goal_id)
+                if goal is not None and goal.limits.deadline is not None:
+                    heapq.heappush(
+                        self._deadlines, (goal.limits.deadline, goal.goal_id)
+                    )
             self._outraced.discard(event.goal_id)  # decided again now
             self._trace_goal_end(env)
             self._log_goal(event)
@@ -396,6 +417,11 @@ class Scheduler:
             ),
             tie=f"{goal.goal_id}{task.ordinal:09d}",
             action=action,
+            deadline=(
+                goal.limits.deadline.timestamp()
+                if goal.limits.deadline is not None
+                else math.inf
+            ),
         )
 
     def _take(
@@ -424,7 +450,7 @@ class Scheduler:
                 )
                 if free <= 0:
                     break
-                offers = self._ready.take(lane, free, policy.weights, policy.aging_s)
+                offers = self._ready.take(lane, free, policy.weights)
                 if not offers:
                     break
                 for o in offers:

@@ -60,6 +60,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_cost_usd: float | None = None
     max_turns: int | None = None
     """Model turns one task's conversation may take (its agent loop)."""
+    deadline: Timestamp | None = None
+    """When the goal must be done by: past it, the scheduler halts the goal
+    (or fails it: ``[engine] on_deadline``); ready work of goals with a
+    deadline goes earliest-deadline-first within a priority level."""
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -149,6 +149,9 @@ class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lock_ttl_s: float = 10.0
     aging_s: float = 60.0
     """Seconds of waiting that raise a ready task's priority by one."""
+    on_deadline: Literal["halt", "fail"] = "halt"
+    """A goal past its deadline halts (``bb resume --deadline`` goes on) or
+    fails."""
 
 
 def _default_lanes() -> dict[str, LaneSettings]:

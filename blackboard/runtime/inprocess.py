@@ -42,6 +42,7 @@ def policy_from(settings: Settings) -> Policy:
         windows={name: lane.window for name, lane in settings.lanes.items()},
         aging_s=settings.engine.aging_s,
         weights={name: t.weight for name, t in settings.tenants.items()},
+        on_deadline=settings.engine.on_deadline,
     )
 
 
