@@ -10,12 +10,14 @@ Order. A task's effective priority is its goal's priority plus its own, plus
 one for every ``aging_s`` seconds it has been waiting (since it became
 eligible: created, and its dependencies done). Both terms grow at the same
 rate for every task, so the order never changes while tasks wait, and it is a
-fixed rank: ``eligible_since - priority * aging_s``, smallest first. The bound
-this gives: a task of priority ``p`` goes before any task of priority ``P``
-that became eligible more than ``(P - p) * aging_s`` seconds after it.
+fixed rank: ``eligible_since - priority * aging_s``, smallest first. Ranks are
+grouped in levels of one aging period (``floor(rank / aging_s)``); within a
+level the earliest deadline goes first (no deadline: last), then the rank.
+The bound this gives: a task of priority ``p`` goes before any task of
+priority ``P`` that became eligible more than ``(P - p + 1) * aging_s``
+seconds after it (the one period is the level's width).
 
-Tenants. Among the offers whose effective priority is within one level of the
-best (ranks within ``aging_s`` of it), the next slot goes by stride
+Tenants. Among the offers of the best level, the next slot goes by stride
 scheduling: each tenant has a pass on each lane, the tenant with the smallest
 goes, and its pass grows by ``1 / weight``; a tenant that had nothing waiting
 joins at the smallest pass of those that had, so idling earns no credit.
