@@ -395,7 +395,12 @@ async def _lanes(
             "in_flight": load.in_flight,
             "waiting": load.waiting,
             "tenants": {
-                t: {"in_flight": f, "waiting": w, "weight": policy.weights.get(t, 1.0)}
+                t: {
+                    "in_flight": f,
+                    "waiting": w,
+                    "weight": policy.weights.get(t, 1.0),
+                    "max_in_flight": policy.quotas.get(t),
+                }
                 for t, (f, w) in load.tenants.items()
                 if tenant is None or t == tenant
             },
@@ -414,9 +419,11 @@ async def _lanes(
             f" {row['waiting']:>6} waiting"
         )
         for t, share in row["tenants"].items():
+            quota = share["max_in_flight"]
             typer.echo(
                 f"  {t:<16} {share['in_flight']:>6} in flight {share['waiting']:>6}"
                 f" waiting  weight {share['weight']:g}"
+                + (f"  quota {quota} in flight" if quota is not None else "")
             )
 
 

@@ -60,6 +60,8 @@ class Policy:
     """Seconds of waiting worth one level of priority."""
     weights: Mapping[str, float] = field(default_factory=dict)
     """Tenants' weights (absent: 1)."""
+    quotas: Mapping[str, int] = field(default_factory=dict)
+    """Tenants' ``max_in_flight`` per lane (absent: none)."""
     on_deadline: str = "halt"
     """What a goal past its deadline does: ``halt`` (resumable) or ``fail``."""
 

@@ -131,6 +131,7 @@ class ReadySet(Generic[T]):
         lane: str,
         free: int,
         weights: Mapping[str, float],
+        room: Mapping[str, int] | None = None,
     ) -> list[Offer[T]]:
         """Up to ``free`` offers of ``lane``, best first (see the module doc).
 
@@ -138,7 +139,10 @@ class ReadySet(Generic[T]):
             lane: The lane with room.
             free: How many it has room for.
             weights: Tenants' weights (absent: 1).
+            room: Slots each tenant with a quota may still take on the lane
+                (absent: no quota); a tenant at 0 waits, its offers kept.
         """
+        left = dict(room or {})
         heaps = self._heaps.get(lane, {})
         passes = self._passes.setdefault(lane, {})
         taken: list[Offer[T]] = []
@@ -149,7 +153,7 @@ class ReadySet(Generic[T]):
                 if head is None:
                     del heaps[tenant]
                     passes.pop(tenant, None)  # idle: no credit kept
-                else:
+                elif left.get(tenant, 1) > 0:
                     heads[tenant] = head
             if not heads:
                 break
@@ -165,6 +169,8 @@ class ReadySet(Generic[T]):
             taken.append(self._offers.pop(key))
             self._waiting[lane] -= 1
             passes[tenant] += 1 / max(weights.get(tenant, 1.0), 1e-9)
+            if tenant in left:
+                left[tenant] -= 1
         return taken
 
     def _head(

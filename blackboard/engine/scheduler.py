@@ -450,7 +450,15 @@ class Scheduler:
                 )
                 if free <= 0:
                     break
-                offers = self._ready.take(lane, free, policy.weights)
+                room = {
+                    t: quota
+                    - flight[t]
+                    - sum(
+                        1 for a in taken if a.lane == lane and self._tenant_of(a) == t
+                    )
+                    for t, quota in policy.quotas.items()
+                }
+                offers = self._ready.take(lane, free, policy.weights, room)
                 if not offers:
                     break
                 for o in offers:
@@ -458,6 +466,9 @@ class Scheduler:
                         ready = msgspec.structs.replace(o.action.ready, at=now)
                         taken.append(dataclasses.replace(o.action, ready=ready))
         return taken
+
+    def _tenant_of(self, action: Dispatch) -> str:
+        return self.state.goals[action.ready.goal_id].submitted.tenant
 
     def _current(self, action: Dispatch, busy: set[str]) -> bool:
         """Whether the task is still as it was when the dispatch was decided."""

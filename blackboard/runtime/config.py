@@ -173,6 +173,9 @@ class TenantSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     weight: float = 1.0
     """Its share of each lane against other tenants' (2 gets twice 1's)."""
+    max_in_flight: int | None = None
+    """A quota: at most this many of its tasks ready or running on any one
+    lane; the rest wait (never dropped). ``None``: no quota."""
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -344,6 +347,8 @@ def load(
     for name, tenant in settings.tenants.items():
         if not tenant.weight > 0:
             raise ConfigError(f"[tenants.{name}] weight must be above 0")
+        if tenant.max_in_flight is not None and tenant.max_in_flight < 1:
+            raise ConfigError(f"[tenants.{name}] max_in_flight must be 1 or more")
     if not settings.engine.aging_s > 0:
         raise ConfigError("[engine] aging_s must be above 0 seconds")
     for name, server in settings.tools.mcp.items():

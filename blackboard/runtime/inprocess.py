@@ -43,6 +43,11 @@ def policy_from(settings: Settings) -> Policy:
         aging_s=settings.engine.aging_s,
         weights={name: t.weight for name, t in settings.tenants.items()},
         on_deadline=settings.engine.on_deadline,
+        quotas={
+            name: t.max_in_flight
+            for name, t in settings.tenants.items()
+            if t.max_in_flight is not None
+        },
     )
 
 

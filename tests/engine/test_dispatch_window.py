@@ -119,3 +119,21 @@ async def test_without_a_window_everything_ready_goes_out_at_once(store, setting
         done = await client.wait_goal(store, goal, timeout_s=60)
     assert done.status == "done", done.reason
     assert most_in_flight(await all_events(store)) == 10
+
+
+async def test_a_tenant_over_its_quota_waits_and_nothing_is_dropped(store, settings):
+    settings.lanes["local"].window = 10
+    settings.tenants = {"capped": config.TenantSettings(max_in_flight=2)}
+    async with running(store, settings, HANDLERS, concurrency=16):
+        capped = await submit(
+            store, settings, [slow(f"c{i}", 0.3) for i in range(6)], tenant="capped"
+        )
+        free = await submit(
+            store, settings, [slow(f"f{i}", 0.3) for i in range(6)], tenant="free"
+        )
+        for goal in (capped, free):
+            done = await client.wait_goal(store, goal, timeout_s=60)
+            assert done.status == "done", done.reason
+    events = await all_events(store)
+    assert most_in_flight([e for e in events if e.goal_id == capped]) == 2
+    assert most_in_flight([e for e in events if e.goal_id == free]) == 6
