@@ -124,8 +124,8 @@ def test_lanes_are_apart():
 
 
 def test_a_deadline_is_a_time_or_a_duration_from_now():
-    import typer
     import pytest
+    import typer
 
     from blackboard.cli.common import parse_deadline
 
