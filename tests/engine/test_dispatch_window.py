@@ -13,9 +13,6 @@ from blackboard.engine import control as client
 from blackboard.engine import submission as service
 from blackboard.engine.dispatch import lane_loads
 from blackboard.log.events import (
-    TaskCancelled,
-    TaskCompleted,
-    TaskFailed,
     TaskReady,
 )
 from blackboard.runtime import config
@@ -23,6 +20,7 @@ from blackboard.runtime.inprocess import policy_from, running
 from tests.engine.conftest import spec
 from tests.engine_handlers import HANDLERS
 from tests.waiting import goal_until
+from tests.windows import most_in_flight
 
 if TYPE_CHECKING:
     from blackboard.log.ports import EventStore
@@ -30,20 +28,6 @@ if TYPE_CHECKING:
 
 async def all_events(store: EventStore) -> list[Any]:
     return [env.event async for env in store.read()]
-
-
-def most_in_flight(events: list[Any]) -> int:
-    """The most tasks ready or running at once, replaying the log in order."""
-    flying: set[tuple[str, str]] = set()
-    most = 0
-    for e in events:
-        key = (e.goal_id, e.task_id)
-        if isinstance(e, TaskReady):
-            flying.add(key)
-        elif isinstance(e, TaskCompleted | TaskFailed | TaskCancelled):
-            flying.discard(key)
-        most = max(most, len(flying))
-    return most
 
 
 async def submit(

@@ -15,14 +15,12 @@ import pytest
 
 from blackboard.log.events import (
     GoalSubmitted,
-    TaskCancelled,
-    TaskCompleted,
-    TaskFailed,
     TaskReady,
     TaskSpec,
 )
 from tests.faults.harness import Deployment, audit, submit, wait_all
 from tests.waiting import goal_until
+from tests.windows import most_in_flight
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -110,16 +108,3 @@ async def submit_urgent(store: Any, s: Any) -> str:
     )
     await store.append(event)
     return event.goal_id
-
-
-def most_in_flight(events: list[Any]) -> int:
-    flying: set[tuple[str, str]] = set()
-    most = 0
-    for e in events:
-        key = (e.goal_id, e.task_id)
-        if isinstance(e, TaskReady):
-            flying.add(key)
-        elif isinstance(e, TaskCompleted | TaskFailed | TaskCancelled):
-            flying.discard(key)
-        most = max(most, len(flying))
-    return most
