@@ -70,13 +70,19 @@ def bench_fairness(
     aging_s: Annotated[
         float, typer.Option(help="Seconds of waiting worth one priority level.")
     ] = 2.0,
+    window: Annotated[
+        int | None,
+        typer.Option(help="Lane window (default: workers x concurrency; 0: none)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Urgent work into a saturated lane, tenants 2:1, aging: separate processes."""
     from blackboard.tools import bench, bench_fairness
 
     result = run(
-        bench_fairness.fairness(workers, concurrency, background, task_ms, aging_s)
+        bench_fairness.fairness(
+            workers, concurrency, background, task_ms, aging_s, window
+        )
     )
     if as_json:
         emit_json(result)

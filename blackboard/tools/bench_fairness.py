@@ -222,7 +222,7 @@ async def urgent(
     await _timed_goal(store, s, _tasks("w", 20, ms))  # warm: imports, consumers
     idle = await _timed_goal(store, s, _tasks("u", 20, ms))
     bg = await _submit(store, s, _tasks("b", background, ms))
-    await _saturated(store, bg.goal_id, window)
+    await _saturated(store, bg.goal_id, window or fleet.workers * fleet.concurrency)
     loaded = await _timed_goal(store, s, _tasks("u", 20, ms))
     await _cancel(store, bg.goal_id)
     await client.wait_goal(store, bg.goal_id, timeout_s=120, goal_level_only=True)
@@ -353,9 +353,15 @@ async def fairness(
     background: int = 5000,
     ms: float = 200.0,
     aging_s: float = 2.0,
+    window: int | None = None,
 ) -> dict[str, Any]:
-    """All three scenarios on one fleet (window = workers * concurrency)."""
-    window = workers * concurrency
+    """All three scenarios on one fleet.
+
+    The window is workers * concurrency unless told; 0 shows the lane without
+    one, a first-in first-out queue.
+    """
+    slots = workers * concurrency
+    window = slots if window is None else window
     with tempfile.TemporaryDirectory(prefix="bb-bench-fair-") as tmp:
         fleet = Fleet(
             Path(tmp),
@@ -371,7 +377,7 @@ async def fairness(
                 typer.echo("  (a) an urgent goal into a saturated lane...", err=True)
                 a = await urgent(fleet, store, window, background, ms)
                 typer.echo("  (b) two tenants, weights 2:1...", err=True)
-                b = await tenants(fleet, store, 20 * window, ms / 4)
+                b = await tenants(fleet, store, 20 * (window or slots), ms / 4)
                 typer.echo("  (c) aging under a stream of higher priority...", err=True)
                 c = await aging(fleet, store, aging_s, ms / 2, 6.0)
         finally:
