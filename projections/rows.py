@@ -33,6 +33,7 @@ from blackboard.log.events import (
     GoalHalted,
     GoalResumed,
     GoalSubmitted,
+    GoalThrottled,
     ModelCalled,
     PolicyDecided,
     SideEffectCompleted,
@@ -193,6 +194,7 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
             | GoalCancelled()
             | GoalHalted()
             | GoalResumed()
+            | GoalThrottled()
             | TaskReady()
             | TaskClaimed()
             | TaskCompleted()

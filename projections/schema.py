@@ -210,6 +210,29 @@ VIEWS: dict[str, str] = {
         SELECT t.lane, count(DISTINCT c.tool) AS tools, {_tool_stats("c.")}
         FROM tool_calls c LEFT JOIN tasks t USING (goal_id, task_id)
         GROUP BY t.lane""",
+    # Per tenant: what [tenants.<name>] shares and quotas are checked against.
+    "tenant_usage": """
+        SELECT tenant, count(*) AS goals,
+               count(*) FILTER (WHERE status = 'running') AS running_goals,
+               sum(tasks)::BIGINT AS tasks, sum(tokens)::BIGINT AS tokens,
+               sum(cost_usd) AS cost_usd
+        FROM goals GROUP BY tenant""",
+    # Days are UTC days, as the scheduler's usd_per_day quota counts them.
+    "tenant_daily_cost": """
+        SELECT g.tenant, strftime(c.at AT TIME ZONE 'UTC', '%Y-%m-%d') AS day,
+               count(*) AS calls,
+               sum(c.tokens_in + c.tokens_out + c.tokens_cached)::BIGINT AS tokens,
+               sum(c.cost_usd) AS cost_usd
+        FROM model_calls c JOIN goals g USING (goal_id)
+        GROUP BY g.tenant, day""",
+    "tenant_lane_timings": """
+        SELECT g.tenant, t.lane, count(*) AS tasks,
+               avg(epoch(t.claimed_at) - epoch(t.ready_at)) AS queue_wait_s_avg,
+               quantile_cont(epoch(t.claimed_at) - epoch(t.ready_at), 0.95)
+                 AS queue_wait_s_p95,
+               avg(epoch(t.finished_at) - epoch(t.claimed_at)) AS run_s_avg
+        FROM tasks t JOIN goals g USING (goal_id)
+        WHERE t.claimed_at IS NOT NULL GROUP BY g.tenant, t.lane""",
 }
 
 

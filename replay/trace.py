@@ -34,6 +34,7 @@ from blackboard.log.events import (
     GoalHalted,
     GoalResumed,
     GoalSubmitted,
+    GoalThrottled,
     ModelCalled,
     PolicyDecided,
     SideEffectCompleted,
@@ -404,6 +405,7 @@ def _apply(trace: Trace, env: Envelope) -> None:
             | GoalCancelled()
             | GoalHalted()
             | GoalResumed()
+            | GoalThrottled()
             | BudgetEntry()
         ):
             pass  # a creation is applied above; a goal event names no task
@@ -438,6 +440,8 @@ def _goal_event(trace: Trace, env: Envelope) -> None:
             trace.notes.append(Note(env.seq, e.at, "completed", ""))
         case GoalFailed():
             trace.notes.append(Note(env.seq, e.at, "failed", e.reason))
+        case GoalThrottled():
+            trace.notes.append(Note(env.seq, e.at, "throttled", e.reason))
         case _:
             trace.notes.append(Note(env.seq, e.at, kind(e), ""))
 

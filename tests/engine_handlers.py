@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # Through the public facade, as a user's handler module would.
 from blackboard import Handler, RetryableError, TaskSpec
+from blackboard.log.events import ModelCalled
 
 if TYPE_CHECKING:
     from blackboard import TaskContext
@@ -159,7 +161,36 @@ async def act(ctx: TaskContext) -> Any:
     )
 
 
+async def spend(ctx: TaskContext) -> Any:
+    """Records one model call costing ``usd`` (with ``tokens``), made ``at``.
+
+    The time comes from the payload, so a test's injected clock and the
+    recorded call agree on the day.
+    """
+    payload = await ctx.payload()
+    made = datetime.fromisoformat(payload["at"])
+    await ctx.append(
+        lambda event_id: ModelCalled(
+            event_id=event_id,
+            goal_id=ctx.goal_id,
+            task_id=ctx.task_id,
+            at=made,
+            actor="test",
+            provider="fake",
+            model="m",
+            lane=ctx.lane,
+            request={},
+            response={},
+            tokens_in=int(payload.get("tokens", 0)),
+            cost_usd=float(payload.get("usd", 0.0)),
+            attempt=ctx.attempt,
+        )
+    )
+    return {"spent": payload.get("usd", 0.0)}
+
+
 HANDLERS: dict[str, Handler] = {
+    "spend": spend,
     "act": act,
     "log_blip": log_blip,
     "bad_spawn": bad_spawn,

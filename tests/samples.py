@@ -19,6 +19,14 @@ _REQUIRED: dict[type[ev.Event], dict[str, Any]] = {
     ev.GoalCancelled: {"reason": "no longer needed", "by": "ana", "compensate": True},
     ev.GoalHalted: {"guardrail": "max_tasks", "limit": 10, "observed": 11},
     ev.GoalResumed: {"limits": {"max_tasks": 20}},
+    ev.GoalThrottled: {
+        "tenant": "acme",
+        "quota": "usd_per_day",
+        "used": 10.5,
+        "limit": 10.0,
+        "until": "2026-12-08T00:00:00Z",
+        "reason": "tenant acme is at its usd_per_day quota",
+    },
     ev.TaskCreated: {
         "task_type": "execute",
         "lane": "local",

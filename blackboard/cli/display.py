@@ -21,6 +21,7 @@ from blackboard.log.events import (
     GoalHalted,
     GoalResumed,
     GoalSubmitted,
+    GoalThrottled,
     ModelCalled,
     PolicyDecided,
     SideEffectCompleted,
@@ -63,6 +64,8 @@ def detail(event: AnyEvent) -> str:
             return f"{event.guardrail}: {event.observed:g} > limit {event.limit:g}"
         case GoalResumed():
             return f"limits now {_limits(event)}"
+        case GoalThrottled():
+            return clip(event.reason)
         case TaskCreated():
             parent = f" parent={event.parent_id}" if event.parent_id else ""
             deps = f" deps={len(event.depends_on)}" if event.depends_on else ""
@@ -189,6 +192,8 @@ def shown_status(goal: GoalState) -> str:
     """The goal's status, saying so when it is held up by an approval."""
     if goal.status == "running" and waiting(goal):
         return "awaiting_approval"
+    if goal.status == "running" and goal.throttled is not None:
+        return "throttled"
     return goal.status
 
 
@@ -201,6 +206,8 @@ def goal_tree(goal: GoalState) -> list[str]:
     ]
     if goal.reason:
         lines.append(f"  reason: {goal.reason}")
+    if goal.status == "running" and goal.throttled is not None:
+        lines.append(f"  waiting: {goal.throttled.reason}")
     if goal.summary:
         lines.append(f"  summary: {clip(goal.summary, 100)}")
     roots = [
@@ -249,6 +256,17 @@ def goal_json(goal: GoalState, *, tasks: bool = True) -> dict[str, object]:
         "tokens": goal.tokens,
         "cost_usd": round(goal.cost_usd, 6),
         "open_tasks": goal.open_tasks,
+        "throttled": (
+            {
+                "quota": goal.throttled.quota,
+                "used": goal.throttled.used,
+                "limit": goal.throttled.limit,
+                "until": goal.throttled.until.isoformat(),
+                "reason": goal.throttled.reason,
+            }
+            if goal.throttled is not None and goal.status == "running"
+            else None
+        ),
         **counts(goal),
     }
     if tasks:

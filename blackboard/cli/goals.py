@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,6 +30,10 @@ from blackboard.cli.common import (
 from blackboard.cli.follow import drive_goal
 from blackboard.errors import BlackboardError
 from blackboard.runtime import config as config_mod
+
+if TYPE_CHECKING:
+    from blackboard.engine.decide import Policy
+    from blackboard.engine.quota import RateQuota
 
 # --- goals ------------------------------------------------------------------
 
@@ -387,7 +391,14 @@ async def _lanes(
 
     policy = policy_from(s)
     async with runtime.open_store(s, url, name="bb-status") as store:
-        loads = lane_loads(await client.goals(store), policy.window)
+        goals = await client.goals(store)
+    loads = lane_loads(goals, policy.window)
+    # A tenant's wait for a rate quota, as its goals' last notes say.
+    waits = {
+        g.submitted.tenant: g.throttled.reason
+        for g in goals
+        if g.status == "running" and g.throttled is not None
+    }
     rows: list[dict[str, Any]] = [
         {
             "lane": load.lane,
@@ -400,6 +411,9 @@ async def _lanes(
                     "waiting": w,
                     "weight": policy.weights.get(t, 1.0),
                     "max_in_flight": policy.quotas.get(t),
+                    "tokens_per_minute": _rate(policy, t).tokens_per_minute,
+                    "usd_per_day": _rate(policy, t).usd_per_day,
+                    "throttled": waits.get(t),
                 }
                 for t, (f, w) in load.tenants.items()
                 if tenant is None or t == tenant
@@ -424,7 +438,26 @@ async def _lanes(
                 f"  {t:<16} {share['in_flight']:>6} in flight {share['waiting']:>6}"
                 f" waiting  weight {share['weight']:g}"
                 + (f"  quota {quota} in flight" if quota is not None else "")
+                + (
+                    f"  {share['tokens_per_minute']} tokens/min"
+                    if share["tokens_per_minute"] is not None
+                    else ""
+                )
+                + (
+                    f"  ${share['usd_per_day']:g}/day"
+                    if share["usd_per_day"] is not None
+                    else ""
+                )
             )
+            if share["throttled"]:
+                typer.echo(f"    waiting: {share['throttled']}")
+
+
+def _rate(policy: Policy, tenant: str) -> RateQuota:
+    """The tenant's rate quotas (none: not limited)."""
+    from blackboard.engine.quota import RateQuota
+
+    return policy.rates.get(tenant, RateQuota())
 
 
 async def _watch(store: Any, goal_id: str, as_json: bool) -> None:

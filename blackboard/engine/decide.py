@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from datetime import datetime
 
+    from blackboard.engine.quota import RateQuota
+
 ROOT_TASK = "plan"
 """Id of the task created for a goal submitted without a DAG."""
 
@@ -62,6 +64,8 @@ class Policy:
     """Tenants' weights (absent: 1)."""
     quotas: Mapping[str, int] = field(default_factory=dict)
     """Tenants' ``max_in_flight`` per lane (absent: none)."""
+    rates: Mapping[str, RateQuota] = field(default_factory=dict)
+    """Tenants' tokens per minute and dollars per day (absent: none)."""
     on_deadline: str = "halt"
     """What a goal past its deadline does: ``halt`` (resumable) or ``fail``."""
 

@@ -91,14 +91,18 @@ class ReadySet(Generic[T]):
     _passes: dict[str, dict[str, float]] = field(default_factory=dict)
     """Stride passes by lane, then tenant."""
     _heaps: dict[str, dict[str, list[tuple[Sort, Key]]]] = field(default_factory=dict)
+    _goals: dict[str, Counter[str]] = field(default_factory=dict)
+    """Offers by tenant, then goal."""
 
     def offer(self, o: Offer[T]) -> None:
         """Add ``o``, replacing what was offered for its task before."""
         old = self._offers.get(o.key)
         self._offers[o.key] = o
         self._waiting[o.lane] += 1
+        self._count(o, 1)
         if old is not None:
             self._waiting[old.lane] -= 1
+            self._count(old, -1)
         if old is not None and (self._sort(old), old.lane, old.tenant) == (
             self._sort(o),
             o.lane,
@@ -117,10 +121,21 @@ class ReadySet(Generic[T]):
         old = self._offers.pop(key, None)
         if old is not None:
             self._waiting[old.lane] -= 1
+            self._count(old, -1)
 
     def waiting(self, lane: str) -> int:
         """Offers waiting on ``lane``."""
         return self._waiting[lane]
+
+    def goals(self, tenant: str) -> list[str]:
+        """Goals with offers of ``tenant`` waiting, on any lane."""
+        return [g for g, n in self._goals.get(tenant, Counter()).items() if n > 0]
+
+    def _count(self, o: Offer[T], n: int) -> None:
+        goals = self._goals.setdefault(o.tenant, Counter())
+        goals[o.key[0]] += n
+        if goals[o.key[0]] <= 0:
+            del goals[o.key[0]]
 
     def lanes(self) -> list[str]:
         """Lanes with at least one offer waiting."""
@@ -168,6 +183,7 @@ class ReadySet(Generic[T]):
             _, key = heapq.heappop(heaps[tenant])
             taken.append(self._offers.pop(key))
             self._waiting[lane] -= 1
+            self._count(taken[-1], -1)
             passes[tenant] += 1 / max(weights.get(tenant, 1.0), 1e-9)
             if tenant in left:
                 left[tenant] -= 1

@@ -25,6 +25,7 @@ import msgspec
 from blackboard import ids, telemetry
 from blackboard.engine.decide import Append, AppendBatch, Decider, Dispatch
 from blackboard.engine.dispatch import Offer, ReadySet, rank
+from blackboard.engine.quota import TenantUsage, Throttle
 from blackboard.engine.state import BoardState, GoalState, TaskState, evolve
 from blackboard.errors import (
     BatchRejected,
@@ -44,6 +45,8 @@ from blackboard.log.events import (
     GoalHalted,
     GoalResumed,
     GoalSubmitted,
+    GoalThrottled,
+    ModelCalled,
     TaskCancelled,
     TaskCompleted,
     TaskCreated,
@@ -145,6 +148,10 @@ class Scheduler:
         self._dispatching: dict[str, tuple[str, str, str, str]] = {}
         """(lane, tenant, goal, task) of each TaskReady being written: it takes
         its slot before the fold shows the task ready."""
+        self._usage = TenantUsage()
+        """Tenants' recent tokens and today's dollars, for their rate quotas."""
+        self._throttles: list[Append] = []
+        """GoalThrottled events ``_take`` decided on, for ``_step`` to write."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lead when possible, until ``stop`` is set."""
@@ -170,12 +177,15 @@ class Scheduler:
         self._busy.clear()
         self._ready = ReadySet(aging_s=self.decider.policy.aging_s)
         self._dispatching.clear()
+        self._usage = TenantUsage()
         # Hold the windows until the goals that arrived while no scheduler
         # led have their tasks: a lane emptied during the gap would otherwise
         # fill with whatever was already created, before an urgent goal's.
         self._warm_until = self.clock() + _WARM_UP
         async for env in self.store.read():
             evolve(self.state, env)
+            if isinstance(env.event, ModelCalled):
+                self._count_usage(env.event)
         self._count_flight()
         self._deadlines = [
             (g.limits.deadline, g.goal_id)
@@ -229,7 +239,11 @@ class Scheduler:
                 tasks.add((goal_id, task_id))
             else:
                 goals.add(goal_id)
-        if isinstance(event, BudgetEntry):
+        if isinstance(event, ModelCalled):
+            self._count_usage(event)
+        elif isinstance(event, GoalThrottled):
+            pass  # our own note of a wait: nothing to decide
+        elif isinstance(event, BudgetEntry):
             # A call's reservation: the fold keeps the goal's guard current,
             # and nothing the scheduler decides depends on it, unless it is
             # what made a goal-level write of ours lose its race.
@@ -262,6 +276,17 @@ class Scheduler:
         if goal is None or task is None or task.status not in _IN_FLIGHT:
             return None
         return (task.lane, goal.submitted.tenant)
+
+    def _count_usage(self, event: ModelCalled) -> None:
+        """Count a call against its tenant's rate quotas."""
+        goal = self.state.goals.get(event.goal_id)
+        if goal is not None and goal.submitted.tenant in self.decider.policy.rates:
+            self._usage.record(
+                goal.submitted.tenant,
+                event.at,
+                event.tokens_in + event.tokens_cached + event.tokens_out,
+                event.cost_usd,
+            )
 
     def _count_flight(self) -> None:
         """Tasks in flight by lane and tenant, from the whole fold (at a start)."""
@@ -385,6 +410,8 @@ class Scheduler:
                 actions.append(action)
         creating = any(isinstance(a, AppendBatch) for a in actions)
         actions.extend(self._take(busy, now, creating))
+        actions.extend(self._throttles)
+        self._throttles = []
         if not actions:
             return
         by_goal: dict[str, list[AppendBatch]] = {}
@@ -438,6 +465,7 @@ class Scheduler:
             if creating or any(":" not in key for key in busy):
                 return taken  # a goal's tasks are still being created
             self._warm_until = now
+        throttled = self._throttled(now)
         for lane in self._ready.lanes():
             window = policy.window(lane)
             while True:
@@ -458,6 +486,7 @@ class Scheduler:
                     )
                     for t, quota in policy.quotas.items()
                 }
+                room.update(dict.fromkeys(throttled, 0))
                 offers = self._ready.take(lane, free, policy.weights, room)
                 if not offers:
                     break
@@ -466,6 +495,55 @@ class Scheduler:
                         ready = msgspec.structs.replace(o.action.ready, at=now)
                         taken.append(dataclasses.replace(o.action, ready=ready))
         return taken
+
+    def _throttled(self, now: datetime) -> set[str]:
+        """Tenants at a rate quota now; each goal they hold back notes why.
+
+        One ``GoalThrottled`` per goal and wait: its id names the quota and
+        when the wait ends, and the fold keeps the last one until the goal's
+        work goes out again, so neither a repeat nor a new leader writes it
+        twice.
+        """
+        rates = self.decider.policy.rates
+        out: set[str] = set()
+        for tenant, quota in rates.items():
+            found = self._usage.throttle(tenant, quota, now)
+            if found is None:
+                continue
+            out.add(tenant)
+            for goal_id in self._ready.goals(tenant):
+                goal = self.state.goals.get(goal_id)
+                if goal is not None and goal.status == "running":
+                    self._note_throttle(goal, found, now)
+        return out
+
+    def _note_throttle(self, goal: GoalState, found: Throttle, now: datetime) -> None:
+        noted = goal.throttled
+        if noted is not None and noted.quota == found.quota and noted.until > now:
+            return  # this wait is on the log already
+        event_id = (
+            f"GoalThrottled:{goal.goal_id}:{found.quota}:{found.until:%Y%m%dT%H%M%S}"
+        )
+        if event_id in self._busy_ids:
+            return  # being written
+        self._throttles.append(
+            Append(
+                GoalThrottled(
+                    event_id=event_id,
+                    goal_id=goal.goal_id,
+                    at=now,
+                    actor=self.decider.actor,
+                    tenant=found.tenant,
+                    quota=found.quota,
+                    used=found.used,
+                    limit=found.limit,
+                    until=found.until,
+                    reason=found.reason,
+                ),
+                None,
+            )
+        )
+        log.info("goal %s waits: %s", goal.goal_id, found.reason)
 
     def _tenant_of(self, action: Dispatch) -> str:
         return self.state.goals[action.ready.goal_id].submitted.tenant

@@ -33,6 +33,7 @@ from blackboard.log.events import (
     GoalHalted,
     GoalResumed,
     GoalSubmitted,
+    GoalThrottled,
     Limits,
     ModelCalled,
     PolicyDecided,
@@ -191,6 +192,8 @@ class GoalState:
     reason: str = ""
     last_seq: int = 0
     finished_at: datetime | None = None
+    throttled: GoalThrottled | None = None
+    """The tenant quota its ready work waits for, until some goes out."""
 
 
 @dataclass(slots=True)
@@ -260,6 +263,8 @@ def evolve(state: BoardState, env: Envelope) -> BoardState:
     if task is None:
         state.orphans += 1
         return state
+    if isinstance(event, TaskReady):
+        goal.throttled = None  # its work goes out again
     task.last_seq = env.seq
     _evolve_task(state, goal, task, event, env)
     return state
@@ -288,6 +293,8 @@ def _evolve_goal(goal: GoalState, event: AnyEvent, env: Envelope) -> None:
         case GoalHalted():
             if goal.status == "running":
                 goal.status, goal.halted_by = "halted", event.guardrail
+        case GoalThrottled():
+            goal.throttled = event
         case GoalResumed():
             goal.limits = event.limits
             if goal.status == "halted":
@@ -486,6 +493,7 @@ def _evolve_task(
             | GoalCancelled()
             | GoalHalted()
             | GoalResumed()
+            | GoalThrottled()
             | TaskCreated()
         ):
             # Goal-level events and creations are handled before this point;

@@ -151,6 +151,22 @@ class GoalResumed(Event, frozen=True, kw_only=True):
     by: str = ""
 
 
+class GoalThrottled(Event, frozen=True, kw_only=True):
+    """The goal's tenant is at a rate quota: its ready work waits until ``until``.
+
+    Written by the scheduler once per wait (its id names the quota and the
+    end of the wait); the work goes out by itself when the quota has room.
+    """
+
+    tenant: str
+    quota: str
+    """``tokens_per_minute`` or ``usd_per_day`` (``[tenants.<name>]``)."""
+    used: float
+    limit: float
+    until: Timestamp
+    reason: str = ""
+
+
 # --- task -----------------------------------------------------------------
 
 
@@ -529,6 +545,7 @@ AnyEvent = (
     | GoalCancelled
     | GoalHalted
     | GoalResumed
+    | GoalThrottled
     | TaskCreated
     | TaskReady
     | TaskClaimed

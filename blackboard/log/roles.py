@@ -49,6 +49,7 @@ SCHEDULER: Final = frozenset(
         "goal_halted",
         "goal_completed",
         "goal_failed",
+        "goal_throttled",
         "policy_decided",
         # A policy may compensate a failed goal from the scheduler's process.
         "compensation_needed",

@@ -176,6 +176,12 @@ class TenantSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_in_flight: int | None = None
     """A quota: at most this many of its tasks ready or running on any one
     lane; the rest wait (never dropped). ``None``: no quota."""
+    tokens_per_minute: int | None = None
+    """A quota: while its calls of the last 60 s used this many tokens, its
+    work waits (see :mod:`blackboard.engine.quota`). ``None``: none."""
+    usd_per_day: float | None = None
+    """A quota: once its calls since midnight UTC cost this many dollars, its
+    work waits for the next day. ``None``: none."""
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -349,6 +355,10 @@ def load(
             raise ConfigError(f"[tenants.{name}] weight must be above 0")
         if tenant.max_in_flight is not None and tenant.max_in_flight < 1:
             raise ConfigError(f"[tenants.{name}] max_in_flight must be 1 or more")
+        if tenant.tokens_per_minute is not None and tenant.tokens_per_minute < 1:
+            raise ConfigError(f"[tenants.{name}] tokens_per_minute must be 1 or more")
+        if tenant.usd_per_day is not None and not tenant.usd_per_day > 0:
+            raise ConfigError(f"[tenants.{name}] usd_per_day must be above 0")
     if not settings.engine.aging_s > 0:
         raise ConfigError("[engine] aging_s must be above 0 seconds")
     for name, server in settings.tools.mcp.items():

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from blackboard import ids
 from blackboard.engine.decide import Decider, Policy
+from blackboard.engine.quota import RateQuota
 from blackboard.engine.scheduler import Scheduler
 from blackboard.engine.worker import Worker, WorkerSettings
 from blackboard.errors import ComponentFailed
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
+    from datetime import datetime
 
     from blackboard.engine.context import Agent
     from blackboard.engine.handlers import Handler
@@ -47,6 +49,11 @@ def policy_from(settings: Settings) -> Policy:
             name: t.max_in_flight
             for name, t in settings.tenants.items()
             if t.max_in_flight is not None
+        },
+        rates={
+            name: RateQuota(t.tokens_per_minute, t.usd_per_day)
+            for name, t in settings.tenants.items()
+            if t.tokens_per_minute is not None or t.usd_per_day is not None
         },
     )
 
@@ -156,9 +163,11 @@ async def running(
     lock: LeaderLock | None = None,
     agent: Agent | None = None,
     compensator: Compensating | None = None,
+    clock: Callable[[], datetime] = ids.utcnow,
 ) -> AsyncIterator[Stack]:
     """Run a scheduler, a worker per lane (and a projector) until the block exits.
 
+    ``clock`` is the scheduler's now (tests inject one to move days).
     ``queue`` and ``lock`` default to the ones beside ``store``
     (``store.work_queue()``, ``store.leader_lock(...)``). With a
     ``compensator``, every goal that fails meanwhile is compensated
@@ -197,6 +206,7 @@ async def running(
             store,
             decider,
             lock_ttl_s=settings.engine.lock_ttl_s,
+            clock=clock,
             queue=queue,
             lock=lock,
         )
