@@ -46,6 +46,7 @@ from blackboard.log.events import (
     TaskFailed,
     TaskHeld,
     TaskNeedsFollowup,
+    TaskPreempted,
     TaskReady,
     ToolCallFinished,
     ToolCallStarted,
@@ -202,6 +203,7 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
             | TaskNeedsFollowup()
             | TaskCancelled()
             | TaskHeld()
+            | TaskPreempted()
             | PolicyDecided()
             | BudgetEntry()
         ):

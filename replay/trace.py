@@ -47,6 +47,7 @@ from blackboard.log.events import (
     TaskFailed,
     TaskHeld,
     TaskNeedsFollowup,
+    TaskPreempted,
     TaskReady,
     ToolCallFinished,
     ToolCallStarted,
@@ -389,6 +390,8 @@ def _apply(trace: Trace, env: Envelope) -> None:
             )
         case TaskCancelled():
             task.notes.append(Note(env.seq, e.at, "cancelled", e.reason))
+        case TaskPreempted():
+            task.notes.append(Note(env.seq, e.at, "preempted", e.reason))
         case EffectCompensated() | CompensationFailed() | CompensationNeeded():
             trace.compensations.append(_compensation(env, e, task.task_id))
         case TaskReady():

@@ -42,6 +42,11 @@ _REQUIRED: dict[type[ev.Event], dict[str, Any]] = {
     ev.TaskNeedsFollowup: {"waiting_on": ["C1", "C2"]},
     ev.TaskCancelled: {"reason": "dependency failed"},
     ev.TaskHeld: {"guardrail": "max_depth", "reason": "depth 7 > 6"},
+    ev.TaskPreempted: {
+        "reason": "gave its slot to goal G2 task T1 (level 0 before level 2)",
+        "by_goal": "G2",
+        "by_task": "T1",
+    },
     ev.ApprovalRequested: {"reason": "writes to prod", "policy": "task_type:migration"},
     ev.ApprovalGranted: {"by": "ana", "note": "ok"},
     ev.ApprovalDenied: {"by": "ana", "note": "no"},

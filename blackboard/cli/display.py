@@ -34,6 +34,7 @@ from blackboard.log.events import (
     TaskFailed,
     TaskHeld,
     TaskNeedsFollowup,
+    TaskPreempted,
     TaskReady,
     ToolCallFinished,
     ToolCallStarted,
@@ -87,6 +88,8 @@ def detail(event: AnyEvent) -> str:
             return clip(event.reason)
         case TaskHeld():
             return f"{event.guardrail}: {clip(event.reason)}"
+        case TaskPreempted():
+            return clip(event.reason)
         case ApprovalRequested():
             return clip(event.reason or event.policy)
         case PolicyDecided():

@@ -68,15 +68,29 @@ Decision = TakeOver | Exhausted | Literal["stale", "theirs"]
 
 
 def decide_claim(
-    task: TaskState | None, *, work_seq: int, delivered: int, max_attempts: int
+    task: TaskState | None,
+    *,
+    work_seq: int,
+    delivered: int,
+    max_attempts: int,
+    dispatch: int | None = None,
 ) -> Decision:
-    """What a redelivery of work message ``work_seq`` may do with its task."""
+    """What a redelivery of work message ``work_seq`` may do with its task.
+
+    ``dispatch`` is the message's: a task that is ready in a later dispatch
+    has a message of its own for it (the scheduler sends it, and re-sends it
+    after a restart), so this older one is stale. Otherwise a task that was
+    preempted and dispatched again would run from its old place in the lane's
+    queue, ahead of the work it gave its slot to.
+    """
     if task is None:
         return "stale"
     ours = task.status == "claimed" and task.claim_work_seq == work_seq
     if ours and delivered <= task.claim_delivery:
         return "theirs"
     if task.status != "ready" and not ours:
+        return "stale"
+    if not ours and dispatch is not None and task.dispatch > dispatch:
         return "stale"
     # Either ready, or an earlier delivery's lease expired: take over.
     # Attempts that ended because the log was unavailable are not spent.

@@ -68,6 +68,9 @@ class Policy:
     """Tenants' tokens per minute and dollars per day (absent: none)."""
     on_deadline: str = "halt"
     """What a goal past its deadline does: ``halt`` (resumable) or ``fail``."""
+    preempt: str = "off"
+    """``requeue``: a dispatched, unclaimed task of a worse level gives its
+    slot to the best waiting offer (``engine.scheduler``)."""
 
     def window(self, lane: str) -> int:
         """How many of ``lane``'s tasks may be ready or running at once."""

@@ -114,7 +114,7 @@ class ReadySet(Generic[T]):
 
     def _sort(self, o: Offer[T]) -> Sort:
         # Levels of one aging period: earliest deadline first within one.
-        return (math.floor(o.rank / self.aging_s), o.deadline, o.rank, o.tie)
+        return (self.level(o.rank), o.deadline, o.rank, o.tie)
 
     def discard(self, key: Key) -> None:
         """Forget a task's offer (its heap entry is dropped when reached)."""
@@ -126,6 +126,20 @@ class ReadySet(Generic[T]):
     def waiting(self, lane: str) -> int:
         """Offers waiting on ``lane``."""
         return self._waiting[lane]
+
+    def best(self, lane: str, skip: Iterable[str] = ()) -> Offer[T] | None:
+        """The offer of ``lane`` that goes next among tenants not in ``skip``."""
+        heads: list[tuple[Sort, Key]] = []
+        skipped = set(skip)
+        for tenant, heap in self._heaps.get(lane, {}).items():
+            head = self._head(lane, tenant, heap) if tenant not in skipped else None
+            if head is not None:
+                heads.append(head)
+        return self._offers[min(heads)[1]] if heads else None
+
+    def level(self, rank: float) -> int:
+        """The priority level of a rank: one aging period wide."""
+        return math.floor(rank / self.aging_s)
 
     def goals(self, tenant: str) -> list[str]:
         """Goals with offers of ``tenant`` waiting, on any lane."""

@@ -337,6 +337,7 @@ class Runner:
                 work_seq=work_seq,
                 delivered=delivered,
                 max_attempts=item.max_attempts,
+                dispatch=item.dispatch,
             )
             if isinstance(decision, str):
                 return decision

@@ -52,6 +52,7 @@ from blackboard.log.events import (
     TaskCreated,
     TaskFailed,
     TaskNeedsFollowup,
+    TaskPreempted,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ _WAKES = (
     TaskFailed,
     TaskCancelled,
     TaskNeedsFollowup,
+    TaskPreempted,
     ApprovalGranted,
     ApprovalDenied,
 )
@@ -150,8 +152,13 @@ class Scheduler:
         its slot before the fold shows the task ready."""
         self._usage = TenantUsage()
         """Tenants' recent tokens and today's dollars, for their rate quotas."""
-        self._throttles: list[Append] = []
-        """GoalThrottled events ``_take`` decided on, for ``_step`` to write."""
+        self._notes: list[Append] = []
+        """What ``_take`` decided to write besides work: GoalThrottled notes
+        and TaskPreempted withdrawals, for ``_step`` to write."""
+        self._unclaimed: dict[str, set[tuple[str, str]]] = {}
+        """Tasks dispatched and not claimed yet, by lane (with preemption on)."""
+        self._preempting: dict[str, str] = {}
+        """Lane of each TaskPreempted being written: one at a time per lane."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lead when possible, until ``stop`` is set."""
@@ -177,6 +184,7 @@ class Scheduler:
         self._busy.clear()
         self._ready = ReadySet(aging_s=self.decider.policy.aging_s)
         self._dispatching.clear()
+        self._preempting.clear()
         self._usage = TenantUsage()
         # Hold the windows until the goals that arrived while no scheduler
         # led have their tasks: a lane emptied during the gap would otherwise
@@ -187,6 +195,11 @@ class Scheduler:
             if isinstance(env.event, ModelCalled):
                 self._count_usage(env.event)
         self._count_flight()
+        self._unclaimed = {}
+        if self.decider.policy.preempt != "off":
+            for goal in self.state.goals.values():
+                for task in goal.tasks.values():
+                    self._track_unclaimed(goal.goal_id, task)
         self._deadlines = [
             (g.limits.deadline, g.goal_id)
             for g in self.state.goals.values()
@@ -223,7 +236,13 @@ class Scheduler:
         evolve(self.state, env)
         event = env.event
         self._dispatching.pop(event.event_id, None)
+        self._preempting.pop(event.event_id, None)
         after = self._slot(event)
+        if event.task_id is not None and self.decider.policy.preempt != "off":
+            goal = self.state.goals.get(event.goal_id)
+            task = goal.tasks.get(event.task_id) if goal is not None else None
+            if task is not None:
+                self._track_unclaimed(event.goal_id, task)
         if before != after:
             if before is not None:
                 self._flight[before[0]][before[1]] -= 1
@@ -276,6 +295,23 @@ class Scheduler:
         if goal is None or task is None or task.status not in _IN_FLIGHT:
             return None
         return (task.lane, goal.submitted.tenant)
+
+    def _track_unclaimed(self, goal_id: str, task: TaskState) -> None:
+        """Keep ``task`` among its lane's preemptible tasks while it is one.
+
+        Preemptible: dispatched and nothing since (no claim, no retry), and
+        not a task resuming after the tasks it spawned (it would restart
+        from pending instead).
+        """
+        key = (goal_id, task.task_id)
+        if (
+            task.status == "ready"
+            and task.last_seq == task.ready_seq
+            and not task.waiting_on
+        ):
+            self._unclaimed.setdefault(task.lane, set()).add(key)
+        else:
+            self._unclaimed.get(task.lane, set()).discard(key)
 
     def _count_usage(self, event: ModelCalled) -> None:
         """Count a call against its tenant's rate quotas."""
@@ -410,8 +446,8 @@ class Scheduler:
                 actions.append(action)
         creating = any(isinstance(a, AppendBatch) for a in actions)
         actions.extend(self._take(busy, now, creating))
-        actions.extend(self._throttles)
-        self._throttles = []
+        actions.extend(self._notes)
+        self._notes = []
         if not actions:
             return
         by_goal: dict[str, list[AppendBatch]] = {}
@@ -477,6 +513,10 @@ class Scheduler:
                     else window - sum(flight.values()) - sent
                 )
                 if free <= 0:
+                    if policy.preempt == "requeue" and not any(
+                        a.lane == lane for a in taken
+                    ):
+                        self._preempt(lane, busy, now, throttled)
                     break
                 room = {
                     t: quota
@@ -526,7 +566,7 @@ class Scheduler:
         )
         if event_id in self._busy_ids:
             return  # being written
-        self._throttles.append(
+        self._notes.append(
             Append(
                 GoalThrottled(
                     event_id=event_id,
@@ -544,6 +584,64 @@ class Scheduler:
             )
         )
         log.info("goal %s waits: %s", goal.goal_id, found.reason)
+
+    def _preempt(
+        self, lane: str, busy: set[str], now: datetime, throttled: set[str]
+    ) -> None:
+        """Withdraw the worst unclaimed task of a full lane for better work.
+
+        With ``[engine] preempt = "requeue"``: if the best offer waiting (of
+        a tenant that could take the slot) is of a better level than a task
+        dispatched to the lane and not claimed yet, that task gives its slot
+        up: ``TaskPreempted``, guarded on its ``TaskReady``, so a worker's
+        claim wins any race. One withdrawal per lane at a time; the slot it
+        frees goes to the best offer then, by the usual choice.
+        """
+        if any(pending == lane for pending in self._preempting.values()):
+            return
+        policy = self.decider.policy
+        flight = self.in_flight(lane)
+        full = {t for t, quota in policy.quotas.items() if flight[t] >= quota}
+        best = self._ready.best(lane, skip=throttled | full)
+        if best is None:
+            return
+        worst: tuple[int, str, GoalState, TaskState] | None = None
+        for goal_id, task_id in self._unclaimed.get(lane, set()):
+            goal = self.state.goals.get(goal_id)
+            task = goal.tasks.get(task_id) if goal is not None else None
+            if goal is None or task is None or goal_id == best.key[0]:
+                continue
+            if goal_id in busy or f"{goal_id}:{task_id}" in busy:
+                continue
+            level = self._ready.level(
+                rank(
+                    _eligible_since(goal, task),
+                    goal.submitted.priority + task.priority,
+                    policy.aging_s,
+                )
+            )
+            tie = f"{goal.goal_id}{task.ordinal:09d}"
+            if worst is None or (level, tie) > worst[:2]:
+                worst = (level, tie, goal, task)
+        if worst is None or worst[0] <= self._ready.level(best.rank):
+            return
+        level, _, goal, task = worst
+        event = TaskPreempted(
+            event_id=f"preempt:{goal.goal_id}:{task.task_id}:{task.dispatch}",
+            goal_id=goal.goal_id,
+            task_id=task.task_id,
+            at=now,
+            actor=self.decider.actor,
+            reason=(
+                f"gave its slot on {lane} to goal {best.key[0]} task {best.key[1]}"
+                f" (priority level {self._ready.level(best.rank)} before {level});"
+                " it waits again"
+            ),
+            by_goal=best.key[0],
+            by_task=best.key[1],
+        )
+        self._preempting[event.event_id] = lane
+        self._notes.append(Append(event, task.last_seq))
 
     def _tenant_of(self, action: Dispatch) -> str:
         return self.state.goals[action.ready.goal_id].submitted.tenant
@@ -577,6 +675,7 @@ class Scheduler:
     def _unhold(self, event_ids: list[str]) -> None:
         for event_id in event_ids:
             self._dispatching.pop(event_id, None)  # a dispatch not written
+            self._preempting.pop(event_id, None)
             key = self._busy_ids.pop(event_id, None)
             if key is not None:
                 self._release(key)

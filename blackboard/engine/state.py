@@ -47,6 +47,7 @@ from blackboard.log.events import (
     TaskFailed,
     TaskHeld,
     TaskNeedsFollowup,
+    TaskPreempted,
     TaskReady,
     ToolCallFinished,
     ToolCallStarted,
@@ -80,7 +81,8 @@ LEGAL: Final[dict[str, frozenset[str]]] = {
     "held": frozenset({"pending", "cancelled"}),
     "awaiting_approval": frozenset({"pending", "cancelled"}),
     # A retryable failure leaves the task ready: its work item is redelivered.
-    "ready": frozenset({"claimed", "cancelled", "failed", "ready"}),
+    # ready -> pending: preempted before a worker claimed it (TaskPreempted).
+    "ready": frozenset({"claimed", "cancelled", "failed", "ready", "pending"}),
     "claimed": frozenset(
         {
             "claimed",
@@ -134,6 +136,8 @@ class TaskState:
     status: TaskStatus = "pending"
     last_seq: int = 0
     ready_seq: int = 0
+    preempted: int = 0
+    """Times it gave its slot up before a worker claimed it."""
     dispatch: int = 0
     attempt: int = 0
     transient: int = 0
@@ -312,6 +316,7 @@ def _evolve_goal(goal: GoalState, event: AnyEvent, env: Envelope) -> None:
             | TaskNeedsFollowup()
             | TaskCancelled()
             | TaskHeld()
+            | TaskPreempted()
             | ApprovalRequested()
             | ApprovalGranted()
             | ApprovalDenied()
@@ -430,6 +435,9 @@ def _evolve_task(
                 return
             if _move(state, env, task, "cancelled"):
                 task.error, task.finished_at = event.reason, event.at
+        case TaskPreempted():
+            if _move(state, env, task, "pending"):
+                task.preempted += 1
         case TaskHeld():
             if _move(state, env, task, "held"):
                 task.held_reason = event.reason

@@ -250,6 +250,20 @@ class TaskCancelled(Event, frozen=True, kw_only=True):
     reason: str = ""
 
 
+class TaskPreempted(Event, frozen=True, kw_only=True):
+    """A dispatched, not yet claimed task gave its slot to higher-priority work.
+
+    Written by the scheduler with ``[engine] preempt = "requeue"``, guarded on
+    the task's ``TaskReady``: a task a worker claimed first is never touched.
+    The task waits again, with the rank it had; its work message, when a
+    worker gets it, finds the task moved on and is dropped.
+    """
+
+    reason: str
+    by_goal: str
+    by_task: str
+
+
 class TaskHeld(Event, frozen=True, kw_only=True):
     """Admission was refused by a guardrail; the task is kept, not dropped."""
 
@@ -554,6 +568,7 @@ AnyEvent = (
     | TaskNeedsFollowup
     | TaskCancelled
     | TaskHeld
+    | TaskPreempted
     | ApprovalRequested
     | ApprovalGranted
     | ApprovalDenied

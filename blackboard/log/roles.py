@@ -45,6 +45,7 @@ SCHEDULER: Final = frozenset(
         "task_failed",
         "task_cancelled",
         "task_held",
+        "task_preempted",
         "approval_requested",
         "goal_halted",
         "goal_completed",

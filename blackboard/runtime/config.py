@@ -152,6 +152,10 @@ class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     on_deadline: Literal["halt", "fail"] = "halt"
     """A goal past its deadline halts (``bb resume --deadline`` goes on) or
     fails."""
+    preempt: Literal["off", "requeue"] = "off"
+    """``requeue``: when a lane's window is full and better work waits, a task
+    dispatched to it that no worker has claimed yet gives its slot up and
+    waits again (``TaskPreempted``). A running task is never touched."""
 
 
 def _default_lanes() -> dict[str, LaneSettings]:

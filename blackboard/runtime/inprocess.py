@@ -45,6 +45,7 @@ def policy_from(settings: Settings) -> Policy:
         aging_s=settings.engine.aging_s,
         weights={name: t.weight for name, t in settings.tenants.items()},
         on_deadline=settings.engine.on_deadline,
+        preempt=settings.engine.preempt,
         quotas={
             name: t.max_in_flight
             for name, t in settings.tenants.items()
