@@ -194,6 +194,10 @@ class Agents:
             "aggregate": self.aggregate,
         }
 
+    async def start(self) -> None:
+        """Start the MCP servers before a first task needs their tools."""
+        await self.toolbox.start()
+
     async def aclose(self) -> None:
         """Close the model clients and stop the MCP servers."""
         try:

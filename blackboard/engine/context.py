@@ -70,6 +70,14 @@ class Agent(Protocol):
     ``agents.handlers.Agents`` is one; the worker hands it to every context.
     """
 
+    async def start(self) -> None:
+        """Get ready for a first task: start tool servers.
+
+        Each worker calls it as it starts, beside its first fetch; doing it
+        once is the agent's part.
+        """
+        ...
+
     async def converse(
         self,
         ctx: TaskContext,

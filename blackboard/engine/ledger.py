@@ -11,7 +11,10 @@ race: a goal's concurrent tasks in one worker would otherwise lose to each
 other through the server, each loss one more read and write, and reserving
 became most of a call's cost (the demo's 57 calls spent 69 s of their tasks'
 time in the ledger, at 4.3 reads per entry). Across processes the guard
-still decides.
+still decides. And a process remembers the last entry it wrote to a goal's
+ledger: the next writer guards on it without reading it back, and reads only
+when another process wrote since (the guard refuses the write then), so a
+goal whose calls all go through one worker costs one request per entry.
 """
 
 from __future__ import annotations
@@ -41,6 +44,19 @@ _TURNS: dict[tuple[int, str], tuple[asyncio.Lock, int]] = {}
 """Per (store, goal): the lock its writers in this process take turns on, and
 how many hold or wait for it (the entry goes when none does)."""
 
+_WROTE: dict[tuple[int, str], tuple[int, BudgetEntry]] = {}
+"""Per (store, goal): the last entry this process wrote, and its sequence."""
+
+_WROTE_MAX: Final = 4096
+"""Goals remembered at most (the oldest are forgotten: one read each then)."""
+
+
+def _remember(key: tuple[int, str], seq: int, entry: BudgetEntry) -> None:
+    _WROTE.pop(key, None)
+    _WROTE[key] = (seq, entry)
+    while len(_WROTE) > _WROTE_MAX:
+        del _WROTE[next(iter(_WROTE))]
+
 
 @contextlib.asynccontextmanager
 async def _turn(store: EventStore, goal_id: str) -> AsyncIterator[None]:
@@ -66,6 +82,20 @@ class Ledger:
         self.store = store
         self.goal_id = goal_id
         self.actor = actor
+
+    @property
+    def _key(self) -> tuple[int, str]:
+        return (id(self.store), self.goal_id)
+
+    async def _guard(self, fresh: bool) -> tuple[int, BudgetEntry | None]:
+        """The last entry: the one this process wrote, unless ``fresh``."""
+        if not fresh and self._key in _WROTE:
+            return _WROTE[self._key]
+        return await self.last()
+
+    async def _write(self, entry: BudgetEntry, expect: int) -> None:
+        seq = await self.store.append(entry, expect=expect)
+        _remember(self._key, seq, entry)
 
     async def last(self) -> tuple[int, BudgetEntry | None]:
         """The guard value of the chain and its last entry (0, None: empty)."""
@@ -121,8 +151,8 @@ class Ledger:
         recorded: Callable[[str], Awaitable[tuple[int, float] | None]],
         reservation: str,
     ) -> str | budget.Refused:
-        for _ in range(MAX_TRIES):
-            seq, last = await self.last()
+        for tried in range(MAX_TRIES):
+            seq, last = await self._guard(fresh=tried > 0)
             totals = await self._totals(last)
             old = budget.stale(totals, hold.task_id, hold.dispatch, hold.attempt)
             if old:
@@ -137,12 +167,14 @@ class Ledger:
                     totals, limits, hold.tokens, hold.cost_usd, model
                 )
                 if refused is not None:
+                    if tried == 0 and self._key in _WROTE:
+                        continue  # refuse only on what the log says now
                     return refused
                 entry = budget.reserved(
                     self._base(), totals, reservation, hold, limits, model
                 )
             try:
-                await self.store.append(entry, expect=seq)
+                await self._write(entry, seq)
             except ConcurrencyConflict:
                 continue
             if not old:
@@ -155,14 +187,16 @@ class Ledger:
             await self._settle(reservation, used)
 
     async def _settle(self, reservation: str, used: tuple[int, float] | None) -> None:
-        for _ in range(MAX_TRIES):
-            seq, last = await self.last()
+        for tried in range(MAX_TRIES):
+            seq, last = await self._guard(fresh=tried > 0)
             totals = await self._totals(last)
             if reservation not in (totals.held or {}):
+                if tried == 0 and self._key in _WROTE:
+                    continue  # what we remember may be behind: read it
                 return  # settled already (a retried write that had landed)
             entry = budget.settled(self._base(), totals, reservation, used)
             try:
-                await self.store.append(entry, expect=seq)
+                await self._write(entry, seq)
             except ConcurrencyConflict:
                 continue
             return

@@ -124,6 +124,11 @@ class Worker:
             self.store.subjects.kind_filter("goal_cancelled"), self._on_cancel
         )
         next_lag = 0.0
+        # Tool servers take a second or two to start: meanwhile the first
+        # work can already be fetched and claimed, and waits only the rest.
+        warming = (
+            asyncio.create_task(self._warm_up()) if self.agent is not None else None
+        )
         try:
             while not stop.is_set():
                 if telemetry.get().meter is not None and time.monotonic() >= next_lag:
@@ -161,6 +166,23 @@ class Worker:
                 await lane.close()
             with contextlib.suppress(Exception):
                 await cancels.close()
+            if warming is not None and not warming.done():
+                warming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await warming
+
+    @property
+    def agent(self) -> Agent | None:
+        """The process's model agent, if it has one."""
+        return self.runner.agent
+
+    async def _warm_up(self) -> None:
+        """Start the agent; a failure is the first task's to meet, not ours."""
+        assert self.runner.agent is not None
+        try:
+            await self.runner.agent.start()
+        except Exception as e:
+            log.warning("%s: the agent did not start (%s)", self.worker_id, e)
 
     async def _on_cancel(self, subject: str) -> None:
         """Stop every running handler of a goal whose cancellation was stored."""

@@ -10,7 +10,7 @@ behind the queued ones.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +21,10 @@ from blackboard.runtime.inprocess import running
 from tests.engine.conftest import events_of, spec
 from tests.engine_handlers import HANDLERS
 from tests.waiting import EVERY_S
+
+if TYPE_CHECKING:
+    from datetime import datetime
+    from pathlib import Path
 
 
 async def submit(store, settings, specs: list[TaskSpec], priority: int = 0) -> str:
@@ -38,7 +42,7 @@ def background(marker: Path, n: int = 5) -> list[TaskSpec]:
     ]
 
 
-async def claims(store, goal_id: str) -> list[tuple[str, object]]:
+async def claims(store, goal_id: str) -> list[tuple[str, datetime]]:
     return [
         (e.task_id or "", e.at)
         for e in await events_of(store, goal_id)
