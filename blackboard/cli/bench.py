@@ -10,6 +10,7 @@ from blackboard.cli.common import (
     JsonOpt,
     bench_app,
     emit_json,
+    fail,
     run,
 )
 
@@ -59,6 +60,37 @@ def bench_engine(
         bench.print_table(result)
 
 
+@bench_app.command("scale")
+def bench_scale(
+    sizes: Annotated[
+        str, typer.Option(help="Tasks in the goal, one fleet each (comma-separated).")
+    ] = "1000,10000,100000",
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    concurrency: Annotated[int, typer.Option(help="Slots per worker.")] = 64,
+    window: Annotated[
+        int, typer.Option(help="The lane's dispatch window (0: none).")
+    ] = 128,
+    raw: Annotated[
+        int, typer.Option(help="Messages for JetStream's own rates.")
+    ] = 20_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cost per task from 1k to 100k tasks in one goal: separate processes."""
+    from blackboard.tools import bench_scale
+
+    try:
+        counts = [int(x) for x in sizes.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--sizes: give task counts separated by commas, not {sizes!r}", 2)
+    if not counts or min(counts) < 1:
+        fail("--sizes: give at least one task count of 1 or more", 2)
+    result = run(bench_scale.scale(counts, workers, concurrency, window, raw))
+    if as_json:
+        emit_json(result)
+    else:
+        bench_scale.print_table(result)
+
+
 @bench_app.command("fairness")
 def bench_fairness(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
@@ -105,7 +137,6 @@ def bench_local_model(
     as_json: JsonOpt = False,
 ) -> None:
     """What the bundled 135M model gets right per task kind, and its tokens/s."""
-    from blackboard.cli.common import fail
     from blackboard.tools import bench_local
 
     if runs < 1:

@@ -254,6 +254,8 @@ class Decider:
                     payload={"goal": goal.text},
                 ),
             )
+        elif goal.specs_created == len(goal.spec_ids):
+            return None  # every task of the DAG is in the log
         missing = [s for s in specs if s.task_id not in goal.tasks]
         if not missing:
             return None

@@ -79,6 +79,12 @@ _WAKES = (
 # How often the tasks-by-status gauge is refreshed (only with metrics on).
 _COUNT_EVERY = timedelta(seconds=2)
 
+_MAX_WRITES = 256
+"""Writes (appends, work messages) in flight at once. A lane's window bounds
+what one step dispatches; with no window (``window = 0``) a goal of 20,000
+ready tasks would otherwise have them all in flight, and the publishes past
+the server's patience time out and are sent again."""
+
 _MAX_SAME_CONFLICT = 20
 """A write that meets the same conflict this many times can never win."""
 
@@ -457,9 +463,15 @@ class Scheduler:
                 by_goal.setdefault(action.items[0][0].goal_id, []).append(action)
             else:
                 singles.append(action)
+        gate = asyncio.Semaphore(_MAX_WRITES)
+
+        async def single(action: Append | Dispatch) -> codec.WorkItem | None:
+            async with gate:
+                return await self._run(action)
+
         results = await asyncio.gather(
             *(self._run_batches(batches) for batches in by_goal.values()),
-            *(self._run(a) for a in singles),
+            *(single(a) for a in singles),
         )
         # Work goes out in the order decide() gave (priority first), one
         # pipelined burst: the lane queues receive it in that order.
@@ -804,8 +816,14 @@ class Scheduler:
         """Publish work items; those that fail are kept and retried."""
         self._unsent = [i for i in self._unsent if i not in items]
 
+        gate = asyncio.Semaphore(_MAX_WRITES)
+
         async def one(item: codec.WorkItem) -> None:
             msg_id = f"work:{item.goal_id}:{item.task_id}:{item.dispatch}"
+            async with gate:
+                await send(item, msg_id)
+
+        async def send(item: codec.WorkItem, msg_id: str) -> None:
             try:
                 await self.queue.publish(
                     item.lane,

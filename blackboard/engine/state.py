@@ -197,6 +197,11 @@ class GoalState:
     last_seq: int = 0
     finished_at: datetime | None = None
     throttled: GoalThrottled | None = None
+    spec_ids: frozenset[str] = frozenset()
+    """The ids of the tasks its submission gave (its DAG)."""
+    specs_created: int = 0
+    """How many of them are created: the scheduler need not look for the
+    missing ones once all are (a goal of 100,000 tasks is decided often)."""
     """The tenant quota its ready work waits for, until some goes out."""
 
 
@@ -248,6 +253,7 @@ def evolve(state: BoardState, env: Envelope) -> BoardState:
                 limits=event.limits,
                 submitted=event,
                 last_seq=env.seq,
+                spec_ids=frozenset(s.task_id for s in event.tasks),
             )
         return state
     goal = state.goals.get(event.goal_id)
@@ -361,6 +367,8 @@ def _create(goal: GoalState, event: TaskCreated, env: Envelope) -> None:
     )
     goal.tasks[task.task_id] = task
     goal.open_tasks += 1
+    if task.task_id in goal.spec_ids:
+        goal.specs_created += 1
     if event.dedupe_key is not None:
         goal.dedupe.setdefault(event.dedupe_key, []).append(task.task_id)
     for dep in event.depends_on:

@@ -28,9 +28,16 @@ class JetStreamLeaderLock:
     """A lease named ``key`` held by ``holder``."""
 
     def __init__(
-        self, js: JetStreamContext, bucket: str, key: str, holder: str, ttl_s: float
+        self,
+        js: JetStreamContext,
+        bucket: str,
+        key: str,
+        holder: str,
+        ttl_s: float,
+        replicas: int = 1,
     ) -> None:
         self.js = js
+        self.replicas = replicas
         self.bucket = bucket
         self.key = key
         self.holder = holder
@@ -45,8 +52,13 @@ class JetStreamLeaderLock:
             try:
                 self._kv = await self.js.key_value(self.bucket)
             except nats.js.errors.BucketNotFoundError:
+                # As many replicas as the streams: a lease on one node of a
+                # cluster would be lost with it, and leadership with the lease.
                 self._kv = await self.js.create_key_value(
-                    bucket=self.bucket, ttl=self.ttl_s, history=1
+                    bucket=self.bucket,
+                    ttl=self.ttl_s,
+                    history=1,
+                    replicas=self.replicas,
                 )
         return self._kv
 

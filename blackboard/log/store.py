@@ -148,7 +148,12 @@ class JetStreamEventStore(JetStreamReads):
     def leader_lock(self, key: str, holder: str, ttl_s: float) -> LeaderLock:
         """A lease in the prefix's key-value bucket (``bb_locks``)."""
         return JetStreamLeaderLock(
-            self.js, lock_bucket(self.settings.prefix), key, holder, ttl_s
+            self.js,
+            lock_bucket(self.settings.prefix),
+            key,
+            holder,
+            ttl_s,
+            replicas=self.settings.replicas,
         )
 
     # --- writing ----------------------------------------------------------

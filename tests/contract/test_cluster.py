@@ -12,6 +12,7 @@ import nats.errors
 import pytest
 
 from blackboard.errors import StoreError
+from blackboard.log.ports import lock_bucket
 from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from tests import factories as f
 
@@ -43,6 +44,12 @@ async def test_r3_streams_survive_a_killed_node_that_then_rejoins(
             assert info.config.num_replicas == 3
             assert info.cluster is not None
             assert len(info.cluster.replicas or []) == 2  # besides the leader
+        # The scheduler's lease has the streams' replicas too.
+        lock = store.leader_lock("scheduler", "test", ttl_s=10)
+        assert await eventually(lock.try_acquire, attempt_s=20, timeout_s=40)
+        info = await store.js.stream_info(f"KV_{lock_bucket(store.settings.prefix)}")
+        assert info.config.num_replicas == 3
+        await lock.release()
 
         # Just after creation the new streams may not answer yet (no responders
         # until their leader is elected and known on our node), and a reader's

@@ -1,0 +1,174 @@
+"""``bb bench scale``: what a task costs as goals grow, on separate processes.
+
+For each size, a fresh fleet on this machine: a nats-server, ``bb scheduler``
+and worker processes (``bb worker --lane local``, no-op tasks). One goal of
+that many independent tasks is submitted; from the log, the time from its
+``goal_submitted`` to its ``goal_completed`` gives tasks/s. The scheduler's
+process gives its CPU time per task (``/proc/<pid>/stat``, over the goal) and
+its peak resident memory (``VmHWM``), its log how many work items it had to
+send again ("not sent"). The server's stream state gives JetStream messages
+per task. Then ``bb replay`` of the goal through the server, timed from the
+command's start, and JetStream's own publish and fetch+ack rates on the same
+server, for the ratio. Figures, never assertions: nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from blackboard.engine import control as client
+from blackboard.engine import submission as service
+from blackboard.log.events import TaskSpec
+from blackboard.tools.bench import _raw_jetstream
+from blackboard.tools.bench_fairness import Fleet
+
+if TYPE_CHECKING:
+    from blackboard.log.store import JetStreamEventStore
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _specs(n: int) -> list[TaskSpec]:
+    return [
+        TaskSpec(task_id=f"t{i}", type="bench_sleep", lane="local", payload={"ms": 0})
+        for i in range(n)
+    ]
+
+
+async def _goal(
+    fleet: Fleet, store: JetStreamEventStore, n: int, timeout_s: float
+) -> dict[str, Any]:
+    s = fleet.settings()
+    event = service.goal_submitted(
+        s,
+        f"bench: scale {n}",
+        specs=_specs(n),
+        submitted_by="bench",
+        overrides={"max_tasks": n + 10, "max_tokens": None, "max_cost_usd": None},
+    )
+    scheduler = fleet.procs[0].pid
+    cpu0 = _cpu_s(scheduler)
+    await store.append(event)
+    goal = await client.wait_goal(
+        store, event.goal_id, timeout_s=timeout_s, goal_level_only=True
+    )
+    cpu = _cpu_s(scheduler) - cpu0
+    if goal.status != "done" or goal.finished_at is None:
+        raise RuntimeError(f"bench goal ended {goal.status}: {goal.reason}")
+    wall = (goal.finished_at - event.at).total_seconds()
+    return {
+        "goal_id": event.goal_id,
+        "tasks": n,
+        "wall_s": round(wall, 3),
+        "tasks_per_s": round(n / wall, 1),
+        "scheduler_cpu_ms_per_task": round(cpu * 1000 / n, 3),
+        "scheduler_peak_rss_mb": round(_peak_rss_mb(scheduler), 1),
+    }
+
+
+def _replay_s(fleet: Fleet, goal_id: str) -> float:
+    """``bb replay <goal> --json`` through the server, CLI start included."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "blackboard.cli", "replay", goal_id, "--json"],
+        env=fleet.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    return time.perf_counter() - t0
+
+
+async def one_size(
+    n: int, workers: int, concurrency: int, window: int, raw: int
+) -> dict[str, Any]:
+    """One fleet, one goal of ``n`` tasks, and what it cost."""
+    with tempfile.TemporaryDirectory(prefix="bb-bench-scale-") as tmp:
+        fleet = Fleet(
+            Path(tmp),
+            workers=workers,
+            concurrency=concurrency,
+            window=window,
+            aging_s=60.0,
+            weights={},
+        )
+        fleet.up()
+        try:
+            async with fleet.store() as store:
+                await _goal(fleet, store, 20, 120)  # warm: imports, consumers
+                row = await _goal(fleet, store, n, max(600.0, n / 20))
+                info = await store.js.stream_info(store.events_stream)
+                row["events_per_task"] = round(info.state.messages / n, 2)
+                row["replay_s"] = round(_replay_s(fleet, row["goal_id"]), 3)
+                row["replay_events"] = info.state.messages
+                publish, fetch_ack = await _raw_jetstream(store.nc, raw)
+                row["jetstream_publish_per_s"] = round(publish)
+                row["jetstream_fetch_ack_per_s"] = round(fetch_ack)
+        finally:
+            fleet.down()
+        log = (Path(tmp) / "scheduler.log").read_text(errors="replace")
+        row["not_sent_retries"] = log.count("not sent")
+        row["lease_lost"] = log.count("stepping down")
+    return row
+
+
+async def scale(
+    sizes: list[int], workers: int, concurrency: int, window: int, raw: int
+) -> dict[str, Any]:
+    """Every size, each on a fresh fleet."""
+    rows = []
+    for n in sizes:
+        typer.echo(f"  {n:,} tasks...", err=True)
+        rows.append(await one_size(n, workers, concurrency, window, raw))
+    return {
+        "workers": workers,
+        "concurrency": concurrency,
+        "window": window,
+        "nodes": 1,
+        "rows": rows,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The table of the README."""
+    typer.echo(
+        f"{result['workers']} workers x {result['concurrency']}, window"
+        f" {result['window']}, {result['nodes']} node"
+    )
+    typer.echo(
+        f"{'tasks':>8} {'tasks/s':>8} {'sched CPU/task':>15} {'peak RSS':>9}"
+        f" {'events/task':>12} {'not sent':>9} {'replay':>8}"
+    )
+    for r in result["rows"]:
+        typer.echo(
+            f"{r['tasks']:>8,} {r['tasks_per_s']:>8.0f}"
+            f" {r['scheduler_cpu_ms_per_task']:>12.3f} ms"
+            f" {r['scheduler_peak_rss_mb']:>6.0f} MB {r['events_per_task']:>12}"
+            f" {r['not_sent_retries']:>9} {r['replay_s']:>6.2f} s"
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover - a manual entry point
+    asyncio.run(scale([1000], 2, 64, 128, 20000))
