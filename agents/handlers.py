@@ -363,7 +363,7 @@ class Agents:
             used = call.tokens_in + call.tokens_cached + call.tokens_out
             await ctx.settle(reservation, (used, call.cost_usd))
 
-        model = self.lanes.model(ctx.lane, record, before)
+        model = self.lanes.model(ctx.lane, record, before, ctx.shared_state())
         try:
             await model.complete(request)
         except RetryableModelError as e:

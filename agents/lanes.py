@@ -2,7 +2,10 @@
 
 Built once per process from the settings. SDK clients are created on first
 use and shared by every task of the process (their connection pools, and the
-per-provider rate limiters, are meant to be shared). With ``scripted`` on
+per-model rate limiters, are meant to be shared). A process with a store (a
+worker) shares each model's limits with the whole fleet through the store's
+shared state (agents/fleet.py); without one, the limits are the process's
+own. With ``scripted`` on
 (``BB_SCRIPTED=1``), every lane answers from the bundled script, or from
 ``BB_SCRIPT``, so a deployment can be exercised with no model at all.
 """
@@ -14,15 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agents.cost import PriceTable
+from agents.fleet import FleetLimiter
 from agents.models import ModelClient, SupportsAclose
-from agents.ratelimit import RateLimiter, limiter_for
+from agents.ratelimit import limiter_for
 from agents.resilient import BeforeCall, OnCall, ResilientModel
 from agents.scripted import ScriptedModel
 from blackboard.errors import ConfigError
 from blackboard.runtime.config import PROVIDERS, LaneSettings, ModelRef, Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from agents.ratelimit import Limiter
+    from blackboard.log.ports import SharedState
 
 __all__ = ["BUNDLED_SCRIPT", "Lanes", "missing_setup", "recorded_provider"]
 
@@ -121,6 +128,7 @@ class Lanes:
         self.prices = PriceTable.default().with_prices(settings.prices)
         self.scripted = settings.scripted
         self._clients: dict[tuple[str, str | None], ModelClient] = {}
+        self._fleet: dict[tuple[str, str], FleetLimiter] = {}
 
     @property
     def names(self) -> list[str]:
@@ -145,26 +153,75 @@ class Lanes:
             ]
         return [(self._client(ref, lane), ref.model) for ref in _refs(lane)]
 
-    def limiters(self, name: str) -> dict[str, RateLimiter]:
-        """The shared rate limiter of the lane's provider, if it has limits."""
+    def limiters(
+        self,
+        name: str,
+        chain: Sequence[tuple[ModelClient, str]],
+        shared: SharedState | None = None,
+    ) -> dict[tuple[str, str], Limiter]:
+        """The rate limiter of each model of the chain the lane's limits cover.
+
+        ``rpm``/``tpm`` are the limits of each model of the lane's own
+        provider (providers set them per model); a fallback of another
+        provider is not limited by them. With ``shared`` (the process has a
+        store), the limits are the fleet's; the process's own limiter is what
+        a call falls back on when the shared state cannot be reached.
+        """
         lane = self.lane(name)
         if lane.rpm is None and lane.tpm is None:
             return {}
-        provider = "scripted" if self.scripted else recorded_provider(lane.provider)
-        try:
-            return {provider: limiter_for(provider, lane.rpm, lane.tpm)}
-        except ValueError as e:
-            raise ConfigError(f"lane {name}: {e}") from e
+        own = "scripted" if self.scripted else recorded_provider(lane.provider)
+        out: dict[tuple[str, str], Limiter] = {}
+        for client, model in chain:
+            if client.provider != own:
+                continue
+            try:
+                local = limiter_for(f"{own}/{model}", lane.rpm, lane.tpm)
+            except ValueError as e:
+                raise ConfigError(f"lane {name}: {e}") from e
+            out[(own, model)] = (
+                local if shared is None else self._shared(shared, own, model, lane)
+            )
+        return out
+
+    def _shared(
+        self, shared: SharedState, provider: str, model: str, lane: LaneSettings
+    ) -> FleetLimiter:
+        """The fleet limiter of a model, one per process and shared state."""
+        found = self._fleet.get((provider, model))
+        if found is None or found.shared is not shared:
+            found = FleetLimiter(
+                shared,
+                provider,
+                model,
+                rpm=lane.rpm,
+                tpm=lane.tpm,
+                local=limiter_for(f"{provider}/{model}", lane.rpm, lane.tpm),
+            )
+            self._fleet[(provider, model)] = found
+        return found
 
     def model(
-        self, name: str, on_call: OnCall, before_call: BeforeCall | None = None
+        self,
+        name: str,
+        on_call: OnCall,
+        before_call: BeforeCall | None = None,
+        shared: SharedState | None = None,
     ) -> ResilientModel:
-        """The lane's chain with retries, fallback, limits and cost accounting."""
+        """The lane's chain with retries, fallback, limits and cost accounting.
+
+        Args:
+            name: The lane.
+            on_call: Awaited with the record of every provider call.
+            before_call: Awaited before every provider call (the policy).
+            shared: The deployment's shared state: limits are fleet-wide.
+        """
         lane = self.lane(name)
+        chain = self.chain(name)
         return ResilientModel(
-            self.chain(name),
+            chain,
             self.prices,
-            limiters=self.limiters(name),
+            limiters=self.limiters(name, chain, shared),
             on_call=on_call,
             before_call=before_call,
             max_retries_per_model=lane.max_retries,

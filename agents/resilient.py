@@ -11,7 +11,9 @@ message and let the broker redeliver it later.
 Every provider call, successful or not, is reported to ``on_call`` as a
 :class:`~agents.models.CallRecord` and awaited before anything else happens
 (no sleep, no retry, no return): the worker records a ``ModelCalled`` event the
-moment a call returns, so a crash never loses a paid-for answer.
+moment a call returns, so a crash never loses a paid-for answer. (A 429 is
+told to the model's rate limiter first, so that every process sharing the
+limit stops at once; a refused call costs nothing.)
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from agents.models import (
 )
 
 if TYPE_CHECKING:
-    from agents.ratelimit import RateLimiter
+    from agents.ratelimit import Limiter
     from blackboard.log.events import Price
 
 __all__ = ["OnCall", "ResilientModel"]
@@ -65,8 +67,11 @@ class ResilientModel(ModelClient):
         chain: ``(client, model_name)`` pairs, tried in order; the request's
             ``model`` is replaced by each name in turn.
         prices: Prices the answering model's tokens.
-        limiters: A rate limiter per provider name (``client.provider``),
-            acquired before every call to a client of that provider.
+        limiters: A rate limiter per ``(client.provider, model)``, acquired
+            before every call of that model: the process's own or the
+            fleet's (agents/fleet.py). A 429 penalizes the model's limiter
+            for its ``retry-after`` (or the backoff), so every caller that
+            shares it waits too.
         on_call: Awaited with the record of every provider call.
         max_retries_per_model: Retries of a model after its first try.
         backoff_base_s: The first backoff; it doubles on every retry.
@@ -85,7 +90,7 @@ class ResilientModel(ModelClient):
         chain: Sequence[tuple[ModelClient, str]],
         prices: PriceTable,
         *,
-        limiters: Mapping[str, RateLimiter] | None = None,
+        limiters: Mapping[tuple[str, str], Limiter] | None = None,
         on_call: OnCall | None = None,
         before_call: BeforeCall | None = None,
         max_retries_per_model: int = 2,
@@ -153,7 +158,7 @@ class ResilientModel(ModelClient):
                 request_hash=request_hash(sent),
                 prompt_version=sent.prompt_version,
             )
-            limiter = self._limiters.get(client.provider)
+            limiter = self._limiters.get((client.provider, model))
             estimate = approx_tokens(input_text(sent)) + sent.max_tokens
             for retry in range(self._max_retries + 1):
                 if self._before is not None and not await self._before(
@@ -168,6 +173,11 @@ class ResilientModel(ModelClient):
                     response = await client.complete(sent)
                 except RetryableModelError as e:
                     latency_ms = (self._monotonic() - started) * 1000
+                    if e.status == 429 and limiter is not None:
+                        # Too many requests: everyone sharing the model's
+                        # limit waits, not just this call; told first, since
+                        # every moment others go on sending is a refusal.
+                        await limiter.penalize(self.backoff(retry, e.retry_after))
                     await self._on_call(context.failed(e, latency_ms, call_index))
                     call_index += 1
                     last_error = e
@@ -190,7 +200,7 @@ class ResilientModel(ModelClient):
                 )
                 if limiter is not None:
                     used = response.tokens_in + response.tokens_cached
-                    limiter.adjust(used + response.tokens_out - estimate)
+                    await limiter.adjust(used + response.tokens_out - estimate)
                 return response
         if last_error is None:
             # Every model of the chain was skipped: none is allowed.

@@ -57,8 +57,9 @@ class LaneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     ``fallbacks`` are tried in order when the lane's model keeps failing
     retryably: a plain name is another model of the same provider, a table
-    names another provider. ``rpm``/``tpm`` limit the provider's requests and
-    tokens per minute, shared by every worker of the process.
+    names another provider. ``rpm``/``tpm`` limit the requests and tokens per
+    minute of each model of the lane's provider in the chain, shared by every
+    worker process of the deployment (agents/fleet.py).
     """
 
     provider: str = "scripted"
