@@ -1,5 +1,11 @@
 """What every worker process of a deployment shares about a model.
 
+:class:`FleetBreaker` is a model's circuit breaker for the whole fleet
+(agents/breaker.py, pure, is its state machine), under
+``breaker.<provider>.<model>`` in the same bucket: every process counts its
+failures into it and skips the model while it is open; a compare-and-set
+claims its one probe.
+
 :class:`FleetLimiter` is a model's rate limit for the whole fleet: its GCRA
 timeline (agents/gcra.py, pure) lives in the deployment's shared state (the
 ``bb_limits`` key-value bucket) under ``rate.<provider>.<model>``, and every
@@ -23,17 +29,24 @@ import random
 import time
 from typing import TYPE_CHECKING, TypeVar
 
-from agents import gcra
+from agents import breaker, gcra
+from blackboard import telemetry
 from blackboard.errors import StateConflict, StoreError
 from blackboard.log.subjects import state_key
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from agents.ratelimit import Limiter
     from blackboard.log.ports import SharedState
 
-__all__ = ["MAX_CONFLICTS", "FleetLimiter", "compare_and_set"]
+__all__ = [
+    "MAX_CONFLICTS",
+    "FleetBreaker",
+    "FleetLimiter",
+    "compare_and_set",
+    "read_breakers",
+]
 
 log = logging.getLogger("blackboard.agents")
 
@@ -81,6 +94,20 @@ async def compare_and_set(
             continue
         return out
     raise StateConflict(key, -1)
+
+
+async def read_breakers(
+    shared: SharedState, models: Iterable[tuple[str, str]]
+) -> list[tuple[str, str, breaker.BreakerState]]:
+    """The breakers of these ``(provider, model)``, as the fleet has them.
+
+    A model whose breaker was never written is closed.
+    """
+    out = []
+    for provider, model in models:
+        found = await shared.get(state_key("breaker", provider, model))
+        out.append((provider, model, breaker.decode(found.value if found else None)))
+    return out
 
 
 def _timeline(data: bytes | None) -> gcra.LimitState:
@@ -233,3 +260,121 @@ class FleetLimiter:
             await self._decide(lambda s, now: (gcra.penalize(s, now, seconds), None))
         except StoreError as e:
             self._fall_back(e)
+
+
+class FleetBreaker:
+    """A model's circuit breaker, shared by the whole fleet.
+
+    When the shared state cannot be reached the breaker stays out of the way
+    (every call is allowed, nothing is counted), with one warning line: a
+    breaker that cannot be read must not stop a model that may be healthy.
+
+    Args:
+        shared: The deployment's shared state.
+        provider: The provider the calls are recorded under.
+        model: The model.
+        config: When it opens, and for how long.
+        clock: Wall-clock seconds (the state is compared across hosts).
+    """
+
+    def __init__(
+        self,
+        shared: SharedState,
+        provider: str,
+        model: str,
+        config: breaker.BreakerConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.shared = shared
+        self.provider = provider
+        self.model = model
+        self.config = config
+        self.key = state_key("breaker", provider, model)
+        self._clock = clock
+        self.degraded = False
+        """True while the last call could not reach the shared state."""
+
+    async def _decide(
+        self,
+        decide: Callable[[breaker.BreakerState], tuple[breaker.BreakerState | None, T]],
+        default: T,
+    ) -> T:
+        def step(state: breaker.BreakerState) -> tuple[breaker.BreakerState | None, T]:
+            new, out = decide(state)
+            # The gauge shows the state this process last saw or made.
+            seen = new if new is not None else state
+            telemetry.get().breaker_state(self.provider, self.model, seen.state)
+            return new, out
+
+        try:
+            out = await compare_and_set(
+                self.shared, self.key, breaker.decode, breaker.encode, step
+            )
+        except StoreError as e:
+            if not self.degraded:
+                self.degraded = True
+                log.warning(
+                    "circuit breaker of %s/%s unavailable (%s): calling the"
+                    " model regardless until it is back",
+                    self.provider,
+                    self.model,
+                    e,
+                )
+            return default
+        if self.degraded:
+            self.degraded = False
+            log.info("circuit breaker of %s/%s: shared again", *self._names)
+        return out
+
+    @property
+    def _names(self) -> tuple[str, str]:
+        return self.provider, self.model
+
+    async def before_call(self) -> breaker.Gate:
+        """Whether to call the model now; a probe is claimed for this call."""
+
+        def decide(
+            state: breaker.BreakerState,
+        ) -> tuple[breaker.BreakerState | None, breaker.Gate]:
+            gate, new = breaker.before_call(state, self._clock(), self.config)
+            return new, gate
+
+        return await self._decide(decide, breaker.Gate("allow"))
+
+    async def failure(
+        self, reason: str
+    ) -> tuple[breaker.State, breaker.Transition | None]:
+        """Count a retryable failure: the state after it, and any move."""
+
+        def decide(
+            state: breaker.BreakerState,
+        ) -> tuple[
+            breaker.BreakerState | None,
+            tuple[breaker.State, breaker.Transition | None],
+        ]:
+            new = breaker.on_failure(state, self._clock(), self.config, reason)
+            return new, (new.state, breaker.transition(state, new))
+
+        return await self._decide(decide, ("closed", None))
+
+    async def success(self) -> breaker.Transition | None:
+        """The model answered: the breaker closes (the move, if it moved)."""
+
+        def decide(
+            state: breaker.BreakerState,
+        ) -> tuple[breaker.BreakerState | None, breaker.Transition | None]:
+            new = breaker.on_success(state, self._clock())
+            return new, breaker.transition(state, new) if new is not None else None
+
+        return await self._decide(decide, None)
+
+    async def inconclusive(self) -> None:
+        """A call that says nothing of the model: a probe is handed back."""
+
+        def decide(
+            state: breaker.BreakerState,
+        ) -> tuple[breaker.BreakerState | None, None]:
+            return breaker.on_inconclusive(state), None
+
+        await self._decide(decide, None)

@@ -3,9 +3,9 @@
 Built once per process from the settings. SDK clients are created on first
 use and shared by every task of the process (their connection pools, and the
 per-model rate limiters, are meant to be shared). A process with a store (a
-worker) shares each model's limits with the whole fleet through the store's
-shared state (agents/fleet.py); without one, the limits are the process's
-own. With ``scripted`` on
+worker) shares each model's limits and circuit breaker with the whole fleet
+through the store's shared state (agents/fleet.py); without one, the limits
+are the process's own and there are no breakers. With ``scripted`` on
 (``BB_SCRIPTED=1``), every lane answers from the bundled script, or from
 ``BB_SCRIPT``, so a deployment can be exercised with no model at all.
 """
@@ -16,11 +16,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agents.breaker import BreakerConfig
 from agents.cost import PriceTable
-from agents.fleet import FleetLimiter
+from agents.fleet import FleetBreaker, FleetLimiter
 from agents.models import ModelClient, SupportsAclose
 from agents.ratelimit import limiter_for
-from agents.resilient import BeforeCall, OnCall, ResilientModel
+from agents.resilient import BeforeCall, OnBreaker, OnCall, ResilientModel
 from agents.scripted import ScriptedModel
 from blackboard.errors import ConfigError
 from blackboard.runtime.config import PROVIDERS, LaneSettings, ModelRef, Settings
@@ -28,10 +29,17 @@ from blackboard.runtime.config import PROVIDERS, LaneSettings, ModelRef, Setting
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
+    from agents.breaker import Breaker
     from agents.ratelimit import Limiter
     from blackboard.log.ports import SharedState
 
-__all__ = ["BUNDLED_SCRIPT", "Lanes", "missing_setup", "recorded_provider"]
+__all__ = [
+    "BUNDLED_SCRIPT",
+    "Lanes",
+    "missing_setup",
+    "models_of",
+    "recorded_provider",
+]
 
 BUNDLED_SCRIPT = Path(__file__).parent / "scripts" / "demo.json"
 """The scripted models' answers: the demo goal, and a generic plan for others."""
@@ -57,6 +65,21 @@ def _refs(lane: LaneSettings) -> list[ModelRef]:
         else:
             out.append(fb)
     return out
+
+
+def models_of(settings: Settings) -> list[tuple[str, str]]:
+    """``(provider, model)`` of every model the lanes may call, as recorded.
+
+    What the fleet's limits and breakers are keyed by, without building a
+    client (no API key needed): ``bb status`` reads the breakers with it.
+    """
+    seen: dict[tuple[str, str], None] = {}
+    for lane in settings.lanes.values():
+        refs = _refs(lane)[:1] if settings.scripted else _refs(lane)
+        for ref in refs:
+            provider = "scripted" if settings.scripted else ref.provider
+            seen[(recorded_provider(provider), ref.model)] = None
+    return list(seen)
 
 
 def unpriced(settings: Settings, prices: PriceTable) -> list[str]:
@@ -129,6 +152,7 @@ class Lanes:
         self.scripted = settings.scripted
         self._clients: dict[tuple[str, str | None], ModelClient] = {}
         self._fleet: dict[tuple[str, str], FleetLimiter] = {}
+        self._breakers: dict[tuple[str, str, BreakerConfig], FleetBreaker] = {}
 
     @property
     def names(self) -> list[str]:
@@ -201,12 +225,43 @@ class Lanes:
             self._fleet[(provider, model)] = found
         return found
 
+    def breakers(
+        self,
+        name: str,
+        chain: Sequence[tuple[ModelClient, str]],
+        shared: SharedState | None = None,
+    ) -> dict[tuple[str, str], Breaker]:
+        """The fleet's circuit breaker of every model of the chain.
+
+        None without shared state (a breaker that only one process sees would
+        open for it alone), nor with ``breaker_failures = 0``.
+        """
+        lane = self.lane(name)
+        if shared is None or lane.breaker_failures == 0:
+            return {}
+        config = BreakerConfig(
+            failures=lane.breaker_failures,
+            cooldown_s=lane.breaker_cooldown_s,
+            # A probe holds its claim for as long as a call may take.
+            probe_s=lane.timeout_s + 5.0,
+        )
+        out: dict[tuple[str, str], Breaker] = {}
+        for client, model in chain:
+            key = (client.provider, model, config)
+            found = self._breakers.get(key)
+            if found is None or found.shared is not shared:
+                found = FleetBreaker(shared, client.provider, model, config)
+                self._breakers[key] = found
+            out[(client.provider, model)] = found
+        return out
+
     def model(
         self,
         name: str,
         on_call: OnCall,
         before_call: BeforeCall | None = None,
         shared: SharedState | None = None,
+        on_breaker: OnBreaker | None = None,
     ) -> ResilientModel:
         """The lane's chain with retries, fallback, limits and cost accounting.
 
@@ -214,7 +269,9 @@ class Lanes:
             name: The lane.
             on_call: Awaited with the record of every provider call.
             before_call: Awaited before every provider call (the policy).
-            shared: The deployment's shared state: limits are fleet-wide.
+            shared: The deployment's shared state: limits and breakers are
+                the fleet's.
+            on_breaker: Awaited with each move of a breaker a call made.
         """
         lane = self.lane(name)
         chain = self.chain(name)
@@ -222,6 +279,8 @@ class Lanes:
             chain,
             self.prices,
             limiters=self.limiters(name, chain, shared),
+            breakers=self.breakers(name, chain, shared),
+            on_breaker=on_breaker,
             on_call=on_call,
             before_call=before_call,
             max_retries_per_model=lane.max_retries,

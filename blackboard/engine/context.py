@@ -41,6 +41,7 @@ from blackboard.engine.transcript import (
 )
 from blackboard.errors import ConcurrencyConflict, ConfigError, LogUnavailable
 from blackboard.log.events import (
+    BreakerChanged,
     BudgetHold,
     Event,
     GoalResumed,
@@ -532,6 +533,8 @@ class LiveTaskContext(BaseTaskContext):
                 self.writing = False
         if isinstance(event, ModelCalled):
             telemetry.get().model_call(event)
+        elif isinstance(event, BreakerChanged):
+            telemetry.get().breaker_changed(event)
         return self.seq
 
     async def effect(
