@@ -8,6 +8,7 @@ primary at all, one probe after the cool-down closes it, and every move is a
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,19 +25,21 @@ from blackboard.engine.handlers import BUILTIN
 from blackboard.log.events import BreakerChanged, ModelCalled
 from blackboard.runtime import config
 from blackboard.runtime.inprocess import running
+from tests.e2e.test_cli_basics import bb
 from tests.engine.conftest import events_of, spec, submit
 from tests.fakes.providers import ANTHROPIC_PATH, Canned, FakeProviderServer
 from tests.telemetry.test_otel import _points
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from blackboard.log.store import JetStreamEventStore
 
 pytestmark = pytest.mark.integration
 
 FAILURES = 3
-COOLDOWN_S = 3.0
+COOLDOWN_S = 5.0
 
 
 @pytest.fixture
@@ -87,7 +90,10 @@ async def one_task(store: JetStreamEventStore, s: config.Settings, n: int) -> st
 
 
 async def test_a_failing_primary_trips_its_breaker_and_a_probe_closes_it(
-    store: JetStreamEventStore, metrics: InMemoryMetricReader
+    store: JetStreamEventStore,
+    metrics: InMemoryMetricReader,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     reader = metrics
     down = True
@@ -121,6 +127,30 @@ async def test_a_failing_primary_trips_its_breaker_and_a_probe_closes_it(
             for n in range(FAILURES, FAILURES + 2):
                 goals.append(await one_task(store, s, n))
             assert (asked("claude-main"), asked("claude-backup")) == (3, 5)
+            # `bb status` shows it, from the bucket, to anyone reading (still
+            # open: nobody has probed yet, whatever the time).
+            toml = tmp_path / "bb.toml"
+            toml.write_text(
+                "[lanes.frontier]\n"
+                'provider = "anthropic"\n'
+                'model = "claude-main"\n'
+                'fallbacks = ["claude-backup"]\n'
+            )
+            env = {**cli_env, "BB_CONFIG": str(toml)}
+            shown = await asyncio.to_thread(bb, ["status", "--breakers", "--json"], env)
+            assert shown.returncode == 0, shown.stderr
+            [row] = json.loads(shown.stdout)
+            assert (row["provider"], row["model"], row["state"]) == (
+                "anthropic",
+                "claude-main",
+                "open",
+            )
+            assert row["failures"] == FAILURES and "500" in row["reason"]
+            listed = await asyncio.to_thread(bb, ["status"], env)
+            assert listed.returncode == 0, listed.stderr
+            assert "breaker open      anthropic/claude-main  3 failures" in (
+                listed.stdout
+            )
             # The primary recovers; once the cool-down is over, one call
             # probes it, succeeds, and the breaker closes.
             down = False
