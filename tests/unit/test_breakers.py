@@ -16,6 +16,7 @@ import pytest
 from agents import breaker as b
 from agents.cost import PriceTable
 from agents.fleet import FleetBreaker
+from agents.lanes import Lanes
 from agents.models import (
     Message,
     ModelRequest,
@@ -24,7 +25,9 @@ from agents.models import (
     TerminalModelError,
 )
 from agents.resilient import ResilientModel
+from blackboard.errors import ConfigError
 from blackboard.log.memory_work import MemorySharedState
+from blackboard.runtime import config
 
 CONFIG = b.BreakerConfig(failures=3, cooldown_s=30.0, probe_s=60.0)
 
@@ -285,3 +288,36 @@ async def test_every_breaker_open_is_retryable_after_the_cooldown():
     with pytest.raises(RetryableModelError, match="circuit breaker is open") as e:
         await model.complete(REQUEST)
     assert e.value.retry_after == pytest.approx(20.0)
+
+
+# --- the lane's settings ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("breaker_failures = -1", "breaker_failures = -1"),
+        ("breaker_cooldown_s = 0", "breaker_cooldown_s must be above 0"),
+    ],
+)
+def test_breaker_settings_are_checked(tmp_path, line, says):
+    toml = tmp_path / "bb.toml"
+    toml.write_text(f'[lanes.local]\nprovider = "scripted"\n{line}\n')
+    with pytest.raises(ConfigError, match=says):
+        config.load(toml, env={})
+
+
+def test_breakers_are_on_by_default_and_off_at_zero():
+    lane = config.LaneSettings()
+    assert (lane.breaker_failures, lane.breaker_cooldown_s) == (5, 30.0)
+    lanes = Lanes(
+        config.Settings(lanes={"local": config.LaneSettings(breaker_failures=0)})
+    )
+    chain = lanes.chain("local")
+    assert lanes.breakers("local", chain, MemorySharedState()) == {}
+    on = Lanes(config.Settings(lanes={"local": lane}))
+    assert set(on.breakers("local", on.chain("local"), MemorySharedState())) == {
+        ("scripted", "scripted")
+    }
+    # Without a store to share them, there are none.
+    assert on.breakers("local", on.chain("local")) == {}
