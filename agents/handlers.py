@@ -84,11 +84,13 @@ from blackboard import ids
 from blackboard.engine.handlers import GuardrailBreached, RetryableError
 from blackboard.engine.transcript import ToolCallRecord, ToolOutcome
 from blackboard.errors import BlackboardError, ConfigError
+from blackboard.log.events import BreakerChanged
 from blackboard.log.redact import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from agents.breaker import Transition
     from blackboard.engine.context import TaskContext
     from blackboard.engine.handlers import Followup, Handler
     from blackboard.log.events import ModelCalled, TaskSpec
@@ -367,7 +369,29 @@ class Agents:
             used = call.tokens_in + call.tokens_cached + call.tokens_out
             await ctx.settle(reservation, (used, call.cost_usd))
 
-        model = self.lanes.model(ctx.lane, record, before)
+        async def moved(provider: str, model: str, change: Transition) -> None:
+            # In the goal of the task whose call moved it, on its task.
+            def make(event_id: str) -> BreakerChanged:
+                return BreakerChanged(
+                    event_id=event_id,
+                    goal_id=ctx.goal_id,
+                    task_id=ctx.task_id,
+                    at=ids.utcnow(),
+                    actor=ctx.worker,
+                    provider=provider,
+                    model=model,
+                    lane=ctx.lane,
+                    from_state=change.from_state,
+                    to_state=change.to_state,
+                    failures=change.failures,
+                    reason=self.redactor.text(change.reason),
+                )
+
+            await ctx.append(make)
+
+        model = self.lanes.model(
+            ctx.lane, record, before, ctx.shared_state(), on_breaker=moved
+        )
         try:
             await model.complete(request)
         except RetryableModelError as e:

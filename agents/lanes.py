@@ -2,7 +2,10 @@
 
 Built once per process from the settings. SDK clients are created on first
 use and shared by every task of the process (their connection pools, and the
-per-provider rate limiters, are meant to be shared). With ``scripted`` on
+per-model rate limiters, are meant to be shared). A process with a store (a
+worker) shares each model's limits and circuit breaker with the whole fleet
+through the store's shared state (agents/fleet.py); without one, the limits
+are the process's own and there are no breakers. With ``scripted`` on
 (``BB_SCRIPTED=1``), every lane answers from the bundled script, or from
 ``BB_SCRIPT``, so a deployment can be exercised with no model at all.
 """
@@ -13,18 +16,30 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agents.breaker import BreakerConfig
 from agents.cost import PriceTable
+from agents.fleet import FleetBreaker, FleetLimiter
 from agents.models import ModelClient, SupportsAclose
-from agents.ratelimit import RateLimiter, limiter_for
-from agents.resilient import BeforeCall, OnCall, ResilientModel
+from agents.ratelimit import limiter_for
+from agents.resilient import BeforeCall, OnBreaker, OnCall, ResilientModel
 from agents.scripted import ScriptedModel
 from blackboard.errors import ConfigError
 from blackboard.runtime.config import PROVIDERS, LaneSettings, ModelRef, Settings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["BUNDLED_SCRIPT", "Lanes", "missing_setup", "recorded_provider"]
+    from agents.breaker import Breaker
+    from agents.ratelimit import Limiter
+    from blackboard.log.ports import SharedState
+
+__all__ = [
+    "BUNDLED_SCRIPT",
+    "Lanes",
+    "missing_setup",
+    "models_of",
+    "recorded_provider",
+]
 
 BUNDLED_SCRIPT = Path(__file__).parent / "scripts" / "demo.json"
 """The scripted models' answers: the demo goal, and a generic plan for others."""
@@ -50,6 +65,21 @@ def _refs(lane: LaneSettings) -> list[ModelRef]:
         else:
             out.append(fb)
     return out
+
+
+def models_of(settings: Settings) -> list[tuple[str, str]]:
+    """``(provider, model)`` of every model the lanes may call, as recorded.
+
+    What the fleet's limits and breakers are keyed by, without building a
+    client (no API key needed): ``bb status`` reads the breakers with it.
+    """
+    seen: dict[tuple[str, str], None] = {}
+    for lane in settings.lanes.values():
+        refs = _refs(lane)[:1] if settings.scripted else _refs(lane)
+        for ref in refs:
+            provider = "scripted" if settings.scripted else ref.provider
+            seen[(recorded_provider(provider), ref.model)] = None
+    return list(seen)
 
 
 def unpriced(settings: Settings, prices: PriceTable) -> list[str]:
@@ -121,6 +151,8 @@ class Lanes:
         self.prices = PriceTable.default().with_prices(settings.prices)
         self.scripted = settings.scripted
         self._clients: dict[tuple[str, str | None], ModelClient] = {}
+        self._fleet: dict[tuple[str, str], FleetLimiter] = {}
+        self._breakers: dict[tuple[str, str, BreakerConfig], FleetBreaker] = {}
 
     @property
     def names(self) -> list[str]:
@@ -145,26 +177,110 @@ class Lanes:
             ]
         return [(self._client(ref, lane), ref.model) for ref in _refs(lane)]
 
-    def limiters(self, name: str) -> dict[str, RateLimiter]:
-        """The shared rate limiter of the lane's provider, if it has limits."""
+    def limiters(
+        self,
+        name: str,
+        chain: Sequence[tuple[ModelClient, str]],
+        shared: SharedState | None = None,
+    ) -> dict[tuple[str, str], Limiter]:
+        """The rate limiter of each model of the chain the lane's limits cover.
+
+        ``rpm``/``tpm`` are the limits of each model of the lane's own
+        provider (providers set them per model); a fallback of another
+        provider is not limited by them. With ``shared`` (the process has a
+        store), the limits are the fleet's; the process's own limiter is what
+        a call falls back on when the shared state cannot be reached.
+        """
         lane = self.lane(name)
         if lane.rpm is None and lane.tpm is None:
             return {}
-        provider = "scripted" if self.scripted else recorded_provider(lane.provider)
-        try:
-            return {provider: limiter_for(provider, lane.rpm, lane.tpm)}
-        except ValueError as e:
-            raise ConfigError(f"lane {name}: {e}") from e
+        own = "scripted" if self.scripted else recorded_provider(lane.provider)
+        out: dict[tuple[str, str], Limiter] = {}
+        for client, model in chain:
+            if client.provider != own:
+                continue
+            try:
+                local = limiter_for(f"{own}/{model}", lane.rpm, lane.tpm)
+            except ValueError as e:
+                raise ConfigError(f"lane {name}: {e}") from e
+            out[(own, model)] = (
+                local if shared is None else self._shared(shared, own, model, lane)
+            )
+        return out
+
+    def _shared(
+        self, shared: SharedState, provider: str, model: str, lane: LaneSettings
+    ) -> FleetLimiter:
+        """The fleet limiter of a model, one per process and shared state."""
+        found = self._fleet.get((provider, model))
+        if found is None or found.shared is not shared:
+            found = FleetLimiter(
+                shared,
+                provider,
+                model,
+                rpm=lane.rpm,
+                tpm=lane.tpm,
+                local=limiter_for(f"{provider}/{model}", lane.rpm, lane.tpm),
+            )
+            self._fleet[(provider, model)] = found
+        return found
+
+    def breakers(
+        self,
+        name: str,
+        chain: Sequence[tuple[ModelClient, str]],
+        shared: SharedState | None = None,
+    ) -> dict[tuple[str, str], Breaker]:
+        """The fleet's circuit breaker of every model of the chain.
+
+        None without shared state (a breaker that only one process sees would
+        open for it alone), nor with ``breaker_failures = 0``.
+        """
+        lane = self.lane(name)
+        if shared is None or lane.breaker_failures == 0:
+            return {}
+        config = BreakerConfig(
+            failures=lane.breaker_failures,
+            cooldown_s=lane.breaker_cooldown_s,
+            # A probe holds its claim for as long as a call may take.
+            probe_s=lane.timeout_s + 5.0,
+        )
+        out: dict[tuple[str, str], Breaker] = {}
+        for client, model in chain:
+            key = (client.provider, model, config)
+            found = self._breakers.get(key)
+            if found is None or found.shared is not shared:
+                found = FleetBreaker(shared, client.provider, model, config)
+                self._breakers[key] = found
+            out[(client.provider, model)] = found
+        return out
 
     def model(
-        self, name: str, on_call: OnCall, before_call: BeforeCall | None = None
+        self,
+        name: str,
+        on_call: OnCall,
+        before_call: BeforeCall | None = None,
+        shared: SharedState | None = None,
+        on_breaker: OnBreaker | None = None,
     ) -> ResilientModel:
-        """The lane's chain with retries, fallback, limits and cost accounting."""
+        """The lane's chain with retries, fallback, limits and cost accounting.
+
+        Args:
+            name: The lane.
+            on_call: Awaited with the record of every provider call.
+            before_call: Awaited before every provider call (the policy).
+            shared: The deployment's shared state: limits and breakers are
+                the fleet's.
+            on_breaker: Awaited with each move of a breaker a call made.
+        """
         lane = self.lane(name)
+        chain = self.chain(name)
         return ResilientModel(
-            self.chain(name),
+            chain,
             self.prices,
-            limiters=self.limiters(name),
+            limiters=self.limiters(name, chain, shared),
+            breakers=self.breakers(name, chain, shared),
+            on_breaker=on_breaker,
             on_call=on_call,
             before_call=before_call,
             max_retries_per_model=lane.max_retries,

@@ -1,10 +1,12 @@
-"""Per-provider request and token budgets, shared by every worker of a process.
+"""Request and token budgets of one process, and what any limiter does.
 
 A provider account has limits on requests per minute (RPM) and tokens per minute
-(TPM). :class:`RateLimiter` keeps one token bucket for each; every worker in the
-process draws from the same limiter through :func:`limiter_for`, so N workers
-together stay under the account's limits instead of each assuming it has them
-all.
+(TPM), per model. :class:`RateLimiter` keeps one token bucket for each; every
+worker in the process draws from the same limiter through :func:`limiter_for`,
+so N workers together stay under the model's limits instead of each assuming
+it has them all. Across processes, agents/fleet.py's ``FleetLimiter`` shares
+them through the deployment's key-value bucket, and falls back to this one
+when the bucket cannot be reached. Both are a :class:`Limiter`.
 
 Callers are served in arrival order without a lock: :meth:`RateLimiter.acquire`
 reserves its share at once (a bucket may go into debt) and then sleeps exactly
@@ -17,11 +19,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-__all__ = ["RateLimiter", "limiter_for", "reset_limiters"]
+__all__ = ["Limiter", "RateLimiter", "limiter_for", "reset_limiters"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class Limiter(Protocol):
+    """What a model call waits on: a process's limiter, or the fleet's."""
+
+    async def acquire(self, tokens_estimate: int = 0) -> float:
+        """Wait until one request of about ``tokens_estimate`` tokens may go.
+
+        Returns the seconds waited.
+        """
+        ...
+
+    async def adjust(self, tokens_delta: int) -> None:
+        """Correct the token budget once a call's real usage is known."""
+        ...
+
+    async def penalize(self, seconds: float) -> None:
+        """Let no request go for ``seconds`` (the provider answered 429)."""
+        ...
 
 
 class _Bucket:
@@ -79,6 +101,7 @@ class RateLimiter:
         now = clock()
         self._requests = _Bucket(rpm, now) if rpm is not None else None
         self._tokens = _Bucket(tpm, now) if tpm is not None else None
+        self._blocked_until = now
 
     async def acquire(self, tokens_estimate: int = 0) -> float:
         """Wait until one request of about ``tokens_estimate`` tokens may go.
@@ -93,7 +116,7 @@ class RateLimiter:
             The seconds this call slept.
         """
         now = self._clock()
-        wait = 0.0
+        wait = max(0.0, self._blocked_until - now)
         if self._requests is not None:
             self._requests.refill(now)
             wait = max(wait, self._requests.take(1))
@@ -104,7 +127,7 @@ class RateLimiter:
             await self._sleep(wait)
         return wait
 
-    def adjust(self, tokens_delta: int) -> None:
+    async def adjust(self, tokens_delta: int) -> None:
         """Correct the token bucket once the real usage of a call is known.
 
         Args:
@@ -118,6 +141,14 @@ class RateLimiter:
             self._tokens.capacity, self._tokens.level - tokens_delta
         )
 
+    async def penalize(self, seconds: float) -> None:
+        """Let no request go for ``seconds`` from now (a 429's ``retry-after``).
+
+        Args:
+            seconds: How long; a block already longer stays.
+        """
+        self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+
 
 _LIMITERS: dict[str, RateLimiter] = {}
 
@@ -130,10 +161,10 @@ def limiter_for(
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
 ) -> RateLimiter:
-    """Return the process-wide limiter of ``provider``, creating it once.
+    """Return the process-wide limiter named ``provider``, creating it once.
 
     Args:
-        provider: The provider (account) the limits belong to.
+        provider: What the limits belong to (``<provider>/<model>``).
         rpm: Requests per minute; ``None`` means unlimited.
         tpm: Tokens per minute; ``None`` means unlimited.
         clock: Used only when the limiter is created.
@@ -143,8 +174,9 @@ def limiter_for(
         The shared limiter.
 
     Raises:
-        ValueError: The provider already has a limiter with other limits: the
-            limits describe one account, so two lanes must agree on them.
+        ValueError: The name already has a limiter with other limits: the
+            limits describe one model of one account, so two lanes must agree
+            on them.
     """
     limiter = _LIMITERS.get(provider)
     if limiter is None:
@@ -152,7 +184,7 @@ def limiter_for(
         _LIMITERS[provider] = limiter
     elif (limiter.rpm, limiter.tpm) != (rpm, tpm):
         msg = (
-            f"provider {provider!r} is limited to rpm={limiter.rpm} tpm={limiter.tpm}"
+            f"{provider!r} is limited to rpm={limiter.rpm} tpm={limiter.tpm}"
             f" already, not rpm={rpm} tpm={tpm}"
         )
         raise ValueError(msg)

@@ -1,17 +1,20 @@
-"""Retries, fallback, rate limits and cost accounting around model clients.
+"""Retries, fallback, breakers, rate limits and cost accounting around models.
 
 :class:`ResilientModel` is itself a :class:`~agents.models.ModelClient`. It
 walks a fallback chain of ``(client, model_name)``: each model gets
 ``1 + max_retries_per_model`` tries while it fails retryably, then the next
-model takes over. A terminal error stops at once: a 400 is our bug, and another
-provider will not fix it. When the whole chain is exhausted, the last
-:class:`~agents.models.RetryableModelError` is raised, so the worker can nak the
-message and let the broker redeliver it later.
+model takes over; a model whose circuit breaker is open is passed over
+without a call (agents/breaker.py). A terminal error stops at once: a 400 is
+our bug, and another provider will not fix it. When the whole chain is
+exhausted, the last :class:`~agents.models.RetryableModelError` is raised, so
+the worker can nak the message and let the broker redeliver it later.
 
 Every provider call, successful or not, is reported to ``on_call`` as a
 :class:`~agents.models.CallRecord` and awaited before anything else happens
 (no sleep, no retry, no return): the worker records a ``ModelCalled`` event the
-moment a call returns, so a crash never loses a paid-for answer.
+moment a call returns, so a crash never loses a paid-for answer. (A 429 is
+told to the model's rate limiter first, so that every process sharing the
+limit stops at once; a refused call costs nothing.)
 """
 
 from __future__ import annotations
@@ -40,13 +43,18 @@ from agents.models import (
 )
 
 if TYPE_CHECKING:
-    from agents.ratelimit import RateLimiter
+    from agents.breaker import Breaker, Transition
+    from agents.ratelimit import Limiter
     from blackboard.log.events import Price
 
-__all__ = ["OnCall", "ResilientModel"]
+__all__ = ["OnBreaker", "OnCall", "ResilientModel"]
 
 OnCall = Callable[[CallRecord], Awaitable[None]]
 """Awaited after every provider call, before anything else happens."""
+
+OnBreaker = Callable[[str, str, "Transition"], Awaitable[None]]
+"""Awaited with the provider, the model and each move of its circuit breaker
+that a call of this chain made (the worker records a ``BreakerChanged``)."""
 
 BeforeCall = Callable[[str, str, ModelRequest], Awaitable[bool]]
 """Awaited before every provider call with the provider, the model and the
@@ -65,8 +73,17 @@ class ResilientModel(ModelClient):
         chain: ``(client, model_name)`` pairs, tried in order; the request's
             ``model`` is replaced by each name in turn.
         prices: Prices the answering model's tokens.
-        limiters: A rate limiter per provider name (``client.provider``),
-            acquired before every call to a client of that provider.
+        limiters: A rate limiter per ``(client.provider, model)``, acquired
+            before every call of that model: the process's own or the
+            fleet's (agents/fleet.py). A 429 penalizes the model's limiter
+            for its ``retry-after`` (or the backoff), so every caller that
+            shares it waits too.
+        breakers: A circuit breaker per ``(client.provider, model)``,
+            consulted before each model of the chain: open, the model is
+            skipped (no call, no retries); half-open, this call may be its one
+            probe (a single try). Retryable failures count, terminal ones
+            do not.
+        on_breaker: Awaited with each move of a breaker this chain made.
         on_call: Awaited with the record of every provider call.
         max_retries_per_model: Retries of a model after its first try.
         backoff_base_s: The first backoff; it doubles on every retry.
@@ -85,7 +102,9 @@ class ResilientModel(ModelClient):
         chain: Sequence[tuple[ModelClient, str]],
         prices: PriceTable,
         *,
-        limiters: Mapping[str, RateLimiter] | None = None,
+        limiters: Mapping[tuple[str, str], Limiter] | None = None,
+        breakers: Mapping[tuple[str, str], Breaker] | None = None,
+        on_breaker: OnBreaker | None = None,
         on_call: OnCall | None = None,
         before_call: BeforeCall | None = None,
         max_retries_per_model: int = 2,
@@ -105,6 +124,8 @@ class ResilientModel(ModelClient):
         self.chain = tuple(chain)
         self.prices = prices
         self._limiters = dict(limiters or {})
+        self._breakers = dict(breakers or {})
+        self._on_breaker = on_breaker
         self._on_call = on_call or _ignore
         self._before = before_call
         self._max_retries = max_retries_per_model
@@ -138,12 +159,15 @@ class ResilientModel(ModelClient):
 
         Raises:
             TerminalModelError: A model refused the request; no fallback.
-            RetryableModelError: Every model of the chain failed retryably;
-                this is the last such error.
+            RetryableModelError: Every model of the chain failed retryably
+                (this is the last such error), or every one's breaker was
+                open (``retry_after``: until the soonest may be probed).
         """
         call_index = 0
         last_error: RetryableModelError | None = None
         skipped: list[str] = []
+        tripped: list[str] = []
+        retry_in: list[float] = []
         for client, model in self.chain:
             sent = msgspec.structs.replace(request, model=model)
             context = _CallContext(
@@ -153,13 +177,30 @@ class ResilientModel(ModelClient):
                 request_hash=request_hash(sent),
                 prompt_version=sent.prompt_version,
             )
-            limiter = self._limiters.get(client.provider)
+            limiter = self._limiters.get((client.provider, model))
+            gate = self._breakers.get((client.provider, model))
+            tries = self._max_retries + 1
+            probe = False
+            if gate is not None:
+                verdict = await gate.before_call()
+                await self._moved(client.provider, model, verdict.change)
+                if verdict.verdict == "skip":
+                    # Open: straight to the next model, no call, no retries.
+                    tripped.append(model)
+                    if verdict.retry_in is not None:
+                        retry_in.append(verdict.retry_in)
+                    continue
+                probe = verdict.verdict == "probe"
+                if probe:
+                    tries = 1
             estimate = approx_tokens(input_text(sent)) + sent.max_tokens
-            for retry in range(self._max_retries + 1):
+            for retry in range(tries):
                 if self._before is not None and not await self._before(
                     client.provider, model, sent
                 ):
                     skipped.append(model)
+                    if probe and gate is not None:
+                        await gate.inconclusive()
                     break
                 if limiter is not None:
                     await limiter.acquire(estimate)
@@ -168,10 +209,22 @@ class ResilientModel(ModelClient):
                     response = await client.complete(sent)
                 except RetryableModelError as e:
                     latency_ms = (self._monotonic() - started) * 1000
+                    if e.status == 429 and limiter is not None:
+                        # Too many requests: everyone sharing the model's
+                        # limit waits, not just this call; told first, since
+                        # every moment others go on sending is a refusal.
+                        await limiter.penalize(self.backoff(retry, e.retry_after))
                     await self._on_call(context.failed(e, latency_ms, call_index))
                     call_index += 1
                     last_error = e
-                    if retry == self._max_retries:
+                    if gate is not None:
+                        state, change = await gate.failure(_reason(e))
+                        await self._moved(client.provider, model, change)
+                        if state == "open":
+                            # This failure (or another process's) opened it:
+                            # no more tries of a model the fleet now skips.
+                            break
+                    if retry == tries - 1:
                         break
                     if e.retry_after is not None and e.retry_after > self._cap:
                         # The provider asks for a longer pause than we would
@@ -182,16 +235,28 @@ class ResilientModel(ModelClient):
                 except Exception as e:
                     latency_ms = (self._monotonic() - started) * 1000
                     await self._on_call(context.failed(e, latency_ms, call_index))
+                    if gate is not None:
+                        # A refusal (or our own bug) says nothing of the
+                        # model's health: not counted, a probe handed back.
+                        await gate.inconclusive()
                     raise
                 latency_ms = (self._monotonic() - started) * 1000
                 price = self._price(model, response)
                 await self._on_call(
                     context.succeeded(response, price, latency_ms, call_index)
                 )
+                if gate is not None:
+                    await self._moved(client.provider, model, await gate.success())
                 if limiter is not None:
                     used = response.tokens_in + response.tokens_cached
-                    limiter.adjust(used + response.tokens_out - estimate)
+                    await limiter.adjust(used + response.tokens_out - estimate)
                 return response
+        if last_error is None and tripped:
+            raise RetryableModelError(
+                f"the circuit breaker is open for {', '.join(tripped)}"
+                + (f"; {', '.join(skipped)} refused by the policy" if skipped else ""),
+                retry_after=min(retry_in) if retry_in else None,
+            )
         if last_error is None:
             # Every model of the chain was skipped: none is allowed.
             raise TerminalModelError(
@@ -200,11 +265,24 @@ class ResilientModel(ModelClient):
             )
         raise last_error
 
+    async def _moved(
+        self, provider: str, model: str, change: Transition | None
+    ) -> None:
+        """Report a move of a model's breaker that this call made."""
+        if change is not None and self._on_breaker is not None:
+            await self._on_breaker(provider, model, change)
+
     def _price(self, model: str, response: ModelResponse) -> Price:
         """Price by the configured name, else by the one the provider reported."""
         if self.prices.known(model) or not self.prices.known(response.model):
             return self.prices.price_for(model)
         return self.prices.price_for(response.model)
+
+
+def _reason(error: RetryableModelError) -> str:
+    """A failure as a breaker records why it opened."""
+    status = f"status {error.status}" if error.status is not None else "no answer"
+    return f"{status}: {error.message}"[:200]
 
 
 class _CallContext(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,6 +27,8 @@ into one line.
     │   ├── StreamConfigDrift                           a stream differs from ours
     │   ├── PermissionDenied                            the NATS user may not do it
     │   ├── ConcurrencyConflict                         a guarded write lost
+    │   ├── StateConflict                               a compare-and-set of shared
+    │   │                                               state lost (another wrote first)
     │   └── BatchRejected                               an atomic batch was refused
     ├── MalformedEvent(BlackboardError, ValueError)     a message we cannot decode
     ├── HandlerError              engine.handlers       a handler steering its task
@@ -134,6 +136,19 @@ class ConcurrencyConflict(StoreError):
         self.subject = subject
         self.expected = expected
         self.actual = actual
+
+
+class StateConflict(StoreError):
+    """A compare-and-set of the fleet's shared state lost.
+
+    Another process wrote the key since it was read (or created it first):
+    read it again and decide again.
+    """
+
+    def __init__(self, key: str, expected: int) -> None:
+        super().__init__(f"conflict on shared state {key!r} at revision {expected}")
+        self.key = key
+        self.expected = expected
 
 
 class BatchRejected(StoreError):

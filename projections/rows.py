@@ -23,6 +23,7 @@ from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BreakerChanged,
     BudgetEntry,
     CompensationFailed,
     CompensationNeeded,
@@ -206,6 +207,7 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
             | TaskPreempted()
             | PolicyDecided()
             | BudgetEntry()
+            | BreakerChanged()
         ):
             pass  # only in `events`, and in the goal and task rows of the fold
         case _:

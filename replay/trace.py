@@ -24,6 +24,7 @@ from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BreakerChanged,
     BudgetEntry,
     CompensationFailed,
     CompensationNeeded,
@@ -384,6 +385,16 @@ def _apply(trace: Trace, env: Envelope) -> None:
             )
         case ApprovalDenied():
             task.notes.append(Note(env.seq, e.at, "denied", _by(e.by, e.note)))
+        case BreakerChanged():
+            task.notes.append(
+                Note(
+                    env.seq,
+                    e.at,
+                    "breaker",
+                    f"{e.provider}/{e.model} {e.from_state} -> {e.to_state}"
+                    f" ({e.failures} failures)" + (f": {e.reason}" if e.reason else ""),
+                )
+            )
         case TaskHeld():
             task.notes.append(
                 Note(env.seq, e.at, "held", f"{e.guardrail}: {e.reason}".strip(": "))

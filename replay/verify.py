@@ -51,9 +51,11 @@ from replay.trace import Attempt, TaskTrace, build_trace
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from agents.ratelimit import Limiter
     from blackboard.engine.handlers import Handler
     from blackboard.engine.transcript import ToolCallRecord
     from blackboard.log.codec import Envelope
+    from blackboard.log.ports import SharedState
     from blackboard.runtime.config import Settings
 
 __all__ = ["Divergence", "Report", "verify"]
@@ -195,7 +197,12 @@ class _RecordedLanes(Lanes):
     def chain(self, name: str) -> list[tuple[ModelClient, str]]:
         return [(self.recorded, self.lane(name).model)]
 
-    def limiters(self, name: str) -> dict[str, Any]:
+    def limiters(
+        self,
+        name: str,
+        chain: Sequence[tuple[ModelClient, str]],
+        shared: SharedState | None = None,
+    ) -> dict[tuple[str, str], Limiter]:
         return {}
 
 

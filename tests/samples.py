@@ -80,6 +80,15 @@ _REQUIRED: dict[type[ev.Event], dict[str, Any]] = {
         "cost_usd": 0.000105,
         "price": {"input_per_mtok": 3.0},
     },
+    ev.BreakerChanged: {
+        "provider": "openai",
+        "model": "gpt-5",
+        "lane": "frontier",
+        "from_state": "closed",
+        "to_state": "open",
+        "failures": 5,
+        "reason": "status 503: overloaded",
+    },
     ev.SideEffectStarted: {"name": "open_pr", "idempotency_key": "T1:open_pr"},
     ev.SideEffectCompleted: {
         "name": "open_pr",

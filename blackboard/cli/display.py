@@ -11,6 +11,7 @@ from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BreakerChanged,
     BudgetEntry,
     CompensationFailed,
     CompensationNeeded,
@@ -110,6 +111,11 @@ def detail(event: AnyEvent) -> str:
                 f"out={event.tokens_out} ${event.cost_usd:.4f} "
                 f"{event.latency_ms:.0f}ms{err}"
             )
+        case BreakerChanged():
+            return (
+                f"{event.provider}/{event.model} breaker {event.from_state} -> "
+                f"{event.to_state} ({event.failures} failures) {clip(event.reason, 40)}"
+            ).strip()
         case SideEffectStarted():
             return event.name
         case SideEffectCompleted():

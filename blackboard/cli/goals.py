@@ -323,20 +323,35 @@ def status(
     tenant: Annotated[
         str | None, typer.Option(help="Only this tenant's goals (and lane shares).")
     ] = None,
+    breakers: Annotated[
+        bool,
+        typer.Option(
+            "--breakers",
+            help="The models' circuit breakers that are not closed (the fleet's).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Show a goal's DAG with statuses and counts (or list every goal)."""
+    """Show a goal's DAG with statuses and counts (or list every goal).
+
+    With no goal, open and half-open circuit breakers are listed after the
+    goals.
+    """
     from blackboard.runtime import connection as runtime
 
-    if goal is not None and (lanes or tenant is not None):
-        fail("--lanes and --tenant are for every goal: give no goal id", 2)
+    if goal is not None and (lanes or breakers or tenant is not None):
+        fail("--lanes, --breakers and --tenant are for every goal: give no goal id", 2)
+    if lanes and breakers:
+        fail("--lanes or --breakers, not both", 2)
     s = settings(config)
     try:
         # Offline too: the data dir's log is served for the command's length.
         with runtime.log_server(s) as url:
             if lanes:
                 run(_lanes(s, url, tenant, as_json))
+            elif breakers:
+                run(_breakers(s, url, as_json))
             else:
                 run(_status(s, url, goal, watch, as_json, tenant))
     except BlackboardError as e:
@@ -364,11 +379,21 @@ async def _status(
             ]
             if as_json:
                 emit_json([display.goal_json(g, tasks=False) for g in goals])
-            elif not goals:
+                return
+            if not goals:
                 typer.echo('no goals yet: bb submit "<goal>"')
             else:
                 for g in goals:
                     typer.echo(display.goal_row(g))
+            try:
+                tripped = await _tripped(s, store)
+            except BlackboardError as e:
+                # The goals are what was asked for: a breaker that cannot
+                # be read is a note, not a failure.
+                typer.echo(f"circuit breakers not read: {e}", err=True)
+                return
+            for row in tripped:
+                typer.echo(_breaker_line(row))
             return
         goal = await client.goal_state(store, goal_id)
         if not watch:
@@ -458,6 +483,53 @@ def _rate(policy: Policy, tenant: str) -> RateQuota:
     from blackboard.engine.quota import RateQuota
 
     return policy.rates.get(tenant, RateQuota())
+
+
+async def _tripped(s: config_mod.Settings, store: Any) -> list[dict[str, Any]]:
+    """The breakers of the configured lanes' models that are not closed."""
+    from datetime import UTC, datetime
+
+    from agents.fleet import read_breakers
+    from agents.lanes import models_of
+
+    rows = []
+    for provider, model, b in await read_breakers(store.shared_state(), models_of(s)):
+        if b.state == "closed":
+            continue
+        rows.append(
+            {
+                "provider": provider,
+                "model": model,
+                "state": b.state,
+                "failures": b.failures,
+                "since": datetime.fromtimestamp(b.since, UTC).isoformat(),
+                "reason": b.reason,
+            }
+        )
+    return rows
+
+
+def _breaker_line(row: dict[str, Any]) -> str:
+    since = row["since"][:19].replace("T", " ")
+    return (
+        f"breaker {row['state']:<9} {row['provider']}/{row['model']}"
+        f"  {row['failures']} failures, since {since} UTC: {row['reason']}"
+    )
+
+
+async def _breakers(s: config_mod.Settings, url: str, as_json: bool) -> None:
+    """The circuit breakers that are not closed, as the fleet shares them."""
+    from blackboard.runtime import connection as runtime
+
+    async with runtime.open_store(s, url, name="bb-status") as store:
+        rows = await _tripped(s, store)
+    if as_json:
+        emit_json(rows)
+    elif not rows:
+        typer.echo("every model's circuit breaker is closed")
+    else:
+        for row in rows:
+            typer.echo(_breaker_line(row))
 
 
 async def _watch(store: Any, goal_id: str, as_json: bool) -> None:

@@ -41,6 +41,7 @@ from blackboard.engine.transcript import (
 )
 from blackboard.errors import ConcurrencyConflict, ConfigError, LogUnavailable
 from blackboard.log.events import (
+    BreakerChanged,
     BudgetHold,
     Event,
     GoalResumed,
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from blackboard.log.codec import Envelope, WorkItem
-    from blackboard.log.ports import EventStore
+    from blackboard.log.ports import EventStore, SharedState
 
 
 class Agent(Protocol):
@@ -205,6 +206,13 @@ class TaskContext(Protocol):
         """Settle a reservation with what its call used (None: release it)."""
         ...
 
+    def shared_state(self) -> SharedState | None:
+        """The deployment's shared state (fleet-wide rate limits, breakers).
+
+        None where there is no deployment to share with (``replay --verify``).
+        """
+        ...
+
     async def converse(
         self,
         prompt: str,
@@ -329,6 +337,10 @@ class BaseTaskContext(ABC):
     async def settle(self, reservation: str, used: tuple[int, float] | None) -> None:
         """Nothing was reserved by default."""
         return
+
+    def shared_state(self) -> SharedState | None:
+        """No shared state: a context with no store shares nothing."""
+        return None
 
     async def converse(
         self,
@@ -529,6 +541,8 @@ class LiveTaskContext(BaseTaskContext):
                 self.writing = False
         if isinstance(event, ModelCalled):
             telemetry.get().model_call(event)
+        elif isinstance(event, BreakerChanged):
+            telemetry.get().breaker_changed(event)
         return self.seq
 
     async def effect(
@@ -681,6 +695,10 @@ class LiveTaskContext(BaseTaskContext):
 
     def _ledger(self) -> Ledger:
         return Ledger(self.store, self.goal_id, self.worker)
+
+    def shared_state(self) -> SharedState | None:
+        """The shared state beside the log (fleet-wide limits and breakers)."""
+        return self.store.shared_state()
 
     async def _used_by(self, reservation: str) -> tuple[int, float] | None:
         """What the call made under ``reservation`` used, by its ``ModelCalled``.

@@ -23,6 +23,7 @@ from blackboard.log.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    BreakerChanged,
     BudgetEntry,
     CompensationFailed,
     CompensationNeeded,
@@ -329,6 +330,7 @@ def _evolve_goal(goal: GoalState, event: AnyEvent, env: Envelope) -> None:
             | PolicyDecided()
             | BudgetEntry()
             | ModelCalled()
+            | BreakerChanged()
             | SideEffectStarted()
             | SideEffectCompleted()
             | SideEffectFailed()
@@ -477,7 +479,8 @@ def _evolve_task(
             lane = event.constraints.get("lane")
             if event.point == "task" and isinstance(lane, str) and lane:
                 task.lane = lane
-        case BudgetEntry():
+        case BudgetEntry() | BreakerChanged():
+            # A breaker's move is about a model, not the task: nothing to apply.
             pass
         case ModelCalled():
             task.model_calls += 1

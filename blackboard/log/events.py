@@ -420,6 +420,26 @@ class ModelCalled(Event, frozen=True, kw_only=True):
     """The budget reservation this call was made under (``BudgetEntry``)."""
 
 
+class BreakerChanged(Event, frozen=True, kw_only=True):
+    """A model's circuit breaker moved (agents/breaker.py).
+
+    Written by the worker whose call made the move, on that call's task:
+    ``closed`` to ``open`` after ``failures`` retryable failures in a row
+    (across the fleet), ``open`` to ``half_open`` when the cool-down was over
+    and this call won the probe, ``half_open`` to ``closed`` when it
+    succeeded or back to ``open`` when it failed. While open, the model's
+    calls go straight to the next model of the chain.
+    """
+
+    provider: str
+    model: str
+    lane: str = ""
+    from_state: str
+    to_state: str
+    failures: int = 0
+    reason: str = ""
+
+
 # --- side effects ---------------------------------------------------------
 
 
@@ -575,6 +595,7 @@ AnyEvent = (
     | PolicyDecided
     | BudgetEntry
     | ModelCalled
+    | BreakerChanged
     | SideEffectStarted
     | SideEffectCompleted
     | SideEffectFailed

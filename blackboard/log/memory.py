@@ -36,6 +36,7 @@ from blackboard.log.memory_reads import MemoryReads, Stored
 from blackboard.log.memory_work import (
     Leases,
     MemoryLeaderLock,
+    MemorySharedState,
     MemorySubscription,
     MemoryWorkQueue,
 )
@@ -70,6 +71,7 @@ class MemoryEventStore(MemoryReads):
         self._durables = {}
         self._queue: MemoryWorkQueue | None = None
         self._leases = Leases()
+        self._shared = MemorySharedState()
         self._stored_prefix = f"{self.settings.prefix}.evt."
         self._in_prefix = f"{self.settings.prefix}.in.evt."
         self._depth = len(self.settings.prefix.split("."))
@@ -91,6 +93,10 @@ class MemoryEventStore(MemoryReads):
     def leader_lock(self, key: str, holder: str, ttl_s: float) -> MemoryLeaderLock:
         """A lease in this twin's table of leases."""
         return MemoryLeaderLock(self._leases, key, holder, ttl_s, self.clock)
+
+    def shared_state(self) -> MemorySharedState:
+        """This twin's shared state (one per store, like the bucket)."""
+        return self._shared
 
     # --- writing ----------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The in-memory twins of the work queue and of the leader lock.
+"""The in-memory twins of the work queue, the leader lock and the shared state.
 
 :class:`MemoryWorkQueue` behaves as ``BB_WORK`` with its lane consumers: one
 sequence for the queue, messages deduplicated by id within the window, kept
@@ -12,6 +12,10 @@ be settled once.
 :class:`MemoryLeaderLock` is the key-value lease: created only when absent or
 expired (``ttl_s`` after its last write), renewed by compare-and-set every
 third of the TTL, and ``lost`` when a renewal finds it gone or taken.
+
+:class:`MemorySharedState` is the key-value bucket of the fleet's shared
+state: one revision counter for the bucket, as a stream's sequence, and
+compare-and-set on a key's revision.
 
 Time comes from the injected clock; waits are real (an asyncio timeout), and
 each wait re-reads the clock, so a test's clock may jump ahead.
@@ -27,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from blackboard.errors import StoreError
+from blackboard.errors import StateConflict, StoreError
+from blackboard.log.ports import Versioned
 from blackboard.log.subjects import H_MSG_ID, H_TRACEPARENT
 
 if TYPE_CHECKING:
@@ -356,3 +361,46 @@ class MemoryLeaderLock:
             if entry is not None and entry.revision == self.revision:
                 del self.leases.entries[self.key]
         self.revision = None
+
+
+class MemorySharedState:
+    """The twin of ``ports.SharedState``: compare-and-set values by key.
+
+    ``unreachable`` makes every call raise StoreError, as a server that
+    cannot be reached would (for tests of what callers do then).
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Versioned] = {}
+        self.unreachable = False
+        self._revisions = itertools.count(1)
+
+    async def _round_trip(self) -> None:
+        await asyncio.sleep(0)
+        if self.unreachable:
+            raise StoreError("shared state: no server answered")
+
+    async def get(self, key: str) -> Versioned | None:
+        """The key's value and revision, or None if it was never written."""
+        await self._round_trip()
+        return self.entries.get(key)
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Write a new key; StateConflict if it exists."""
+        await self._round_trip()
+        if key in self.entries:
+            raise StateConflict(key, 0)
+        return self._write(key, value)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Write the key if it is still at revision ``last``."""
+        await self._round_trip()
+        found = self.entries.get(key)
+        if (found.revision if found is not None else 0) != last:
+            raise StateConflict(key, last)
+        return self._write(key, value)
+
+    def _write(self, key: str, value: bytes) -> int:
+        revision = next(self._revisions)
+        self.entries[key] = Versioned(bytes(value), revision)
+        return revision

@@ -1,8 +1,9 @@
 """The log's ports: what the engine and everything above it use. Pure.
 
-Three seams, each a Protocol with two adapters checked by one contract suite
-(tests/contract/): JetStream (``store.py``, ``workqueue.py``, ``lease.py``)
-and the in-memory twins (``memory.py``, ``memory_work.py``).
+Four seams, each a Protocol with two adapters checked by one contract suite
+(tests/contract/): JetStream (``store.py``, ``workqueue.py``, ``lease.py``,
+``sharedstate.py``) and the in-memory twins (``memory.py``,
+``memory_work.py``).
 
 - :class:`EventStore`: append events (deduplicated by event id, optionally
   guarded on a task's last sequence, optionally as one atomic batch), read and
@@ -11,11 +12,15 @@ and the in-memory twins (``memory.py``, ``memory_work.py``).
   share one consumer that hands out :class:`Delivery` objects, each acked,
   nak'ed (redelivered later), termed or kept alive (``in_progress``).
 - :class:`LeaderLock`: one active scheduler, by a lease that expires.
+- :class:`SharedState`: small values every process of the deployment sees,
+  written by compare-and-set on their revision (fleet-wide rate limits and
+  circuit breakers).
 
 Every method signals trouble with the log as a ``StoreError`` (see
 blackboard/errors.py): ``ConcurrencyConflict`` for a guard that lost,
 ``LogUnavailable`` when the log did not answer in time, ``InvalidEvent`` for an
-event that can never be written, ``BatchRejected`` for a refused batch.
+event that can never be written, ``BatchRejected`` for a refused batch,
+``StateConflict`` for a compare-and-set of shared state that lost.
 """
 
 from __future__ import annotations
@@ -105,6 +110,21 @@ def lock_bucket(prefix: str) -> str:
     """The key-value bucket holding the leases of one prefix."""
     tag = prefix.replace(".", "_").replace("-", "_")
     return subjects.LOCK_BUCKET if prefix == "bb" else f"{subjects.LOCK_BUCKET}_{tag}"
+
+
+def limits_bucket(prefix: str) -> str:
+    """The key-value bucket holding the fleet's shared state of one prefix."""
+    tag = prefix.replace(".", "_").replace("-", "_")
+    if prefix == "bb":
+        return subjects.LIMITS_BUCKET
+    return f"{subjects.LIMITS_BUCKET}_{tag}"
+
+
+class Versioned(NamedTuple):
+    """A value of the shared state and the revision it was written at."""
+
+    value: bytes
+    revision: int
 
 
 # --- messages ----------------------------------------------------------------
@@ -205,6 +225,33 @@ class LeaderLock(Protocol):
 
     async def release(self) -> None:
         """Give the lease up so a standby takes over at once."""
+        ...
+
+
+class SharedState(Protocol):
+    """Small values shared by every process of a deployment, by key.
+
+    Writes are compare-and-set: ``create`` only if the key is absent,
+    ``update`` only if the key is still at the revision read, so two
+    processes that read the same value cannot both write after it; the loser
+    gets StateConflict, reads again and decides again. Keys are
+    ``[-/_=.a-zA-Z0-9]`` (``subjects.state_key``). Trouble reaching the
+    server is a StoreError (LogUnavailable when it did not answer in time).
+    """
+
+    async def get(self, key: str) -> Versioned | None:
+        """The key's value and revision, or None if it was never written."""
+        ...
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Write a new key; its revision. StateConflict if it exists."""
+        ...
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        """Write the key if it is still at revision ``last``; the new revision.
+
+        StateConflict if another write came first.
+        """
         ...
 
 
@@ -389,6 +436,10 @@ class EventStore(Protocol):
 
     def leader_lock(self, key: str, holder: str, ttl_s: float) -> LeaderLock:
         """A lease named ``key`` for ``holder``, beside this log."""
+        ...
+
+    def shared_state(self) -> SharedState:
+        """The deployment's shared state (limits, breakers), beside this log."""
         ...
 
 

@@ -14,9 +14,10 @@ Who writes each kind today:
   dispatches tasks, settles duplicates and bad dependencies, holds tasks and
   halts goals at admission, asks for approval by policy, ends goals;
 - a worker (engine/runs.py, attempts.py, context.py, agents/) claims and
-  finishes its task, spawns children, records model calls, tool calls and
-  side effects, asks for approval from inside a run, and holds its task and
-  halts the goal when a handler's guardrail breaks;
+  finishes its task, spawns children, records model calls (and the moves of
+  a model's circuit breaker they caused), tool calls and side effects, asks
+  for approval from inside a run, and holds its task and halts the goal when
+  a handler's guardrail breaks;
 - an operator (`bb submit`, `approve`, `resume`, `cancel`: engine/commands.py)
   submits, approves or denies, resumes, and cancels (the goal and a fence on
   each open task);
@@ -70,6 +71,7 @@ WORKER: Final = frozenset(
         "goal_halted",
         "approval_requested",
         "model_called",
+        "breaker_changed",
         "side_effect_started",
         "side_effect_completed",
         "side_effect_failed",

@@ -4,9 +4,10 @@ It creates the streams (streams.py), appends events (deduplicated by
 ``Nats-Msg-Id``; optionally guarded by the task-wide expected-sequence header;
 optionally as one atomic batch), reads them back in stream order (reading.py),
 and moves bodies above a threshold into the object store. The work queue
-(workqueue.py) and the scheduler's lease (lease.py) live on the same
-connection, and are handed out by :meth:`JetStreamEventStore.work_queue` and
-:meth:`JetStreamEventStore.leader_lock`.
+(workqueue.py), the scheduler's lease (lease.py) and the fleet's shared
+state (sharedstate.py) live on the same connection, and are handed out by
+:meth:`JetStreamEventStore.work_queue`, :meth:`JetStreamEventStore.leader_lock`
+and :meth:`JetStreamEventStore.shared_state`.
 
 Writers publish on ``<prefix>.in.evt...``; the stream stores each message under
 ``<prefix>.evt...`` and re-publishes it there, so core NATS subscribers see only
@@ -44,10 +45,12 @@ from blackboard.log.ports import (
     Last,
     StoreSettings,
     ignore_bad,
+    limits_bucket,
     lock_bucket,
     stream_names,
 )
 from blackboard.log.reading import JetStreamReads, translated
+from blackboard.log.sharedstate import JetStreamSharedState
 from blackboard.log.subjects import (
     H_BATCH_COMMIT,
     H_BATCH_ID,
@@ -69,7 +72,13 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
     from nats.js.object_store import ObjectStore
 
-    from blackboard.log.ports import Consumer, LeaderLock, Subscription, WorkQueue
+    from blackboard.log.ports import (
+        Consumer,
+        LeaderLock,
+        SharedState,
+        Subscription,
+        WorkQueue,
+    )
 
 __all__ = [
     "MAX_BATCH",
@@ -95,6 +104,7 @@ class JetStreamEventStore(JetStreamReads):
         )
         self._blobs: ObjectStore | None = None
         self._queue: JetStreamWorkQueue | None = None
+        self._shared: JetStreamSharedState | None = None
 
     # --- setup ------------------------------------------------------------
 
@@ -155,6 +165,17 @@ class JetStreamEventStore(JetStreamReads):
             ttl_s,
             replicas=self.settings.replicas,
         )
+
+    def shared_state(self) -> SharedState:
+        """The fleet's shared state: the prefix's bucket ``bb_limits``."""
+        if self._shared is None:
+            self._shared = JetStreamSharedState(
+                self.nc,
+                limits_bucket(self.settings.prefix),
+                replicas=self.settings.replicas,
+                patience_s=min(5.0, self.settings.transient_s),
+            )
+        return self._shared
 
     # --- writing ----------------------------------------------------------
 

@@ -21,6 +21,7 @@ EVENTS_STREAM: Final = "BB_EVENTS"
 WORK_STREAM: Final = "BB_WORK"
 BLOB_BUCKET: Final = "bb_blobs"
 LOCK_BUCKET: Final = "bb_locks"
+LIMITS_BUCKET: Final = "bb_limits"
 
 H_MSG_ID: Final = "Nats-Msg-Id"
 H_SCHEMA: Final = "Bb-Schema"
@@ -38,6 +39,7 @@ of message ids, and a subject longer than the server's control line (4 KiB)
 makes it close the connection of whoever publishes it."""
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_KEY_SAFE = re.compile(r"[A-Za-z0-9_-]")
 
 
 def check_token(value: str, what: str, *, id_like: bool = True) -> str:
@@ -144,3 +146,24 @@ def matches(filter_subject: str, subject: str) -> bool:
         if i >= len(have) or (token != "*" and token != have[i]):
             return False
     return len(have) == len(want)
+
+
+def state_key(kind: str, provider: str, model: str) -> str:
+    """The key of one model's fleet-wide state in the limits bucket.
+
+    ``<kind>.<provider>.<model>``, the kind being ``rate`` or ``breaker``.
+
+    KV keys allow ``[-/_=.a-zA-Z0-9]``, and a dot separates subject tokens, so
+    each part keeps ``[-_a-zA-Z0-9]`` and writes every other character as
+    ``=`` and its hex code (``gpt-4.1`` is ``gpt-4=2e1``): two names never
+    share a key, and no part is empty.
+    """
+
+    def part(value: str) -> str:
+        out = "".join(
+            c if _KEY_SAFE.fullmatch(c) else "".join(f"={b:02x}" for b in c.encode())
+            for c in value
+        )
+        return out or "="
+
+    return ".".join(part(p) for p in (kind, provider, model))

@@ -57,8 +57,9 @@ class LaneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     ``fallbacks`` are tried in order when the lane's model keeps failing
     retryably: a plain name is another model of the same provider, a table
-    names another provider. ``rpm``/``tpm`` limit the provider's requests and
-    tokens per minute, shared by every worker of the process.
+    names another provider. ``rpm``/``tpm`` limit the requests and tokens per
+    minute of each model of the lane's provider in the chain, shared by every
+    worker process of the deployment (agents/fleet.py).
     """
 
     provider: str = "scripted"
@@ -83,6 +84,13 @@ class LaneSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_tokens: int | None = None
     """A cap on every call's ``max_tokens`` on this lane (a small model's
     context, or its speed); a prompt asking for fewer keeps its own."""
+    breaker_failures: int = 5
+    """Retryable failures in a row of one model (across the fleet) that open
+    its circuit breaker: calls then skip it for the next model of the chain
+    until ``breaker_cooldown_s`` has passed and one probe call succeeds.
+    0: no breaker."""
+    breaker_cooldown_s: float = 30.0
+    """How long an open breaker skips its model before one call probes it."""
     window: int = 64
     """Tasks of this lane the scheduler lets be ready or running at once; the
     rest wait in its ready set, where priority, age and tenant decide what
@@ -348,6 +356,15 @@ def load(
             raise ConfigError(
                 f"[lanes.{lane}] escalate_to = {target!r}: name another"
                 f" configured lane ({others})"
+            )
+        if lane_settings.breaker_failures < 0:
+            raise ConfigError(
+                f"[lanes.{lane}] breaker_failures = {lane_settings.breaker_failures}:"
+                " give 0 (no breaker) or the failures in a row that open it"
+            )
+        if not lane_settings.breaker_cooldown_s > 0:
+            raise ConfigError(
+                f"[lanes.{lane}] breaker_cooldown_s must be above 0 seconds"
             )
         if lane_settings.window < 0:
             raise ConfigError(

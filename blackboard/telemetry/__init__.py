@@ -56,7 +56,12 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span, Tracer
 
-    from blackboard.log.events import ModelCalled, ToolCallFinished, ToolCallStarted
+    from blackboard.log.events import (
+        BreakerChanged,
+        ModelCalled,
+        ToolCallFinished,
+        ToolCallStarted,
+    )
 
 __all__ = [
     "Telemetry",
@@ -167,6 +172,9 @@ class Telemetry:
     windows: dict[tuple[str, str], int] = field(default_factory=dict)
     """Each lane's dispatch window by (lane, what): ``in_flight``,
     ``waiting`` (held back by it) and ``limit``, refreshed by the scheduler."""
+    breakers: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Each model's circuit breaker by (provider, model), as this process
+    last read it before a call: ``closed``, ``half_open`` or ``open``."""
     _instruments: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -195,6 +203,15 @@ class Telemetry:
                 for (lane, state), v in sorted(self.windows.items())
             ]
 
+        def breakers(_: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(
+                    BREAKER_VALUES.get(state, 0),
+                    {"provider": provider, "model": model, "state": state},
+                )
+                for (provider, model), state in sorted(self.breakers.items())
+            ]
+
         self._instruments = {
             "outcomes": m.create_counter(
                 "bb.tasks.outcomes", "{attempt}", "Task attempts by outcome and lane"
@@ -220,6 +237,11 @@ class Telemetry:
             "breaches": m.create_counter(
                 "bb.guardrail.breaches", "{breach}", "Goals halted by a guardrail"
             ),
+            "breaker_moves": m.create_counter(
+                "bb.model.breaker.transitions",
+                "{transition}",
+                "Moves of a model's circuit breaker made by this process",
+            ),
         }
         m.create_observable_gauge(
             "bb.consumer.lag", [lag], "{message}", "Work messages pending per lane"
@@ -232,6 +254,12 @@ class Telemetry:
             [windows],
             "{task}",
             "Each lane's dispatch window: in_flight, waiting and its limit",
+        )
+        m.create_observable_gauge(
+            "bb.model.breaker",
+            [breakers],
+            "1",
+            "Each model's circuit breaker: 0 closed, 1 half_open, 2 open",
         )
 
     # --- spans ---------------------------------------------------------------
@@ -542,6 +570,27 @@ class Telemetry:
         if self.meter is not None:
             self._instruments["breaches"].add(1, {"guardrail": guardrail})
 
+    def breaker_state(self, provider: str, model: str, state: str) -> None:
+        """A model's breaker as just read (the ``bb.model.breaker`` gauge)."""
+        self.breakers[(provider, model)] = state
+
+    def breaker_changed(self, event: BreakerChanged) -> None:
+        """Count a move of a breaker this process made and recorded."""
+        self.breakers[(event.provider, event.model)] = event.to_state
+        if self.meter is not None:
+            self._instruments["breaker_moves"].add(
+                1,
+                {
+                    "provider": event.provider,
+                    "model": event.model,
+                    "from_state": event.from_state,
+                    "to_state": event.to_state,
+                },
+            )
+
+
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+"""The ``bb.model.breaker`` gauge's value of each state."""
 
 _CURRENT = Telemetry()
 

@@ -233,7 +233,7 @@ def test_lint_finds_no_error():
 
 # --- the NATS roles ------------------------------------------------------------
 
-STREAMS = ("BB_EVENTS", "BB_WORK", "OBJ_bb_blobs", "KV_bb_locks")
+STREAMS = ("BB_EVENTS", "BB_WORK", "OBJ_bb_blobs", "KV_bb_locks", "KV_bb_limits")
 GUARDED = {
     **{f"$JS.API.STREAM.{op}.{s}": "" for op in ("DELETE", "PURGE") for s in STREAMS},
     **{f"$JS.API.STREAM.MSG.DELETE.{s}": "" for s in STREAMS},
@@ -246,6 +246,9 @@ GUARDED = {
     "$JS.API.ACCOUNT.PURGE.$G": "",
     "bb.work.local": "scheduler",  # only dispatched work reaches a lane
     "$KV.bb_locks.scheduler": "scheduler",
+    "$JS.API.STREAM.CREATE.KV_bb_limits": "worker",  # the fleet's limits
+    "$KV.bb_limits.rate.openai.gpt-5": "worker",
+    "$KV.bb_limits.breaker.openai.gpt-5": "worker",
 }
 """Subjects that delete, purge, reconfigure or take over, and the one role
 that may publish each ("": none)."""

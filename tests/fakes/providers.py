@@ -13,7 +13,7 @@ body gets one in the shape of the API that was called. A ``responder`` may
 answer instead of the queue, as a function of what the request contains (a
 conversation that is replayed after a crash must get the same answers, whatever
 order the calls come in). Every request is recorded (path, headers, JSON body)
-for assertions.
+and when it came, for assertions.
 
 Tool calls are answered in each API's own shape: ``tool_use`` blocks with
 ``stop_reason: "tool_use"`` (Anthropic), ``message.tool_calls`` with
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class Recorded:
     headers: dict[str, str]
     """Header names in lower case."""
     body: Any
+    at: float = 0.0
+    """When it arrived (``time.monotonic()``)."""
 
 
 def anthropic_success(
@@ -380,7 +383,7 @@ class FakeProviderServer:
         self, path: str, headers: dict[str, str], body: Any
     ) -> tuple[int, dict[str, str], Any]:
         with self._lock:
-            self.requests.append(Recorded(path, headers, body))
+            self.requests.append(Recorded(path, headers, body, time.monotonic()))
             responder = self.responder
         # Called outside the lock: a responder may enqueue, or read requests.
         canned = responder(path, body) if responder and isinstance(body, dict) else None

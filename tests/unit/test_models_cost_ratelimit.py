@@ -198,9 +198,9 @@ async def test_adjust_charges_and_refunds(fake_time: FakeTime) -> None:
     limiter = RateLimiter(tpm=600, clock=fake_time.clock, sleep=fake_time.sleep)
 
     assert await limiter.acquire(600) == 0.0
-    limiter.adjust(-300)  # used 300 fewer than estimated
+    await limiter.adjust(-300)  # used 300 fewer than estimated
     assert await limiter.acquire(300) == 0.0
-    limiter.adjust(100)  # used 100 more than estimated
+    await limiter.adjust(100)  # used 100 more than estimated
     assert await limiter.acquire(10) == pytest.approx(11.0)
 
 
