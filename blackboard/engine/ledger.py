@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from blackboard import ids
@@ -44,18 +45,32 @@ _TURNS: dict[tuple[int, str], tuple[asyncio.Lock, int]] = {}
 """Per (store, goal): the lock its writers in this process take turns on, and
 how many hold or wait for it (the entry goes when none does)."""
 
-_WROTE: dict[tuple[int, str], tuple[int, BudgetEntry]] = {}
-"""Per (store, goal): the last entry this process wrote, and its sequence."""
+_WROTE: weakref.WeakKeyDictionary[EventStore, dict[str, tuple[int, BudgetEntry]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per store, then goal: the last entry this process wrote, and its sequence.
+Keyed by the store itself, not its id: a store made after another is gone
+may get its id, and a sequence remembered from the first could pass the
+second's guard by coincidence."""
 
 _WROTE_MAX: Final = 4096
-"""Goals remembered at most (the oldest are forgotten: one read each then)."""
+"""Goals remembered per store at most (the oldest are forgotten: one read
+each then)."""
 
 
-def _remember(key: tuple[int, str], seq: int, entry: BudgetEntry) -> None:
-    _WROTE.pop(key, None)
-    _WROTE[key] = (seq, entry)
-    while len(_WROTE) > _WROTE_MAX:
-        del _WROTE[next(iter(_WROTE))]
+def _wrote(store: EventStore) -> dict[str, tuple[int, BudgetEntry]]:
+    found = _WROTE.get(store)
+    if found is None:
+        found = _WROTE[store] = {}
+    return found
+
+
+def _remember(store: EventStore, goal_id: str, seq: int, entry: BudgetEntry) -> None:
+    wrote = _wrote(store)
+    wrote.pop(goal_id, None)
+    wrote[goal_id] = (seq, entry)
+    while len(wrote) > _WROTE_MAX:
+        del wrote[next(iter(wrote))]
 
 
 @contextlib.asynccontextmanager
@@ -84,18 +99,18 @@ class Ledger:
         self.actor = actor
 
     @property
-    def _key(self) -> tuple[int, str]:
-        return (id(self.store), self.goal_id)
+    def _remembered(self) -> bool:
+        return self.goal_id in _wrote(self.store)
 
     async def _guard(self, fresh: bool) -> tuple[int, BudgetEntry | None]:
         """The last entry: the one this process wrote, unless ``fresh``."""
-        if not fresh and self._key in _WROTE:
-            return _WROTE[self._key]
+        if not fresh and self._remembered:
+            return _wrote(self.store)[self.goal_id]
         return await self.last()
 
     async def _write(self, entry: BudgetEntry, expect: int) -> None:
         seq = await self.store.append(entry, expect=expect)
-        _remember(self._key, seq, entry)
+        _remember(self.store, self.goal_id, seq, entry)
 
     async def last(self) -> tuple[int, BudgetEntry | None]:
         """The guard value of the chain and its last entry (0, None: empty)."""
@@ -167,7 +182,7 @@ class Ledger:
                     totals, limits, hold.tokens, hold.cost_usd, model
                 )
                 if refused is not None:
-                    if tried == 0 and self._key in _WROTE:
+                    if tried == 0 and self._remembered:
                         continue  # refuse only on what the log says now
                     return refused
                 entry = budget.reserved(
@@ -191,7 +206,7 @@ class Ledger:
             seq, last = await self._guard(fresh=tried > 0)
             totals = await self._totals(last)
             if reservation not in (totals.held or {}):
-                if tried == 0 and self._key in _WROTE:
+                if tried == 0 and self._remembered:
                     continue  # what we remember may be behind: read it
                 return  # settled already (a retried write that had landed)
             entry = budget.settled(self._base(), totals, reservation, used)
