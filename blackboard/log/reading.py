@@ -24,7 +24,7 @@ from blackboard.errors import LogUnavailable, MalformedEvent, StoreError
 from blackboard.log import wire
 from blackboard.log.ports import DerivedReads, Last, OnBad, StoreSettings, warn_bad
 from blackboard.log.pull import Puller, RawMsg
-from blackboard.log.retry import NATS_ERRORS, quietly, retry, transient, violation
+from blackboard.log.retry import NATS_ERRORS, retry, transient, violation
 from blackboard.log.subjects import H_BLOB, H_MSG_ID, Subjects
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from blackboard.log.ports import StoredMessage
 
 log = logging.getLogger("blackboard.store")
+_READER_IDLE_S = 10.0
 _BLOB_HEADER = H_BLOB.encode()
 
 S = TypeVar("S")
@@ -151,12 +152,20 @@ class JetStreamReads(DerivedReads):
         """An ephemeral reader from ``from_seq`` and how many it has to read."""
         cfg = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
-            inactive_threshold=60.0,
+            # The server removes a reader idle this long. Readers do not
+            # delete their consumer when done: the chart's roles may create
+            # one but not delete (which would let them delete the projector's
+            # durable), so a finished reader's consumer goes after this. One
+            # whose caller paused longer is recreated where it was.
+            inactive_threshold=_READER_IDLE_S,
             mem_storage=True,
             num_replicas=1,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(1, from_seq),
             filter_subject=filter_subject or self.subjects.events_all,
+            # Named, so it is created on CONSUMER.CREATE.<stream>.<name>.<filter>
+            # (the subject the roles allow), as nats-py's pull_subscribe does.
+            name=self.nc._nuid.next().decode(),
         )
         if not self.nc.is_connected:
             # Retried until connected: a request buffered while reconnecting
@@ -168,10 +177,8 @@ class JetStreamReads(DerivedReads):
         return puller, info.num_pending or 0
 
     async def _drop_reader(self, puller: Puller) -> None:
-        """Close a reader and delete its consumer now, not after an idle minute."""
+        """Stop reading (the consumer goes by itself once idle)."""
         await puller.close()
-        if self.nc.is_connected:  # else it expires by itself, idle
-            await quietly(self.js.delete_consumer(puller.stream, puller.consumer))
 
     async def read(
         self,
