@@ -7,16 +7,66 @@ reported in one line saying what to set, as ``NotConnected``.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from typing import TYPE_CHECKING, Any
 
-import nats
 import nats.errors
+from nats.aio.client import Client as NatsClient
 
 from blackboard.errors import NotConnected
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NatsClient
+    from collections.abc import Callable
+
+_SPACE = re.compile(rb"\s")
+
+
+
+class Client(NatsClient):
+    """nats-py's client with a faster parser of message headers.
+
+    Every stored event carries headers (its id, its schema), so every
+    message read pays nats-py's header parse, which tests each character of
+    each name with a Python generator: at 100,000 events a second that was
+    half a reader's time. This parses the same way (``Name: Value`` lines,
+    names without whitespace or non-ASCII skipped, values decoded with
+    ``errors="replace"``), a regular expression doing the per-character
+    test; tests/contract/test_pull.py checks it against nats-py's own.
+
+    It also lets a subscription take its messages raw (``sinks``): a bulk
+    reader (log/pull.py) gets each message as bytes from the parser, with no
+    header dict, ``Msg`` object or queue in between, at several times the
+    rate; every other subscription is served by nats-py as before.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sinks: dict[int, Callable[[bytes, bytes, bytes, bytes | None], None]] = {}
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        sink = self.sinks.get(sid)
+        if sink is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        sink(subject, reply, data, headers or None)
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            name = name.strip()
+            if not name.isascii() or _SPACE.search(name):
+                continue
+            out[name.decode("ascii")] = value.strip().decode("utf-8", "replace")
+        return out
 
 
 async def connect(
@@ -46,15 +96,16 @@ async def connect(
         if given_cb is not None:
             await given_cb(e)
 
+    nc = Client()
     try:
-        return await asyncio.wait_for(
-            nats.connect(
+        await asyncio.wait_for(
+            nc.connect(
                 servers,
                 name=name,
-                connect_timeout=min(timeout, 2.0),
+                connect_timeout=min(timeout, 2.0),  # type: ignore[arg-type]
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
                 # A server that hangs (a paused node, a frozen VM) keeps its
                 # socket open: only missed pings reveal it, and nats-py's default
                 # (2 min x 2) would stall every reader that long. ~15 s here.
@@ -75,6 +126,7 @@ async def connect(
             f"cannot reach NATS at {url}: start one with `bb up`, "
             "or set BB_NATS_URL to a running server"
         ) from e
+    return nc
 
 
 def _refusal(error: Exception, seen: list[Exception]) -> str | None:

@@ -1,0 +1,128 @@
+"""The fast read path: the header parser and the raw pull reader.
+
+The header parser must parse exactly as nats-py's own (it replaces it on
+every connection); the Puller must give every message once, in order, on
+our client and on a plain nats-py one, and end a fetch on the server's
+statuses the way nats-py's fetch does.
+"""
+
+from __future__ import annotations
+
+import random
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from blackboard.log.connect import Client, connect
+from blackboard.log.pull import Puller, RawMsg
+
+_PIECES = [b"a", b"B", b" ", b"\t", b":", b"\r\n", b"\r", b"\n", b"\xc3\xa9",
+           b"-", b"\x0b", b"\xff", b"1", b"\x00", b"Nats-Msg-Id", b": x"]
+
+
+def test_header_parser_is_nats_pys_on_real_and_random_blocks():
+    real = (
+        b"Nats-Msg-Id: 01M97YCRCQMK7E2FCB8PNPDHRF\r\nBb-Schema: 1\r\n"
+        b"Nats-Batch-Id: dce2\r\nNats-Batch-Sequence: 1\r\n"
+        b"Nats-Batch-Commit: 1\r\n\r\n"
+    )
+    assert Client._parse_header_lines(real) == NatsClient._parse_header_lines(real)
+    rng = random.Random(7)
+    for _ in range(20_000):
+        block = b"".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 24)))
+        assert Client._parse_header_lines(block) == NatsClient._parse_header_lines(
+            block
+        ), block
+
+
+def test_raw_message_positions_in_both_ack_subject_forms():
+    v1 = RawMsg("s", b"$JS.ACK.S.C.1.55.3.1700000000.9", b"", None)
+    v2 = RawMsg("s", b"$JS.ACK.dom.acc.S.C.1.56.3.1700000000.8.tok", b"", None)
+    assert v1.position() == (55, 9)
+    assert v2.position() == (56, 8)
+    from blackboard.errors import StoreError
+
+    with pytest.raises(StoreError, match="not a JetStream delivery"):
+        RawMsg("s", b"_INBOX.x", b"", None).position()
+
+
+def test_raw_message_headers_parse_only_on_demand():
+    msg = RawMsg("s", b"", b"{}", b"NATS/1.0\r\nBb-Blob: abc\r\n\r\n")
+    assert msg.has_header(b"Bb-Blob")
+    assert not msg.has_header(b"Other")
+    assert msg.headers == {"Bb-Blob": "abc"}
+    assert RawMsg("s", b"", b"{}", None).headers is None
+
+
+async def _stream_with(nc: NatsClient, n: int) -> str:
+    js = nc.jetstream()
+    await js.add_stream(name="PULLT", subjects=["pullt.>"])
+    for i in range(n):
+        await js.publish(f"pullt.{i % 3}", str(i).encode(), headers={"Bb-I": str(i)})
+    cfg = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL,
+        mem_storage=True,
+        inactive_threshold=30.0,
+    )
+    info = await js.add_consumer("PULLT", cfg)
+    assert info.name is not None
+    return info.name
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("plain", [False, True], ids=["bb-client", "nats-py"])
+async def test_puller_reads_everything_once_in_order(nats_server, plain):
+    nc = await (nats.connect(nats_server.url) if plain else connect(nats_server.url))
+    try:
+        name = await _stream_with(nc, 250)
+        puller = await Puller(nc, "PULLT", name).start()
+        seen: list[tuple[int, int, str | None]] = []
+        while True:
+            try:
+                msgs = await puller.fetch(64, timeout=0.3)
+            except nats.errors.TimeoutError:
+                break
+            assert 0 < len(msgs) <= 64
+            for m in msgs:
+                seq, _pending = m.position()
+                assert m.headers is not None
+                seen.append((seq, int(m.data), m.headers.get("Bb-I")))
+        assert seen == [(i + 1, i, str(i)) for i in range(250)]
+        # The last message said nothing is pending.
+        assert _pending == 0
+        await puller.close()
+    finally:
+        await nc.close()
+
+
+@pytest.mark.integration
+async def test_puller_waits_for_the_next_message_then_raises_on_deleted(nats_server):
+    import asyncio
+
+    nc = await connect(nats_server.url)
+    try:
+        name = await _stream_with(nc, 0)
+        puller = await Puller(nc, "PULLT", name).start()
+        with pytest.raises(nats.errors.TimeoutError):
+            await puller.fetch(10, timeout=0.2)
+        js = nc.jetstream()
+
+        async def later() -> None:
+            await asyncio.sleep(0.2)
+            await js.publish("pullt.x", b"late")
+
+        task = asyncio.create_task(later())
+        msgs = await puller.fetch(10, timeout=3)  # woken by the one message
+        await task
+        assert [m.data for m in msgs] == [b"late"]
+        await js.delete_consumer("PULLT", name)
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await puller.fetch(10, timeout=0.3)
+        await puller.close()
+    finally:
+        await nc.close()
