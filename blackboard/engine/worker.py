@@ -213,12 +213,17 @@ class Worker:
             # message is theirs now, so it is neither acked nor nak'ed here.
             log.warning("%s: lost the task (%s); leaving it", self.worker_id, e)
         except (StoreError, OSError) as e:
-            # The log could not be written: leave the message for redelivery.
+            # The log could not be written (its appends already retried for
+            # transient_s): hand the message back for another try soon, as its
+            # lease running out would, but without waiting that out. If even
+            # the nak is not confirmed, the lease redelivers it.
             log.warning(
                 "%s: could not record an outcome (%s); will be redelivered",
                 self.worker_id,
                 e,
             )
+            with contextlib.suppress(StoreError):
+                await msg.nak(delay=self.settings.backoff_base_s)
         except Exception:
             log.exception(
                 "%s: unexpected error handling a work message", self.worker_id

@@ -193,10 +193,22 @@ class JetStreamReads(DerivedReads):
         pending count): the read gets there, or raises LogUnavailable. A
         reader that stops answering (its node paused, its consumer lost) is
         recreated from the next sequence, so nothing is skipped or doubled.
+
+        With replicated streams the end is asked of the stream's leader
+        first: a reader's R1 consumer may be placed on any replica, and one
+        that is catching up (a node just restarted) counts only what it has,
+        so its pending count alone would end the read early with a partial
+        history taken for the whole. The read then waits for that replica
+        (or a recreated reader) to reach the leader's end.
         """
-        what = f"reading {filter_subject or self.subjects.events_all}"
+        scope = filter_subject or self.subjects.events_all
+        what = f"reading {scope}"
         next_seq = max(1, from_seq)
+        end = 0
         try:
+            if self.settings.replicas > 1:
+                last = await self.last_on(scope)
+                end = last.seq if last is not None else 0
             sub, pending = await self._retry(
                 what, lambda: self._reader(filter_subject, next_seq)
             )
@@ -205,9 +217,12 @@ class JetStreamReads(DerivedReads):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.transient_s
         try:
-            while pending > 0:
+            while pending > 0 or next_seq <= end:
                 try:
-                    msgs = await sub.fetch(min(batch, pending), timeout=5)
+                    # Behind the leader's end with nothing pending: wait for
+                    # the replica to catch up (a timeout recreates the reader).
+                    want = min(batch, pending) if pending > 0 else batch
+                    msgs = await sub.fetch(want, timeout=5)
                 except Exception as e:
                     lost = isinstance(e, nats.js.errors.NotFoundError)
                     if not (lost or transient(e)):

@@ -8,6 +8,7 @@ raised as StoreError, so the worker needs to know nothing of NATS.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING
@@ -34,6 +35,13 @@ if TYPE_CHECKING:
     from blackboard.log.subjects import Subjects
 
 log = logging.getLogger("blackboard.worker")
+
+SETTLE_PATIENCE_S = 15.0
+"""How long a nak or term is retried until the consumer's leader confirms it:
+an R3 consumer elects a new leader in 2-5 s (a split vote costs another
+election timeout), and an unconfirmed nak would leave the message to wait out
+its whole lease."""
+_SETTLE_TIMEOUT_S = 1.0
 
 
 class JetStreamDelivery:
@@ -77,12 +85,56 @@ class JetStreamDelivery:
         await _settle("ack", self.msg.ack())
 
     async def nak(self, delay: float | None = None) -> None:
-        """Deliver it again, after ``delay`` seconds if given."""
-        await _settle("nak", self.msg.nak(delay=delay))
+        """Deliver it again, after ``delay`` seconds if given (confirmed)."""
+        payload = b"-NAK"
+        if delay:
+            payload += b' {"delay": %d}' % int(delay * 1e9)
+        await self._confirmed("nak", payload)
 
     async def term(self) -> None:
-        """Never deliver it again."""
-        await _settle("term", self.msg.term())
+        """Never deliver it again (confirmed)."""
+        await self._confirmed("term", b"+TERM")
+
+    async def _confirmed(self, what: str, payload: bytes) -> None:
+        """Send a nak or term as a request, retried until the server answers.
+
+        JetStream answers an ack sent with a reply subject once the consumer's
+        leader has applied it (a "double ack"), to a stale delivery too. A
+        plain publish sent while the consumer's leader is dead, or while a new
+        one is elected, is lost without a word: the message would then wait
+        out its lease (30 s) instead of the seconds the cluster takes. An ack
+        stays a plain publish: if lost, the outcome is in the log already, and
+        the redelivery a lease later is found done and acked (see runs.py).
+        """
+        nc = self.msg._client
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_PATIENCE_S
+        pause = 0.1
+        while True:
+            error: Exception
+            if nc.is_connected:
+                try:
+                    await nc.request(
+                        self.msg.reply, payload, timeout=_SETTLE_TIMEOUT_S
+                    )
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+                    error = e  # no leader to take it now: once elected, it will
+                except NATS_ERRORS as e:
+                    raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
+                else:
+                    self.msg._ackd = True
+                    return
+            else:
+                # Not queued while reconnecting: a request buffered then is
+                # answered to nobody, and nats-py's close fails on it.
+                error = nats.errors.ConnectionReconnectingError()
+            if loop.time() >= deadline:
+                raise StoreError(
+                    f"{what}: not confirmed within {SETTLE_PATIENCE_S:g}s "
+                    f"({type(error).__name__}: {error})"
+                ) from error
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     async def in_progress(self) -> None:
         """Still working on it: the ack wait starts again."""

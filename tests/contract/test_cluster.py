@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 import nats.errors
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from blackboard.errors import StoreError
 from blackboard.log.ports import lock_bucket
 from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
+from blackboard.log.workqueue import JetStreamDelivery
 from tests import factories as f
 
 if TYPE_CHECKING:
@@ -161,3 +163,40 @@ def test_paused_node_answers_nothing_until_resumed_and_stop_still_works(
     # Each node shut down on its SIGTERM: none had to be killed (a paused one
     # left paused would ignore the signal until stop() gave up on it).
     assert [p.returncode if p else None for p in procs] == [0, 0, 0]
+
+
+async def test_a_nak_sent_as_its_consumers_leader_dies_is_not_lost(
+    nats_cluster: EmbeddedCluster,
+):
+    """A worker's nak right after the node leading its lane's consumer died:
+    confirmed by the next leader, so the message comes back at once, not when
+    its lease (120 s here) runs out. A plain publish of it went to nobody."""
+    nc = await connect(nats_cluster.url, name="test")
+    try:
+        js = nc.jetstream(timeout=10)
+        await eventually(
+            lambda: js.add_stream(name="NAKT", subjects=["nakt.>"], num_replicas=3),
+            attempt_s=20,
+            timeout_s=40,
+        )
+        await eventually(lambda: js.publish("nakt.a", b"work"))
+        cfg = ConsumerConfig(
+            durable_name="lane", ack_policy=AckPolicy.EXPLICIT, ack_wait=120
+        )
+        sub = await eventually(
+            lambda: js.pull_subscribe("nakt.a", "lane", config=cfg),
+            attempt_s=20,
+            timeout_s=40,
+        )
+        [msg] = await eventually(lambda: sub.fetch(1, timeout=5))
+        info = await js.consumer_info("NAKT", "lane")
+        assert info.cluster is not None and info.cluster.leader
+        nats_cluster.kill(nats_cluster.server_names.index(info.cluster.leader))
+
+        await JetStreamDelivery(msg).nak()  # returns once a leader took it
+
+        again = await eventually(lambda: sub.fetch(1, timeout=5), timeout_s=40)
+        assert [m.data for m in again] == [b"work"]
+        assert again[0].metadata.num_delivered == 2
+    finally:
+        await nc.close()

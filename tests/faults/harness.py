@@ -113,6 +113,10 @@ class Deployment:
     def up(self) -> None:
         """A leading scheduler, a standby, one frontier and two local workers."""
         self.server.start()
+        self.start_processes()
+
+    def start_processes(self) -> None:
+        """Up's processes, once the server is up."""
         self.start("scheduler-1", "scheduler")
         self.wait(lambda: "leading" in self.log("scheduler-1"))
         self.start("scheduler-2", "scheduler")
