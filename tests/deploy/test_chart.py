@@ -396,3 +396,61 @@ def _get(port: int, path: str) -> int:
 
 def _until(predicate: Any, timeout: float = 60) -> None:
     until(predicate, timeout_s=timeout)
+
+
+def test_pods_spread_over_nodes_and_drains_take_one_at_a_time():
+    """On the cluster the chart defaults to: R3 streams on three NATS pods,
+    one per Kubernetes node, a drain taking one NATS pod, one scheduler (of
+    the leader and its standby) and one worker of a lane at a time."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    nats = values["nats"]
+    assert nats["config"]["cluster"]["replicas"] == 3
+    assert values["streams"]["replicas"] == 3
+    assert nats["podDisruptionBudget"]["enabled"] is True
+    assert nats["podTemplate"]["topologySpreadConstraints"] == {
+        "kubernetes.io/hostname": {"maxSkew": 1, "whenUnsatisfiable": "DoNotSchedule"}
+    }
+
+    docs = render()
+    validate(docs)
+    deployments = by_kind(docs, "Deployment")
+    budgets = by_kind(docs, "PodDisruptionBudget")
+    scheduler = deployments["rel-blackboard-scheduler"]
+    assert budgets["rel-blackboard-scheduler"]["spec"]["minAvailable"] == 1
+    # The KEDA-scaled lane has a budget; a lane of one pod does not need one.
+    assert budgets["rel-blackboard-worker-local"]["spec"]["maxUnavailable"] == 1
+    assert "rel-blackboard-worker-frontier" not in budgets
+    for name, budget in budgets.items():
+        pods = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        selector = budget["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= pods.items(), name  # it counts its own pods
+        assert selector == deployments[name]["spec"]["selector"]["matchLabels"]
+    for name, d in deployments.items():
+        if name == "rel-blackboard-projector":
+            continue  # one pod with its volume: nothing to spread
+        pod = d["spec"]["template"]
+        [spread] = pod["spec"]["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname"
+        assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+        mine = spread["labelSelector"]["matchLabels"]
+        assert mine.items() <= pod["metadata"]["labels"].items(), name
+        assert mine == d["spec"]["selector"]["matchLabels"], name
+
+    hard = by_kind(render({"scheduling": {"spread": "hard"}}), "Deployment")
+    [spread] = hard["rel-blackboard-scheduler"]["spec"]["template"]["spec"][
+        "topologySpreadConstraints"
+    ]
+    assert spread["whenUnsatisfiable"] == "DoNotSchedule"
+    off = render(
+        {
+            "scheduling": {"spread": "off", "podDisruptionBudgets": False},
+            "scheduler": {"replicas": 1},
+        }
+    )
+    validate(off)
+    assert by_kind(off, "PodDisruptionBudget") == {}
+    assert all(
+        "topologySpreadConstraints" not in d["spec"]["template"]["spec"]
+        for d in by_kind(off, "Deployment").values()
+    )
+    assert scheduler["spec"]["replicas"] == 2

@@ -114,3 +114,17 @@ securityContext:
   readOnlyRootFilesystem: true
   capabilities: {drop: ["ALL"]}
 {{- end -}}
+
+{{/* Spread a component's pods over nodes (scheduling.spread: soft, hard or off):
+one node's loss then takes at most one scheduler, and not a whole lane. */}}
+{{- define "bb.spread" -}}
+{{- $mode := .root.Values.scheduling.spread -}}
+{{- if ne $mode "off" }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: {{ if eq $mode "hard" }}DoNotSchedule{{ else }}ScheduleAnyway{{ end }}
+    labelSelector:
+      matchLabels: {{- toYaml .labels | nindent 8 }}
+{{- end }}
+{{- end -}}
