@@ -12,6 +12,7 @@ from blackboard.cli.common import (
     emit_json,
     fail,
     run,
+    settings,
 )
 
 # --- benchmarks ---------------------------------------------------------------
@@ -22,12 +23,26 @@ def bench_append(
     events: Annotated[
         int, typer.Option("-n", "--events", help="Events per mode.")
     ] = 5000,
+    sync: Annotated[
+        str | None,
+        typer.Option(
+            help="The private server's JetStream sync_interval: 'always' (an"
+            " fsync per write) or a duration; default: the server's (2m)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Events/s of guarded and unguarded appends beside raw JetStream publish."""
+    from blackboard.log.server import check_sync_interval
     from blackboard.tools import bench
 
-    result = run(bench.append(events))
+    try:
+        check_sync_interval(sync)
+    except ValueError as e:
+        fail(f"--sync: {e}")
+    if sync is not None and settings().nats.url:
+        fail("--sync sets the private server's fsync; unset BB_NATS_URL to use it")
+    result = run(bench.append(events, sync))
     if as_json:
         emit_json(result)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from blackboard.errors import ServerBinaryMissing, ServerStartFailed
+from blackboard.errors import ConfigError, ServerBinaryMissing, ServerStartFailed
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -73,6 +74,26 @@ def _port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+_SYNC_INTERVAL = re.compile(r"always|\d+(ms|s|m|h)")
+
+
+def check_sync_interval(value: str | None) -> str | None:
+    """A JetStream ``sync_interval`` as nats-server takes it, or None.
+
+    Raises:
+        ConfigError: Neither ``always`` nor a duration such as ``500ms``,
+            ``1s``, ``2m``.
+    """
+    if value is None or value == "":
+        return None
+    if not _SYNC_INTERVAL.fullmatch(value):
+        raise ConfigError(
+            f"sync interval {value!r}: use 'always' (fsync each write) or a "
+            "duration such as 1s or 2m"
+        )
+    return value
+
+
 class EmbeddedServer:
     """A nats-server child process with JetStream and a data directory.
 
@@ -90,10 +111,17 @@ class EmbeddedServer:
         binary: Path | None = None,
         startup_timeout_s: float = 15.0,
         config: str | None = None,
+        sync_interval: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.config = config
         """Extra nats-server configuration (authorization, TLS), as its text."""
+        self.sync_interval = check_sync_interval(sync_interval)
+        """JetStream's ``sync_interval``: how often the store is fsynced.
+        None: the server's default (every 2 minutes; a write is acknowledged
+        once in the OS's page cache, so a host crash, not a process crash, can
+        lose the last acknowledged writes). ``"always"``: fsync each write
+        before acknowledging it. Or a duration (``"1s"``)."""
         self.host = host
         self.port = port
         self.monitor_port = monitor_port
@@ -150,9 +178,14 @@ class EmbeddedServer:
             "--log",
             str(self.log_path),
         ]
-        if self.config:
+        text = self.config or ""
+        if self.sync_interval is not None:
+            # The flags above set the rest of JetStream; this block adds only
+            # the sync setting (checked: /jsz?config=1 shows both).
+            text += f"\njetstream {{\n  sync_interval: {self.sync_interval}\n}}\n"
+        if text:
             conf = self.data_dir / "nats-server.conf"
-            conf.write_text(self.config)
+            conf.write_text(text)
             args[1:1] = ["--config", str(conf)]
         # The server gets its own process group so Ctrl-C in a terminal reaches
         # us first and we stop it cleanly (flushing JetStream) ourselves.

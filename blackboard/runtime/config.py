@@ -20,6 +20,7 @@ from blackboard.engine.policy import ALLOW_ALL, PolicySet
 from blackboard.errors import ConfigError
 from blackboard.log.events import Limits
 from blackboard.log.ports import StoreSettings
+from blackboard.log.server import check_sync_interval
 from blackboard.log.subjects import check_token
 
 
@@ -29,6 +30,10 @@ class NatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     url: str | None = None
     prefix: str = "bb"
     replicas: int = 1
+    sync_interval: str | None = None
+    """The embedded server's JetStream ``sync_interval`` (``bb up``):
+    ``always`` fsyncs each write before acknowledging it; None is the
+    server's default (2 minutes). A server of your own has its own setting."""
     blob_threshold: int = 256 * 1024
     user: str | None = None
     password: str | None = None
@@ -256,6 +261,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         nats["prefix"] = env["BB_PREFIX"]
     if env.get("BB_NATS_REPLICAS"):
         nats["replicas"] = int(env["BB_NATS_REPLICAS"])
+    if env.get("BB_NATS_SYNC_INTERVAL"):
+        nats["sync_interval"] = env["BB_NATS_SYNC_INTERVAL"]
     for key in (
         "user",
         "password",
@@ -338,6 +345,10 @@ def load(
     except msgspec.ValidationError as e:
         raise ConfigError(f"invalid settings: {e}") from e
     settings.policy = rules
+    try:
+        check_sync_interval(settings.nats.sync_interval)
+    except ConfigError as e:
+        raise ConfigError(f"[nats] sync_interval / BB_NATS_SYNC_INTERVAL: {e}") from e
     for rule in rules.rules:
         if rule.lane is not None and rule.lane not in settings.lanes:
             raise ConfigError(

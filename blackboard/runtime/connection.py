@@ -227,7 +227,9 @@ def server_for(settings: Settings, port: int = 0) -> Iterator[str]:
             pid, url = ([*lock.read().split(), "", ""])[:2]
             raise AlreadyRunning(data.resolve(), pid, url) from None
         # Ours now (a crashed holder's lock went with it): say who we are.
-        server = EmbeddedServer(data / "nats", port=port)
+        server = EmbeddedServer(
+            data / "nats", port=port, sync_interval=settings.nats.sync_interval
+        )
         server.start()
         lock.seek(0)
         lock.truncate()

@@ -42,11 +42,12 @@ __all__ = ["append", "bench_store", "engine", "print_table", "projector", "repla
 
 @contextlib.asynccontextmanager
 async def bench_store(
-    tag: str,
+    tag: str, sync_interval: str | None = None
 ) -> AsyncIterator[tuple[JetStreamEventStore, NatsClient]]:
     """A store on a private server (or private streams on BB_NATS_URL).
 
     The connection comes with it: the raw JetStream figures use it directly.
+    ``sync_interval`` is the private server's (see EmbeddedServer).
     """
     settings = config.load()
     with contextlib.ExitStack() as stack:
@@ -54,7 +55,8 @@ async def bench_store(
         prefix = "bb"
         if url is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bb-bench-"))
-            url = stack.enter_context(EmbeddedServer(tmp)).url
+            server = EmbeddedServer(tmp, sync_interval=sync_interval)
+            url = stack.enter_context(server).url
         else:
             prefix = f"bench{tag}{ids.new_id()[-6:].lower()}"
         nc = await runtime.open_client(settings, url, name=f"bb-bench-{tag}")
@@ -92,10 +94,14 @@ def _created(goal: str, task: str) -> TaskCreated:
     )
 
 
-async def append(n: int = 5000) -> dict[str, Any]:
-    """Events/s for each way of appending, beside raw JetStream publish."""
+async def append(n: int = 5000, sync_interval: str | None = None) -> dict[str, Any]:
+    """Events/s for each way of appending, beside raw JetStream publish.
+
+    ``sync_interval``: the private server's JetStream sync (``always``: an
+    fsync per write), to measure what durability costs.
+    """
     progress = typer.echo
-    async with bench_store("append") as (store, nc):
+    async with bench_store("append", sync_interval) as (store, nc):
         js = nc.jetstream()
         await js.add_stream(name="BENCH_RAW", subjects=["benchraw.>"])
         goal = ids.new_id()
@@ -154,6 +160,7 @@ async def append(n: int = 5000) -> dict[str, Any]:
         results: dict[str, Any] = {
             "events": n,
             "server": nc.connected_url.netloc if nc.connected_url else "",
+            "sync_interval": sync_interval or "default (2m)",
         }
         for name, fn, count in (
             ("jetstream_publish_pipelined", raw_pipelined, n),

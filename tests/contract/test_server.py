@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.request
 from typing import TYPE_CHECKING
 
 import pytest
 
-from blackboard.errors import ServerBinaryMissing, ServerStartFailed
+from blackboard.errors import ConfigError, ServerBinaryMissing, ServerStartFailed
 from blackboard.log.server import EmbeddedServer, find_binary
 from blackboard.log.store import connect
+from blackboard.runtime import config
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,3 +73,34 @@ def test_server_that_exits_reports_why(tmp_path: Path):
     fake.chmod(0o755)
     with pytest.raises(ServerStartFailed, match="exited with code 3"):
         EmbeddedServer(tmp_path / "d", binary=fake).start()
+
+
+def _jetstream_config(server: EmbeddedServer) -> dict[str, object]:
+    with urllib.request.urlopen(f"{server.monitor_url}/jsz?config=1", timeout=2) as r:
+        config: dict[str, object] = json.loads(r.read())["config"]
+    return config
+
+
+def test_sync_interval_reaches_the_server_beside_its_store_dir(tmp_path: Path):
+    """`always` (BB_NATS_SYNC_INTERVAL) makes the server fsync each write; the
+    store stays where the flags put it, and the default is the server's."""
+    with EmbeddedServer(tmp_path / "always", sync_interval="always") as server:
+        config = _jetstream_config(server)
+    assert config["sync_always"] is True
+    assert str(config["store_dir"]).startswith(str(tmp_path / "always"))
+    with EmbeddedServer(tmp_path / "1s", sync_interval="1s") as server:
+        config = _jetstream_config(server)
+    assert config["sync_interval"] == 1_000_000_000
+    assert not config.get("sync_always")
+    with EmbeddedServer(tmp_path / "default") as server:
+        config = _jetstream_config(server)
+    assert config["sync_interval"] == 120_000_000_000  # nats-server's 2 minutes
+    assert not config.get("sync_always")
+
+
+@pytest.mark.parametrize("bad", ["sometimes", "1 s", "always; x", "-1s"])
+def test_a_bad_sync_interval_is_a_clear_error(tmp_path: Path, bad: str):
+    with pytest.raises(ConfigError, match="use 'always'"):
+        EmbeddedServer(tmp_path, sync_interval=bad)
+    with pytest.raises(ConfigError, match="BB_NATS_SYNC_INTERVAL"):
+        config.load(env={"BB_NATS_SYNC_INTERVAL": bad}, path=None)
