@@ -88,6 +88,10 @@ def bench_scale(
     raw: Annotated[
         int, typer.Option(help="Messages for JetStream's own rates.")
     ] = 20_000,
+    nodes: Annotated[
+        int,
+        typer.Option(help="1: one nats-server; 3: a loopback cluster, R3 streams."),
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Cost per task from 1k to 100k tasks in one goal: separate processes."""
@@ -99,7 +103,9 @@ def bench_scale(
         fail(f"--sizes: give task counts separated by commas, not {sizes!r}", 2)
     if not counts or min(counts) < 1:
         fail("--sizes: give at least one task count of 1 or more", 2)
-    result = run(bench_scale.scale(counts, workers, concurrency, window, raw))
+    if nodes not in (1, 3):
+        fail(f"--nodes: 1 or 3 (a cluster of 3 on loopback), not {nodes}", 2)
+    result = run(bench_scale.scale(counts, workers, concurrency, window, raw, nodes))
     if as_json:
         emit_json(result)
     else:

@@ -251,13 +251,19 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def _raw_jetstream(nc: NatsClient, n: int) -> tuple[float, float]:
-    """Raw publish and fetch+ack rates on a work-queue stream, same server."""
-    js = nc.jetstream()
+async def _raw_jetstream(
+    nc: NatsClient, n: int, replicas: int = 1
+) -> tuple[float, float]:
+    """Raw publish and fetch+ack rates on a work-queue stream, same server.
+
+    ``replicas``: the stream's, as the engine's (R3 on a cluster).
+    """
+    js = nc.jetstream(timeout=20)  # an R3 stream's creation waits for a leader
     await js.add_stream(
         name="BENCH_WQ",
         subjects=["benchwq.>"],
         retention=nats_api.RetentionPolicy.WORK_QUEUE,
+        num_replicas=replicas,
     )
     body = b'{"goal_id":"01HZZZZZZZZZZZZZZZZZZZZZZZ","task_id":"t","lane":"local"}'
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ import typer
 
 from blackboard.engine import control as client
 from blackboard.engine import submission as service
-from blackboard.errors import BlackboardError
+from blackboard.errors import BlackboardError, StoreError
 from blackboard.log.events import (
     GoalSubmitted,
     TaskClaimed,
@@ -43,7 +43,7 @@ from blackboard.log.events import (
     TaskReady,
     TaskSpec,
 )
-from blackboard.log.server import EmbeddedServer
+from blackboard.log.server import EmbeddedCluster, EmbeddedServer
 from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from blackboard.runtime import config
 
@@ -75,9 +75,16 @@ class Fleet:
         window: int,
         aging_s: float,
         weights: dict[str, float],
+        nodes: int = 1,
     ) -> None:
         self.tmp = tmp
-        self.server = EmbeddedServer(tmp / "nats")
+        self.nodes = nodes
+        # One node, or a cluster on loopback with R3 streams and buckets.
+        self.server: EmbeddedServer | EmbeddedCluster = (
+            EmbeddedServer(tmp / "nats")
+            if nodes == 1
+            else EmbeddedCluster(tmp / "nats-cluster", size=nodes)
+        )
         self.workers = workers
         self.concurrency = concurrency
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -96,6 +103,7 @@ class Fleet:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BB_")}
         env.update(
             BB_NATS_URL=self.server.url,
+            BB_NATS_REPLICAS=str(self.nodes),
             BB_SCRIPTED="1",
             BB_CONFIG=str(self.config),
             BB_DATA_DIR=str(self.tmp / "bb"),
@@ -151,8 +159,17 @@ class Fleet:
         """A connection of the bench's own."""
         nc = await connect(self.server.url, name="bb-bench-fairness")
         try:
-            store = JetStreamEventStore(nc, StoreSettings())
-            await store.ensure()
+            store = JetStreamEventStore(nc, StoreSettings(replicas=self.nodes))
+            # A new R3 stream waits for its first leader, a split vote for a
+            # second election: past the API's timeout, so try again.
+            for attempt in range(6):
+                try:
+                    await store.ensure()
+                    break
+                except StoreError:
+                    if attempt == 5:
+                        raise
+                    await asyncio.sleep(1)
             yield store
         finally:
             await nc.drain()

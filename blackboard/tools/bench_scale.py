@@ -102,9 +102,13 @@ def _replay_s(fleet: Fleet, goal_id: str) -> float:
 
 
 async def one_size(
-    n: int, workers: int, concurrency: int, window: int, raw: int
+    n: int, workers: int, concurrency: int, window: int, raw: int, nodes: int = 1
 ) -> dict[str, Any]:
-    """One fleet, one goal of ``n`` tasks, and what it cost."""
+    """One fleet, one goal of ``n`` tasks, and what it cost.
+
+    ``nodes``: 1, or a cluster of that many on loopback with R3 streams (the
+    nodes share this machine's cores with the fleet).
+    """
     with tempfile.TemporaryDirectory(prefix="bb-bench-scale-") as tmp:
         fleet = Fleet(
             Path(tmp),
@@ -113,6 +117,7 @@ async def one_size(
             window=window,
             aging_s=60.0,
             weights={},
+            nodes=nodes,
         )
         fleet.up()
         try:
@@ -123,7 +128,9 @@ async def one_size(
                 row["events_per_task"] = round(info.state.messages / n, 2)
                 row["replay_s"] = round(_replay_s(fleet, row["goal_id"]), 3)
                 row["replay_events"] = info.state.messages
-                publish, fetch_ack = await _raw_jetstream(store.nc, raw)
+                publish, fetch_ack = await _raw_jetstream(
+                    store.nc, raw, replicas=min(nodes, 3)
+                )
                 row["jetstream_publish_per_s"] = round(publish)
                 row["jetstream_fetch_ack_per_s"] = round(fetch_ack)
         finally:
@@ -135,18 +142,24 @@ async def one_size(
 
 
 async def scale(
-    sizes: list[int], workers: int, concurrency: int, window: int, raw: int
+    sizes: list[int],
+    workers: int,
+    concurrency: int,
+    window: int,
+    raw: int,
+    nodes: int = 1,
 ) -> dict[str, Any]:
     """Every size, each on a fresh fleet."""
     rows = []
     for n in sizes:
         typer.echo(f"  {n:,} tasks...", err=True)
-        rows.append(await one_size(n, workers, concurrency, window, raw))
+        rows.append(await one_size(n, workers, concurrency, window, raw, nodes))
     return {
         "workers": workers,
         "concurrency": concurrency,
         "window": window,
-        "nodes": 1,
+        "nodes": nodes,
+        "replicas": nodes,
         "rows": rows,
     }
 
@@ -155,7 +168,8 @@ def print_table(result: dict[str, Any]) -> None:
     """The table of the README."""
     typer.echo(
         f"{result['workers']} workers x {result['concurrency']}, window"
-        f" {result['window']}, {result['nodes']} node"
+        f" {result['window']}, {result['nodes']} node(s),"
+        f" R{result.get('replicas', 1)} streams"
     )
     typer.echo(
         f"{'tasks':>8} {'tasks/s':>8} {'sched CPU/task':>15} {'peak RSS':>9}"
