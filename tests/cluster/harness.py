@@ -34,12 +34,9 @@ class ClusterDeployment(Deployment):
 
     def __init__(self, tmp: Path) -> None:
         super().__init__(tmp)
-        self.server = EmbeddedCluster(tmp / "nats-cluster")  # type: ignore[assignment]
-
-    @property
-    def cluster(self) -> EmbeddedCluster:
-        assert isinstance(self.server, EmbeddedCluster)
-        return self.server
+        self.cluster = EmbeddedCluster(tmp / "nats-cluster")
+        # Deployment.down stops it as it would stop one server.
+        self.server = self.cluster  # type: ignore[assignment]
 
     @property
     def env(self) -> dict[str, str]:
