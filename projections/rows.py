@@ -118,6 +118,28 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
     if e.task_id is not None:
         rows.tasks.add((e.goal_id, e.task_id))
     match e:
+        case (
+            # Most of a log, so tried first: a match tests its cases in order.
+            TaskReady()
+            | TaskClaimed()
+            | TaskCompleted()
+            | GoalSubmitted()
+            | GoalCompleted()
+            | GoalFailed()
+            | GoalCancelled()
+            | GoalHalted()
+            | GoalResumed()
+            | GoalThrottled()
+            | TaskFailed()
+            | TaskNeedsFollowup()
+            | TaskCancelled()
+            | TaskHeld()
+            | TaskPreempted()
+            | PolicyDecided()
+            | BudgetEntry()
+            | BreakerChanged()
+        ):
+            pass  # only in `events`, and in the goal and task rows of the fold
         case ModelCalled():
             rows.model_calls.append(
                 {
@@ -189,27 +211,6 @@ def add_event(rows: Rows, env: Envelope, body: bytes | None = None) -> None:
                 {"goal_id": e.goal_id, "task_id": e.task_id, "depends_on": d}
                 for d in e.depends_on
             )
-        case (
-            GoalSubmitted()
-            | GoalCompleted()
-            | GoalFailed()
-            | GoalCancelled()
-            | GoalHalted()
-            | GoalResumed()
-            | GoalThrottled()
-            | TaskReady()
-            | TaskClaimed()
-            | TaskCompleted()
-            | TaskFailed()
-            | TaskNeedsFollowup()
-            | TaskCancelled()
-            | TaskHeld()
-            | TaskPreempted()
-            | PolicyDecided()
-            | BudgetEntry()
-            | BreakerChanged()
-        ):
-            pass  # only in `events`, and in the goal and task rows of the fold
         case _:
             assert_never(e)
 

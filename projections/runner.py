@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from blackboard.engine.state import BoardState, evolve
 from blackboard.errors import BlackboardError, MalformedEvent, StoreError
-from blackboard.log import subjects
+from blackboard.log import wire
 from projections.duckdb_view import MAX_REPLY, DuckDBView, answer
 from projections.rows import Rows, add_event, dead_letter
 
@@ -160,8 +160,7 @@ class Projector:
             evolve(self.state, env)
             # The body as stored is the event's JSON, unless it is a stub
             # pointing at the object store: then it is encoded again.
-            blob = bool(msg.headers) and subjects.H_BLOB in (msg.headers or {})
-            add_event(rows, env, None if blob else msg.data)
+            add_event(rows, env, None if wire.carries_stub(msg) else msg.data)
             if len(self.state.anomalies) > refused:
                 a = self.state.anomalies[-1]
                 # The event stays in `events` (it is in the log); the fold

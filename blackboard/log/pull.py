@@ -11,16 +11,18 @@ appended to a list and the fetcher is woken once, when the batch is full or
 the server ends the request with a status (no messages, request expired,
 the consumer deleted or its leader changed, the batch's byte limit reached).
 
-It is for readers that do not ack (ack policy none): a ``RawMsg`` has no
-``ack``. Messages that arrive after a fetch gave up (the server answered
-late) are kept for the next fetch, never dropped, so a reader misses
-nothing and sees nothing twice.
+Readers that do not ack (ack policy none) take ``RawMsg`` objects; a
+``RawConsumer`` hands out ``RawDelivery`` objects, which ack (the
+projector's durable, ack-all consumer). Messages that arrive after a fetch
+gave up (the server answered late) are kept for the next fetch, never
+dropped, so a reader misses nothing and sees nothing twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -29,11 +31,14 @@ import nats.js.errors
 
 from blackboard.errors import StoreError
 from blackboard.log.connect import Client
+from blackboard.log.workqueue import settle_confirmed
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
+
+    from blackboard.log.ports import Delivery
 
 # What the server may end a pull request with, and what it means here.
 _NONE_LEFT = ("404", "408")  # no messages now / the request expired
@@ -83,8 +88,8 @@ class RawMsg:
             return None
         return Client._parse_header_lines(raw[len(_HDR_LINE) + 2 :]) or None
 
-    def position(self) -> tuple[int, int]:
-        """Its stream sequence and the consumer's pending count after it.
+    def ack_info(self) -> tuple[int, int, int, int]:
+        """Deliveries, stream sequence, timestamp (ns) and pending after it.
 
         Read from the ack subject's tokens:
         ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
@@ -93,12 +98,29 @@ class RawMsg:
         """
         tokens = self.reply.split(b".")
         if len(tokens) == 9:
-            return int(tokens[5]), int(tokens[8])
-        if len(tokens) >= 11 and tokens[0] == b"$JS" and tokens[1] == b"ACK":
-            return int(tokens[7]), int(tokens[10])
-        raise StoreError(
-            f"not a JetStream delivery on {self.subject}: {self.reply!r}"
-        )
+            at = 4
+        elif len(tokens) >= 11 and tokens[0] == b"$JS" and tokens[1] == b"ACK":
+            at = 6
+        else:
+            raise StoreError(
+                f"not a JetStream delivery on {self.subject}: {self.reply!r}"
+            )
+        try:
+            return (
+                int(tokens[at]),
+                int(tokens[at + 1]),
+                int(tokens[at + 3]),
+                int(tokens[at + 4]),
+            )
+        except ValueError:
+            raise StoreError(
+                f"not a JetStream delivery on {self.subject}: {self.reply!r}"
+            ) from None
+
+    def position(self) -> tuple[int, int]:
+        """Its stream sequence and the consumer's pending count after it."""
+        _, seq, _, pending = self.ack_info()
+        return seq, pending
 
 
 def _status(headers: bytes | None) -> str | None:
@@ -244,3 +266,104 @@ class Puller:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await self._sub.unsubscribe()
             self._sub = None
+
+
+class RawDelivery:
+    """A raw message delivered by an acking consumer (see ``ports.Delivery``).
+
+    Its position is read once from the ack subject; acks are plain publishes
+    of JetStream's ack payloads on it, as nats-py's ``Msg.ack`` sends them,
+    and a nak or term is confirmed by the consumer's leader (see
+    ``workqueue.settle_confirmed``).
+    """
+
+    __slots__ = ("_headers", "_msg", "_nc", "_parsed", "_ts", "num_delivered", "seq")
+
+    def __init__(self, nc: NatsClient, msg: RawMsg) -> None:
+        self._nc = nc
+        self._msg = msg
+        self.num_delivered, self.seq, self._ts, _ = msg.ack_info()
+        self._headers: dict[str, str] | None = None
+        self._parsed = False
+
+    @property
+    def subject(self) -> str:
+        """The subject it is stored under."""
+        return self._msg.subject
+
+    @property
+    def data(self) -> bytes:
+        """Its body."""
+        return self._msg.data
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Its headers (parsed once, when first asked for)."""
+        if not self._parsed:
+            self._headers, self._parsed = self._msg.headers, True
+        return self._headers
+
+    def has_header(self, name: bytes) -> bool:
+        """Whether a header of that name may be there (cheap, no parse)."""
+        return self._msg.has_header(name)
+
+    @property
+    def timestamp(self) -> datetime | None:
+        """When it was stored."""
+        return datetime.fromtimestamp(self._ts / 1e9, tz=UTC)
+
+    async def _send(self, what: str, payload: bytes) -> None:
+        try:
+            await self._nc.publish(self._msg.reply.decode(), payload)
+        except (nats.errors.Error, OSError) as e:
+            raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
+
+    async def ack(self) -> None:
+        """Done (on an ack-all consumer: everything up to here)."""
+        await self._send("ack", b"+ACK")
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Deliver it again, after ``delay`` seconds if given (confirmed)."""
+        payload = b"-NAK"
+        if delay:
+            payload += b' {"delay": %d}' % int(delay * 1e9)
+        await settle_confirmed(self._nc, self._msg.reply.decode(), "nak", payload)
+
+    async def term(self) -> None:
+        """Never deliver it again (confirmed)."""
+        await settle_confirmed(self._nc, self._msg.reply.decode(), "term", b"+TERM")
+
+    async def in_progress(self) -> None:
+        """Still working on it: the ack wait starts again."""
+        await self._send("in_progress", b"+WPI")
+
+
+class RawConsumer:
+    """A durable pull consumer read raw (see ``ports.Consumer``).
+
+    The projector's consumer: nats-py's fetch would cost it more per event
+    than folding the event does (see the module doc).
+    """
+
+    def __init__(self, nc: NatsClient, stream: str, consumer: str) -> None:
+        self.nc = nc
+        self._puller = Puller(nc, stream, consumer)
+
+    async def start(self) -> RawConsumer:
+        """Subscribe; returns itself."""
+        await self._puller.start()
+        return self
+
+    async def fetch(self, n: int, timeout: float) -> list[Delivery]:
+        """Up to ``n`` deliveries; ``[]`` if none came within ``timeout``."""
+        try:
+            msgs = await self._puller.fetch(n, timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except (nats.errors.Error, nats.js.errors.Error) as e:
+            raise StoreError(f"fetch: {type(e).__name__}: {e}") from e
+        return [RawDelivery(self.nc, m) for m in msgs]
+
+    async def close(self) -> None:
+        """Unsubscribe; the durable consumer stays."""
+        await self._puller.close()

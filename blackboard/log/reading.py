@@ -23,7 +23,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from blackboard.errors import LogUnavailable, MalformedEvent, StoreError
 from blackboard.log import wire
 from blackboard.log.ports import DerivedReads, Last, OnBad, StoreSettings, warn_bad
-from blackboard.log.pull import Puller, RawMsg
+from blackboard.log.pull import Puller, RawDelivery, RawMsg
 from blackboard.log.retry import NATS_ERRORS, retry, transient, violation
 from blackboard.log.subjects import H_BLOB, H_MSG_ID, Subjects
 
@@ -93,6 +93,9 @@ class JetStreamReads(DerivedReads):
         self, msg: StoredMessage, on_bad: OnBad = warn_bad
     ) -> Envelope | None:
         """Decode a stored message into an Envelope; None (reported) if bad."""
+        if isinstance(msg, RawDelivery) and not msg.has_header(_BLOB_HEADER):
+            # The projector's deliveries: decoded in place, headers unparsed.
+            return self._decode_inline(msg.subject, msg.data, msg.seq, on_bad)
         return await self.decode_raw(
             msg.subject, msg.data, msg.headers, msg.seq, on_bad
         )
@@ -134,12 +137,18 @@ class JetStreamReads(DerivedReads):
             )
         # Not a blob stub (nearly every event): decode in place, without the
         # coroutines of decode_raw (a fifth of a read's time at log speed).
+        return self._decode_inline(msg.subject, msg.data, seq, on_bad)
+
+    def _decode_inline(
+        self, subject: str, data: bytes, seq: int, on_bad: OnBad
+    ) -> Envelope | None:
+        """Decode a body that is not a blob stub."""
         try:
-            return wire.envelope(self.subjects, msg.subject, msg.data, seq)
+            return wire.envelope(self.subjects, subject, data, seq)
         except MalformedEvent as e:
             on_bad(e)
         except ValueError as e:
-            on_bad(MalformedEvent(msg.subject, seq, str(e)))
+            on_bad(MalformedEvent(subject, seq, str(e)))
         return None
 
     # --- reads ----------------------------------------------------------------

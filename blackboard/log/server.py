@@ -60,6 +60,10 @@ def find_binary() -> Path:
     )
 
 
+_PORT_TRIES = 3
+_IN_USE = "address already in use"
+
+
 def free_port() -> int:
     """Ask the OS for a free TCP port on loopback."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -162,8 +166,29 @@ class EmbeddedServer:
                 f"port {self.port} on {self.host} is already in use: "
                 "pick another with --port, or set BB_NATS_URL to use that server"
             )
-        self.port = self.port or free_port()
-        self.monitor_port = self.monitor_port or free_port()
+        ours = (not self.port, not self.monitor_port)
+        for attempt in range(_PORT_TRIES):
+            if ours[0]:
+                self.port = free_port()
+            if ours[1]:
+                self.monitor_port = free_port()
+            self._spawn(binary)
+            if not wait:
+                return self
+            try:
+                self.wait_healthy()
+            except ServerStartFailed as e:
+                # A port the OS called free was taken again before the server
+                # bound it (another test, another process): pick new ones.
+                if not any(ours) or _IN_USE not in str(e):
+                    raise
+                if attempt == _PORT_TRIES - 1:
+                    raise
+                continue
+            return self
+        raise AssertionError("unreachable")
+
+    def _spawn(self, binary: Path) -> None:
         args = [
             str(binary),
             "--jetstream",
@@ -196,9 +221,6 @@ class EmbeddedServer:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        if wait:
-            self.wait_healthy()
-        return self
 
     def wait_healthy(self, query: str = "js-enabled-only=true") -> None:
         """Wait until ``/healthz?<query>`` answers 200, or raise ServerStartFailed.

@@ -49,6 +49,7 @@ from blackboard.log.ports import (
     lock_bucket,
     stream_names,
 )
+from blackboard.log.pull import RawConsumer
 from blackboard.log.reading import JetStreamReads, translated
 from blackboard.log.sharedstate import JetStreamSharedState
 from blackboard.log.subjects import (
@@ -58,11 +59,7 @@ from blackboard.log.subjects import (
     H_BLOB,
     Subjects,
 )
-from blackboard.log.workqueue import (
-    JetStreamConsumer,
-    JetStreamWorkQueue,
-    NatsSubscription,
-)
+from blackboard.log.workqueue import JetStreamWorkQueue, NatsSubscription
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -424,10 +421,9 @@ class JetStreamEventStore(JetStreamReads):
         async def make() -> Consumer:
             await self._drop(name)
             await self.js.add_consumer(self.events_stream, cfg)
-            sub = await self.js.pull_subscribe_bind(
-                durable=name, stream=self.events_stream
-            )
-            return JetStreamConsumer(sub)
+            # Read raw: nats-py's fetch would cost the projector more per
+            # event than folding it does (see pull.py).
+            return await RawConsumer(self.nc, self.events_stream, name).start()
 
         return await self._retry(f"creating the durable consumer {name}", make)
 

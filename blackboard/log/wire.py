@@ -20,6 +20,7 @@ from blackboard.log.events import SCHEMA_VERSION, BudgetEntry, Event, kind
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from blackboard.log.ports import StoredMessage
     from blackboard.log.subjects import Subjects
 
 ERR_WRONG_LAST_SEQUENCE = 10071
@@ -31,6 +32,8 @@ MAX_GARBAGE_SKIPS = 5
 _MAX_EVENT_ID = 300
 """Longest event id (its ``Nats-Msg-Id`` header): ids built from two legal ids
 and a few words stay well below it."""
+
+_BLOB_HEADER = subjects.H_BLOB.encode()
 
 _MAX_SUBJECT = 512
 """Longest subject the store writes. The server closes the connection of a
@@ -126,6 +129,18 @@ def stub_of(
     if headers and subjects.H_BLOB in headers:
         return codec.decode_stub(data, subject, seq)
     return None
+
+
+def carries_stub(msg: StoredMessage) -> bool:
+    """Whether a stored message's body is a blob stub rather than its event.
+
+    A raw delivery (pull.py) answers from its header bytes without parsing
+    them; a false "yes" costs only the event's encoding again.
+    """
+    has_header = getattr(msg, "has_header", None)
+    if has_header is not None:
+        return bool(has_header(_BLOB_HEADER))
+    return subjects.H_BLOB in (msg.headers or {})
 
 
 def check_blob(

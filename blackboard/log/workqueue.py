@@ -96,45 +96,8 @@ class JetStreamDelivery:
         await self._confirmed("term", b"+TERM")
 
     async def _confirmed(self, what: str, payload: bytes) -> None:
-        """Send a nak or term as a request, retried until the server answers.
-
-        JetStream answers an ack sent with a reply subject once the consumer's
-        leader has applied it (a "double ack"), to a stale delivery too. A
-        plain publish sent while the consumer's leader is dead, or while a new
-        one is elected, is lost without a word: the message would then wait
-        out its lease (30 s) instead of the seconds the cluster takes. An ack
-        stays a plain publish: if lost, the outcome is in the log already, and
-        the redelivery a lease later is found done and acked (see runs.py).
-        """
-        nc = self.msg._client
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SETTLE_PATIENCE_S
-        pause = 0.1
-        while True:
-            error: Exception
-            if nc.is_connected:
-                try:
-                    await nc.request(
-                        self.msg.reply, payload, timeout=_SETTLE_TIMEOUT_S
-                    )
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
-                    error = e  # no leader to take it now: once elected, it will
-                except NATS_ERRORS as e:
-                    raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
-                else:
-                    self.msg._ackd = True
-                    return
-            else:
-                # Not queued while reconnecting: a request buffered then is
-                # answered to nobody, and nats-py's close fails on it.
-                error = nats.errors.ConnectionReconnectingError()
-            if loop.time() >= deadline:
-                raise StoreError(
-                    f"{what}: not confirmed within {SETTLE_PATIENCE_S:g}s "
-                    f"({type(error).__name__}: {error})"
-                ) from error
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+        await settle_confirmed(self.msg._client, self.msg.reply, what, payload)
+        self.msg._ackd = True
 
     async def in_progress(self) -> None:
         """Still working on it: the ack wait starts again."""
@@ -146,6 +109,46 @@ async def _settle(what: str, op: Awaitable[None]) -> None:
         await op
     except NATS_ERRORS as e:
         raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
+
+
+async def settle_confirmed(
+    nc: NatsClient, reply: str, what: str, payload: bytes
+) -> None:
+    """Send a nak or term as a request, retried until the server answers.
+
+    JetStream answers an ack sent with a reply subject once the consumer's
+    leader has applied it (a "double ack"), to a stale delivery too. A
+    plain publish sent while the consumer's leader is dead, or while a new
+    one is elected, is lost without a word: the message would then wait
+    out its lease (30 s) instead of the seconds the cluster takes. An ack
+    stays a plain publish: if lost, the outcome is in the log already, and
+    the redelivery a lease later is found done and acked (see runs.py).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_PATIENCE_S
+    pause = 0.1
+    while True:
+        error: Exception
+        if nc.is_connected:
+            try:
+                await nc.request(reply, payload, timeout=_SETTLE_TIMEOUT_S)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+                error = e  # no leader to take it now: once elected, it will
+            except NATS_ERRORS as e:
+                raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
+            else:
+                return
+        else:
+            # Not queued while reconnecting: a request buffered then is
+            # answered to nobody, and nats-py's close fails on it.
+            error = nats.errors.ConnectionReconnectingError()
+        if loop.time() >= deadline:
+            raise StoreError(
+                f"{what}: not confirmed within {SETTLE_PATIENCE_S:g}s "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 class JetStreamConsumer:

@@ -8,8 +8,10 @@ process gives its CPU time per task (``/proc/<pid>/stat``, over the goal) and
 its peak resident memory (``VmHWM``), its log how many work items it had to
 send again ("not sent"). The server's stream state gives JetStream messages
 per task. Then ``bb replay`` of the goal through the server, timed from the
-command's start, and JetStream's own publish and fetch+ack rates on the same
-server, for the ratio. Figures, never assertions: nothing here is a test.
+command's start; a projector rebuilding a DuckDB file from the whole log
+through the server (events/s, from its start to caught up); and JetStream's
+own publish and fetch+ack rates on the same server, for the ratio. Figures,
+never assertions: nothing here is a test.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from blackboard.engine import submission as service
 from blackboard.log.events import TaskSpec
 from blackboard.tools.bench import _raw_jetstream
 from blackboard.tools.bench_fairness import Fleet
+from projections.runner import Projector
 
 if TYPE_CHECKING:
     from blackboard.log.store import JetStreamEventStore
@@ -88,6 +91,27 @@ async def _goal(
     }
 
 
+async def _projector_rate(
+    store: JetStreamEventStore, db: Path, last_seq: int
+) -> float:
+    """Events/s of a projector rebuilding ``db`` from the server's whole log."""
+    projector = Projector(store, db, rebuild=True, batch=10_000)
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        await projector.caught_up(last_seq, timeout_s=600.0)
+        elapsed = time.perf_counter() - t0
+        if projector.last_seq < last_seq:
+            raise RuntimeError(
+                f"the projector reached {projector.last_seq} of {last_seq} events"
+            )
+    finally:
+        stop.set()
+        await task
+    return last_seq / elapsed
+
+
 def _replay_s(fleet: Fleet, goal_id: str) -> float:
     """``bb replay <goal> --json`` through the server, CLI start included."""
     t0 = time.perf_counter()
@@ -128,6 +152,11 @@ async def one_size(
                 row["events_per_task"] = round(info.state.messages / n, 2)
                 row["replay_s"] = round(_replay_s(fleet, row["goal_id"]), 3)
                 row["replay_events"] = info.state.messages
+                row["projector_events_per_s"] = round(
+                    await _projector_rate(
+                        store, Path(tmp) / "bench.duckdb", info.state.last_seq
+                    )
+                )
                 publish, fetch_ack = await _raw_jetstream(
                     store.nc, raw, replicas=min(nodes, 3)
                 )
@@ -173,7 +202,7 @@ def print_table(result: dict[str, Any]) -> None:
     )
     typer.echo(
         f"{'tasks':>8} {'tasks/s':>8} {'sched CPU/task':>15} {'peak RSS':>9}"
-        f" {'events/task':>12} {'not sent':>9} {'replay':>8}"
+        f" {'events/task':>12} {'not sent':>9} {'replay':>8} {'projector':>11}"
     )
     for r in result["rows"]:
         typer.echo(
@@ -181,6 +210,7 @@ def print_table(result: dict[str, Any]) -> None:
             f" {r['scheduler_cpu_ms_per_task']:>12.3f} ms"
             f" {r['scheduler_peak_rss_mb']:>6.0f} MB {r['events_per_task']:>12}"
             f" {r['not_sent_retries']:>9} {r['replay_s']:>6.2f} s"
+            f" {r.get('projector_events_per_s', 0):>7,}/s"
         )
 
 

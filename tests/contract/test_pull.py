@@ -18,7 +18,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from blackboard.log.connect import Client, connect
-from blackboard.log.pull import Puller, RawMsg
+from blackboard.log.pull import Puller, RawConsumer, RawMsg
 
 _PIECES = [b"a", b"B", b" ", b"\t", b":", b"\r\n", b"\r", b"\n", b"\xc3\xa9",
            b"-", b"\x0b", b"\xff", b"1", b"\x00", b"Nats-Msg-Id", b": x"]
@@ -126,3 +126,79 @@ async def test_puller_waits_for_the_next_message_then_raises_on_deleted(nats_ser
         await puller.close()
     finally:
         await nc.close()
+
+
+def test_ack_info_reads_deliveries_sequence_time_and_pending():
+    v1 = RawMsg("s", b"$JS.ACK.S.C.2.55.3.1700000000000000000.9", b"", None)
+    v2 = RawMsg(
+        "s", b"$JS.ACK.dom.acc.S.C.3.56.3.1700000000000000001.8.tok", b"", None
+    )
+    assert v1.ack_info() == (2, 55, 1700000000000000000, 9)
+    assert v2.ack_info() == (3, 56, 1700000000000000001, 8)
+    from blackboard.errors import StoreError
+
+    with pytest.raises(StoreError, match="not a JetStream delivery"):
+        RawMsg("s", b"$JS.ACK.S.C.x.55.3.1.9", b"", None).ack_info()
+
+
+@pytest.mark.integration
+async def test_raw_consumer_acks_naks_and_terms_like_nats_py(nats_server):
+    """The projector's durable read raw: settling moves the server's state."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    nc = await connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="PULLT", subjects=["pullt.>"])
+        for i in range(30):
+            await js.publish(f"pullt.{i}", str(i).encode(), headers={"Bb-I": str(i)})
+        await js.add_consumer(
+            "PULLT",
+            ConsumerConfig(
+                durable_name="acks", ack_policy=AckPolicy.EXPLICIT, ack_wait=30
+            ),
+        )
+        consumer = await RawConsumer(nc, "PULLT", "acks").start()
+        got = await consumer.fetch(10, timeout=1)
+        assert [d.seq for d in got] == list(range(1, 11))
+        first = got[0]
+        assert first.num_delivered == 1
+        assert first.headers == {"Bb-I": "0"}
+        assert first.timestamp is not None
+        assert abs((datetime.now(UTC) - first.timestamp).total_seconds()) < 60
+        for d in got[1:8]:
+            await d.ack()
+        await got[8].term()
+        await first.in_progress()
+        await first.nak()  # confirmed: redelivered at once
+        again = await consumer.fetch(10, timeout=1)
+        assert again[0].seq == 1 and again[0].num_delivered == 2
+        assert 9 not in [d.seq for d in again]  # termed: never again
+        for d in [*again, got[9]]:
+            await d.ack()
+        await asyncio.sleep(0.2)
+        info = await js.consumer_info("PULLT", "acks")
+        assert info.num_ack_pending == 0
+        assert info.delivered.stream_seq == 19
+        rest = await consumer.fetch(20, timeout=0.2)
+        assert [d.seq for d in rest] == list(range(20, 31))
+        await consumer.close()
+        await js.delete_consumer("PULLT", "acks")
+        assert await _gone(consumer, nc)
+    finally:
+        await nc.close()
+
+
+async def _gone(consumer: RawConsumer, nc: NatsClient) -> bool:
+    """A fetch from a deleted consumer is a StoreError, as nats-py's is."""
+    from blackboard.errors import StoreError
+
+    fresh = await RawConsumer(nc, "PULLT", "acks").start()
+    try:
+        await fresh.fetch(1, timeout=0.3)
+    except StoreError:
+        return True
+    finally:
+        await fresh.close()
+    return False
