@@ -31,6 +31,8 @@ into one line.
     │   │                                               state lost (another wrote first)
     │   └── BatchRejected                               an atomic batch was refused
     ├── MalformedEvent(BlackboardError, ValueError)     a message we cannot decode
+    ├── SnapshotRefused(BlackboardError, ValueError)  engine.snapshot  not a
+    │                                               snapshot of this code's fold
     ├── HandlerError              engine.handlers       a handler steering its task
     │   ├── RetryableError                              try again later (backoff)
     │   ├── NeedsApproval                               a human must approve first

@@ -169,7 +169,12 @@ async def _scheduler(s: config_mod.Settings, stop: asyncio.Event) -> None:
 
     async with runtime.open_store(s, name="bb-scheduler") as store:
         decider = Decider(f"scheduler-{ids.new_id()[-8:]}", stack.policy_from(s))
-        sched = Scheduler(store, decider, lock_ttl_s=s.engine.lock_ttl_s)
+        sched = Scheduler(
+            store,
+            decider,
+            lock_ttl_s=s.engine.lock_ttl_s,
+            snapshot_every=s.engine.snapshot_every,
+        )
         typer.echo(f"{decider.actor}: started", err=True)
         await sched.run(stop)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from blackboard import ids, telemetry
+from blackboard.engine import snapshot
 from blackboard.engine.decide import Append, AppendBatch, Decider, Dispatch
 from blackboard.engine.dispatch import Offer, ReadySet, rank
 from blackboard.engine.quota import TenantUsage, Throttle
@@ -54,13 +55,14 @@ from blackboard.log.events import (
     TaskNeedsFollowup,
     TaskPreempted,
 )
+from blackboard.log.ports import ignore_bad
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
     from blackboard.log.codec import Envelope
-    from blackboard.log.ports import EventStore, LeaderLock, WorkQueue
+    from blackboard.log.ports import EventStore, LeaderLock, SnapshotStore, WorkQueue
 
 log = logging.getLogger("blackboard.scheduler")
 
@@ -101,6 +103,18 @@ _WARM_UP = timedelta(seconds=5)
 """At most this long after taking the lead, the windows wait for the goals
 being created to have their tasks."""
 
+SNAPSHOT = "scheduler"
+"""The name of the scheduler's snapshot in the store's snapshots."""
+
+_SNAPSHOT_SHARE = 4
+"""A snapshot is taken once the log has grown by ``snapshot_every`` events
+and by a quarter of what the last one held: writing one costs time in
+proportion to the fold, so this keeps its cost per event flat as goals grow,
+and a new leader's tail at most about a quarter of the history."""
+
+_SAVE_PATIENCE_S = 10.0
+"""How long a scheduler that stops waits for a snapshot being saved."""
+
 
 class Scheduler:
     """The one active scheduler of a deployment (others wait as standbys).
@@ -112,6 +126,10 @@ class Scheduler:
         clock: Now, for decisions (retry times, metrics).
         queue: Where work goes (default: the work queue beside ``store``).
         lock: The leader lease (default: ``scheduler`` beside ``store``).
+        snapshot_every: Events between snapshots of the fold at least (see
+            ``_SNAPSHOT_SHARE``); a new leader starts from the latest one and
+            reads only the log after it. 0: none taken, none used.
+        snapshots: Where they are kept (default: beside ``store``).
     """
 
     def __init__(
@@ -123,8 +141,17 @@ class Scheduler:
         clock: Callable[[], datetime] = ids.utcnow,
         queue: WorkQueue | None = None,
         lock: LeaderLock | None = None,
+        snapshot_every: int = 0,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self.store = store
+        self.snapshot_every = snapshot_every
+        self.snapshots = snapshots if snapshots is not None else store.snapshots()
+        self._last_id = ""
+        """The id of the last event folded (a snapshot names it)."""
+        self._snap_seq = 0
+        """The sequence of the latest snapshot saved or restored."""
+        self._saving: asyncio.Task[None] | None = None
         self.queue = queue if queue is not None else store.work_queue()
         self.decider = decider
         self.clock = clock
@@ -182,24 +209,20 @@ class Scheduler:
                 await asyncio.sleep(1.0)
             finally:
                 self.leading.clear()
+                await self._saved()
                 await self.lock.release()
 
     async def _lead(self, stop: asyncio.Event) -> None:
-        self.state = BoardState()
         self._busy_ids.clear()
         self._busy.clear()
         self._ready = ReadySet(aging_s=self.decider.policy.aging_s)
         self._dispatching.clear()
         self._preempting.clear()
-        self._usage = TenantUsage()
         # Hold the windows until the goals that arrived while no scheduler
         # led have their tasks: a lane emptied during the gap would otherwise
         # fill with whatever was already created, before an urgent goal's.
         self._warm_until = self.clock() + _WARM_UP
-        async for env in self.store.read():
-            evolve(self.state, env)
-            if isinstance(env.event, ModelCalled):
-                self._count_usage(env.event)
+        await self.rebuild()
         self._count_flight()
         self._unclaimed = {}
         if self.decider.policy.preempt != "off":
@@ -230,6 +253,7 @@ class Scheduler:
                     await self._send_work(self._unsent)
                 if goals or tasks or self._ready.lanes():
                     await self._step(goals, tasks)
+                self._maybe_snapshot()
                 tm = telemetry.get()
                 if tm.meter is not None and self.clock() >= self._next_count:
                     self._count_open_tasks(tm)
@@ -241,6 +265,7 @@ class Scheduler:
         before = self._slot(env.event)
         evolve(self.state, env)
         event = env.event
+        self._last_id = event.event_id
         self._dispatching.pop(event.event_id, None)
         self._preempting.pop(event.event_id, None)
         after = self._slot(event)
@@ -415,6 +440,118 @@ class Scheduler:
             windows[(lane, "waiting")] = self._ready.waiting(lane)
             windows[(lane, "limit")] = policy.window(lane)
         tm.windows = windows
+
+    async def rebuild(self) -> int:
+        """Fold the log afresh: from the latest snapshot if it is usable.
+
+        Returns the sequence the snapshot restored (0: the whole log was
+        folded).
+        """
+        self.state = BoardState()
+        self._usage = TenantUsage()
+        self._last_id, self._snap_seq = "", 0
+        await self._restore()
+        restored = self._snap_seq
+        async for env in self.store.read(from_seq=self.state.last_seq + 1):
+            evolve(self.state, env)
+            self._last_id = env.event.event_id
+            if isinstance(env.event, ModelCalled):
+                self._count_usage(env.event)
+        return restored
+
+    async def _restore(self) -> None:
+        """Start from the latest snapshot of the fold, if it is this log's.
+
+        Anything less than a snapshot provably of this log and this code
+        (snapshot.py) is passed over with a line saying why: the whole log is
+        then folded, which is always right, only slower.
+        """
+        if not self.snapshot_every:
+            return
+        actor = self.decider.actor
+        try:
+            data = await self.snapshots.load(SNAPSHOT)
+        except StoreError as e:
+            log.warning("%s: no snapshot read (%s); folding the whole log", actor, e)
+            return
+        if data is None:
+            return
+        try:
+            snap = snapshot.decode(data)
+        except snapshot.SnapshotRefused as e:
+            log.info("%s: snapshot not used: %s; folding the whole log", actor, e)
+            return
+        try:
+            there = await self.store.get(snap.last_seq, on_bad=ignore_bad)
+        except StoreError as e:
+            log.warning(
+                "%s: snapshot at %d not checked against the log (%s); "
+                "folding the whole log",
+                actor,
+                snap.last_seq,
+                e,
+            )
+            return
+        if there is None or there.event.event_id != snap.last_event_id:
+            log.warning(
+                "%s: snapshot at %d is not of this log (it names event %s, the "
+                "log has %s there); folding the whole log",
+                actor,
+                snap.last_seq,
+                snap.last_event_id,
+                there.event.event_id if there is not None else "nothing",
+            )
+            return
+        self.state, self._usage = snap.state, snap.usage
+        self._last_id, self._snap_seq = snap.last_event_id, snap.last_seq
+        log.info(
+            "%s: fold restored at sequence %d from a snapshot (%d goals)",
+            actor,
+            snap.last_seq,
+            len(snap.state.goals),
+        )
+
+    def _maybe_snapshot(self) -> None:
+        """Take a snapshot if the log has grown enough since the last one.
+
+        Encoding is done here, between two batches, so the snapshot is the
+        fold as of one sequence; saving goes on in the background (one at a
+        time), and a save that fails is only a line: the next is due anyway.
+        """
+        if not self.snapshot_every or not self._last_id:
+            return
+        if self._saving is not None and not self._saving.done():
+            return
+        seq = self.state.last_seq
+        due = max(self.snapshot_every, self._snap_seq // _SNAPSHOT_SHARE)
+        if seq - self._snap_seq < due:
+            return
+        data = snapshot.encode(self.state, self._usage, self._last_id)
+        self._snap_seq = seq
+        self._saving = asyncio.create_task(self._save(data, seq))
+
+    async def _save(self, data: bytes, seq: int) -> None:
+        try:
+            await self.snapshots.save(SNAPSHOT, data)
+        except StoreError as e:
+            log.warning("%s: snapshot at %d not saved: %s", self.decider.actor, seq, e)
+        else:
+            log.info(
+                "%s: snapshot at sequence %d saved (%.1f MB)",
+                self.decider.actor,
+                seq,
+                len(data) / 1e6,
+            )
+
+    async def _saved(self) -> None:
+        """Let a snapshot being saved finish (a while), then give up on it."""
+        task, self._saving = self._saving, None
+        if task is None or task.done():
+            return
+        try:
+            await asyncio.wait_for(task, _SAVE_PATIENCE_S)
+        except TimeoutError:
+            log.warning("%s: snapshot not saved before stopping", self.decider.actor)
 
     async def _reconcile(self) -> None:
         """After a (re)start: decide for every open goal; re-send ready work."""

@@ -37,6 +37,7 @@ from blackboard.log.memory_work import (
     Leases,
     MemoryLeaderLock,
     MemorySharedState,
+    MemorySnapshots,
     MemorySubscription,
     MemoryWorkQueue,
 )
@@ -72,6 +73,7 @@ class MemoryEventStore(MemoryReads):
         self._queue: MemoryWorkQueue | None = None
         self._leases = Leases()
         self._shared = MemorySharedState()
+        self._snapshots = MemorySnapshots()
         self._stored_prefix = f"{self.settings.prefix}.evt."
         self._in_prefix = f"{self.settings.prefix}.in.evt."
         self._depth = len(self.settings.prefix.split("."))
@@ -97,6 +99,10 @@ class MemoryEventStore(MemoryReads):
     def shared_state(self) -> MemorySharedState:
         """This twin's shared state (one per store, like the bucket)."""
         return self._shared
+
+    def snapshots(self) -> MemorySnapshots:
+        """This twin's snapshots (one per store, like the bucket)."""
+        return self._snapshots
 
     # --- writing ----------------------------------------------------------
 

@@ -404,3 +404,32 @@ class MemorySharedState:
         revision = next(self._revisions)
         self.entries[key] = Versioned(bytes(value), revision)
         return revision
+
+
+class MemorySnapshots:
+    """The twin of ``ports.SnapshotStore``: bytes by name.
+
+    ``unreachable`` makes every call raise StoreError; ``saves`` counts the
+    saves (tests look at when a snapshot was taken).
+    """
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.unreachable = False
+        self.saves = 0
+
+    async def _round_trip(self) -> None:
+        await asyncio.sleep(0)
+        if self.unreachable:
+            raise StoreError("snapshots: no server answered")
+
+    async def load(self, name: str) -> bytes | None:
+        """The latest bytes saved under ``name``, or None."""
+        await self._round_trip()
+        return self.blobs.get(name)
+
+    async def save(self, name: str, data: bytes) -> None:
+        """Replace what ``name`` holds."""
+        await self._round_trip()
+        self.blobs[name] = bytes(data)
+        self.saves += 1

@@ -120,6 +120,14 @@ def limits_bucket(prefix: str) -> str:
     return f"{subjects.LIMITS_BUCKET}_{tag}"
 
 
+def snapshot_bucket(prefix: str) -> str:
+    """The object-store bucket holding the snapshots of one prefix."""
+    tag = prefix.replace(".", "_").replace("-", "_")
+    if prefix == "bb":
+        return subjects.SNAPSHOT_BUCKET
+    return f"{subjects.SNAPSHOT_BUCKET}_{tag}"
+
+
 class Versioned(NamedTuple):
     """A value of the shared state and the revision it was written at."""
 
@@ -252,6 +260,23 @@ class SharedState(Protocol):
 
         StateConflict if another write came first.
         """
+        ...
+
+
+class SnapshotStore(Protocol):
+    """Named blobs of derived state beside the log (the scheduler's fold).
+
+    Nothing in one is the truth: a snapshot lost, stale or refused costs only
+    the time of folding the log instead. Trouble reaching the server is a
+    StoreError.
+    """
+
+    async def load(self, name: str) -> bytes | None:
+        """The latest bytes saved under ``name``, or None if there are none."""
+        ...
+
+    async def save(self, name: str, data: bytes) -> None:
+        """Replace what ``name`` holds with ``data``."""
         ...
 
 
@@ -440,6 +465,10 @@ class EventStore(Protocol):
 
     def shared_state(self) -> SharedState:
         """The deployment's shared state (limits, breakers), beside this log."""
+        ...
+
+    def snapshots(self) -> SnapshotStore:
+        """Where derived state is kept between processes, beside this log."""
         ...
 
 

@@ -389,8 +389,9 @@ class JetStreamReads(DerivedReads):
         return info.state.last_seq
 
     @translated
+    @translated
     async def get(self, seq: int, on_bad: OnBad = warn_bad) -> Envelope | None:
-        """One event by its stream sequence."""
+        """One event by its stream sequence (StoreError if there is none)."""
         raw = await self._retry(
             f"event {seq}", lambda: self.js.get_msg(self.events_stream, seq)
         )

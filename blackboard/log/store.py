@@ -47,11 +47,13 @@ from blackboard.log.ports import (
     ignore_bad,
     limits_bucket,
     lock_bucket,
+    snapshot_bucket,
     stream_names,
 )
 from blackboard.log.pull import RawConsumer
 from blackboard.log.reading import JetStreamReads, translated
 from blackboard.log.sharedstate import JetStreamSharedState
+from blackboard.log.snapshots import JetStreamSnapshots
 from blackboard.log.subjects import (
     H_BATCH_COMMIT,
     H_BATCH_ID,
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
         Consumer,
         LeaderLock,
         SharedState,
+        SnapshotStore,
         Subscription,
         WorkQueue,
     )
@@ -102,6 +105,7 @@ class JetStreamEventStore(JetStreamReads):
         self._blobs: ObjectStore | None = None
         self._queue: JetStreamWorkQueue | None = None
         self._shared: JetStreamSharedState | None = None
+        self._snapshots: JetStreamSnapshots | None = None
 
     # --- setup ------------------------------------------------------------
 
@@ -173,6 +177,17 @@ class JetStreamEventStore(JetStreamReads):
                 patience_s=min(5.0, self.settings.transient_s),
             )
         return self._shared
+
+    def snapshots(self) -> SnapshotStore:
+        """Snapshots of derived state: the prefix's object store ``bb_snapshots``."""
+        if self._snapshots is None:
+            self._snapshots = JetStreamSnapshots(
+                self.nc,
+                snapshot_bucket(self.settings.prefix),
+                replicas=self.settings.replicas,
+                patience_s=self.settings.transient_s,
+            )
+        return self._snapshots
 
     # --- writing ----------------------------------------------------------
 

@@ -22,6 +22,7 @@ WORK_STREAM: Final = "BB_WORK"
 BLOB_BUCKET: Final = "bb_blobs"
 LOCK_BUCKET: Final = "bb_locks"
 LIMITS_BUCKET: Final = "bb_limits"
+SNAPSHOT_BUCKET: Final = "bb_snapshots"
 
 H_MSG_ID: Final = "Nats-Msg-Id"
 H_SCHEMA: Final = "Bb-Schema"

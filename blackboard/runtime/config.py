@@ -169,6 +169,11 @@ class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``requeue``: when a lane's window is full and better work waits, a task
     dispatched to it that no worker has claimed yet gives its slot up and
     waits again (``TaskPreempted``). A running task is never touched."""
+    snapshot_every: int = 50_000
+    """Events between snapshots of the scheduler's fold, at least (and a
+    quarter of the history: see engine/scheduler.py); a scheduler taking the
+    lead starts from the latest one and reads only the log after it. 0: no
+    snapshots."""
 
 
 def _default_lanes() -> dict[str, LaneSettings]:
@@ -288,6 +293,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         engine["lease_s"] = float(env["BB_LEASE_SECONDS"])
     if env.get("BB_LOCK_TTL_SECONDS"):
         engine["lock_ttl_s"] = float(env["BB_LOCK_TTL_SECONDS"])
+    if env.get("BB_SNAPSHOT_EVERY"):
+        engine["snapshot_every"] = int(env["BB_SNAPSHOT_EVERY"])
     if engine:
         out["engine"] = engine
     lanes: dict[str, dict[str, Any]] = {}
@@ -355,6 +362,11 @@ def load(
                 f"policy rule {rule.name!r}: lane = {rule.lane!r} is not a"
                 f" configured lane ({', '.join(settings.lanes)})"
             )
+    if settings.engine.snapshot_every < 0:
+        raise ConfigError(
+            f"[engine] snapshot_every = {settings.engine.snapshot_every}: give a"
+            " number of events, or 0 for no snapshots"
+        )
     for lane, lane_settings in settings.lanes.items():
         # A lane's name is the last token of its work subject.
         try:

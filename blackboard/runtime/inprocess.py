@@ -210,6 +210,7 @@ async def running(
             clock=clock,
             queue=queue,
             lock=lock,
+            snapshot_every=settings.engine.snapshot_every,
         )
         watch("scheduler", asyncio.create_task(stack.scheduler.run(stack.stop)))
     if compensator is not None:

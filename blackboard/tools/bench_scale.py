@@ -28,8 +28,12 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from blackboard.engine import control as client
+from blackboard.engine import snapshot
 from blackboard.engine import submission as service
+from blackboard.engine.decide import Decider
+from blackboard.engine.scheduler import SNAPSHOT, Scheduler
 from blackboard.log.events import TaskSpec
+from blackboard.runtime.config import EngineSettings
 from blackboard.tools.bench import _raw_jetstream
 from blackboard.tools.bench_fairness import Fleet
 from projections.runner import Projector
@@ -37,6 +41,7 @@ from projections.runner import Projector
 if TYPE_CHECKING:
     from blackboard.log.store import JetStreamEventStore
 
+SNAPSHOT_EVERY = EngineSettings().snapshot_every
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -112,6 +117,22 @@ async def _projector_rate(
     return last_seq / elapsed
 
 
+async def _rebuild_s(store: JetStreamEventStore, snapshot_every: int) -> float:
+    """Seconds of a new leader's fold of the log through the server.
+
+    The whole log (``snapshot_every`` 0), or from the snapshot the fleet's
+    scheduler saved.
+    """
+    sched = Scheduler(
+        store,
+        Decider("bench-rebuild"),
+        snapshot_every=snapshot_every,
+    )
+    t0 = time.perf_counter()
+    await sched.rebuild()
+    return time.perf_counter() - t0
+
+
 def _replay_s(fleet: Fleet, goal_id: str) -> float:
     """``bb replay <goal> --json`` through the server, CLI start included."""
     t0 = time.perf_counter()
@@ -152,6 +173,16 @@ async def one_size(
                 row["events_per_task"] = round(info.state.messages / n, 2)
                 row["replay_s"] = round(_replay_s(fleet, row["goal_id"]), 3)
                 row["replay_events"] = info.state.messages
+                # What a takeover costs before the new leader decides: the
+                # fold of the whole log, and from the latest snapshot.
+                snap = await store.snapshots().load(SNAPSHOT)
+                row["snapshot_seq"] = (
+                    snapshot.decode(snap).last_seq if snap is not None else 0
+                )
+                row["rebuild_whole_s"] = round(await _rebuild_s(store, 0), 3)
+                row["rebuild_snapshot_s"] = round(
+                    await _rebuild_s(store, SNAPSHOT_EVERY), 3
+                )
                 row["projector_events_per_s"] = round(
                     await _projector_rate(
                         store, Path(tmp) / "bench.duckdb", info.state.last_seq

@@ -233,7 +233,14 @@ def test_lint_finds_no_error():
 
 # --- the NATS roles ------------------------------------------------------------
 
-STREAMS = ("BB_EVENTS", "BB_WORK", "OBJ_bb_blobs", "KV_bb_locks", "KV_bb_limits")
+STREAMS = (
+    "BB_EVENTS",
+    "BB_WORK",
+    "OBJ_bb_blobs",
+    "KV_bb_locks",
+    "KV_bb_limits",
+    "OBJ_bb_snapshots",
+)
 GUARDED = {
     **{f"$JS.API.STREAM.{op}.{s}": "" for op in ("DELETE", "PURGE") for s in STREAMS},
     **{f"$JS.API.STREAM.MSG.DELETE.{s}": "" for s in STREAMS},
@@ -249,6 +256,11 @@ GUARDED = {
     "$JS.API.STREAM.CREATE.KV_bb_limits": "worker",  # the fleet's limits
     "$KV.bb_limits.rate.openai.gpt-5": "worker",
     "$KV.bb_limits.breaker.openai.gpt-5": "worker",
+    # The scheduler's snapshots: only it writes them, and replacing one
+    # purges the old one's chunks.
+    "$JS.API.STREAM.CREATE.OBJ_bb_snapshots": "scheduler",
+    "$JS.API.STREAM.PURGE.OBJ_bb_snapshots": "scheduler",
+    "$O.bb_snapshots.M.c2NoZWR1bGVy": "scheduler",  # base64url("scheduler")
 }
 """Subjects that delete, purge, reconfigure or take over, and the one role
 that may publish each ("": none)."""

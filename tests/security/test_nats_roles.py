@@ -296,3 +296,26 @@ def test_a_reader_before_any_stream_is_told_to_start_the_scheduler(
     assert "stream.create.bb_events" in r.stderr.lower()
     assert "start it first" in r.stderr
     assert chart_nats.violations() == {("reader", "$JS.API.STREAM.CREATE.BB_EVENTS")}
+
+
+async def test_the_scheduler_keeps_its_snapshots_and_a_worker_cannot(
+    chart_nats: ChartNats,
+):
+    """Saving (again: the old chunks purged) and loading, as the scheduler."""
+    from blackboard.errors import StoreError
+    from blackboard.log.snapshots import JetStreamSnapshots
+
+    async with chart_nats.store("scheduler") as sched:
+        snaps = sched.snapshots()
+        big = bytes(range(256)) * 2048  # 512 KiB: four chunks
+        await snaps.save("scheduler", big)
+        await snaps.save("scheduler", big[::-1])
+        assert await snaps.load("scheduler") == big[::-1]
+    async with chart_nats.store("worker") as worker:
+        forged = JetStreamSnapshots(worker.nc, "bb_snapshots", patience_s=1.0)
+        with pytest.raises(StoreError):
+            await forged.save("scheduler", b"not the fold")
+    async with chart_nats.store("scheduler") as sched:
+        assert await sched.snapshots().load("scheduler") == big[::-1]
+    refused = {user for user, _ in chart_nats.violations()}
+    assert refused == {"worker"}

@@ -1,0 +1,169 @@
+"""A scheduler taking the lead starts from the latest snapshot of its fold.
+
+On the twins: the leader saves snapshots as the log grows; a new leader
+restores the latest, reads only the log after it, and holds the state a fold
+of the whole log gives, then goes on deciding. A snapshot of another log (the
+event at its sequence is not the one it names), of other code, or one that
+cannot be read is passed over with a line saying why, and the whole log is
+folded instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+from blackboard.engine import control as client
+from blackboard.engine import snapshot
+from blackboard.engine.scheduler import SNAPSHOT
+from blackboard.engine.state import BoardState, evolve
+from blackboard.log.memory import MemoryEventStore
+from blackboard.runtime.inprocess import running
+from tests.engine.conftest import spec, submit
+from tests.engine_handlers import HANDLERS
+
+if TYPE_CHECKING:
+    from blackboard.log.events import TaskSpec
+    from blackboard.log.store import JetStreamEventStore
+    from blackboard.runtime import config
+
+
+async def _whole_fold(store: MemoryEventStore) -> BoardState:
+    state = BoardState()
+    async for env in store.read():
+        evolve(state, env)
+    return state
+
+
+async def _lead_once(
+    store: MemoryEventStore, settings: config.Settings
+) -> BoardState:
+    """Start a fresh scheduler, let it lead and settle, and return its fold."""
+    async with running(store, settings, HANDLERS, lanes=[]) as stack:
+        assert stack.scheduler is not None
+        await asyncio.wait_for(stack.scheduler.leading.wait(), 10)
+        await asyncio.sleep(0.3)
+        return stack.scheduler.state
+
+
+def _chain(n: int, prefix: str = "t") -> list[TaskSpec]:
+    return [spec(f"{prefix}0")] + [
+        spec(f"{prefix}{i}", "echo", "local", f"{prefix}{i - 1}") for i in range(1, n)
+    ]
+
+
+async def test_a_new_leader_restores_the_snapshot_and_reads_only_the_tail(
+    settings: config.Settings, caplog: pytest.LogCaptureFixture
+):
+    settings.engine.snapshot_every = 40
+    store = MemoryEventStore()
+    async with running(store, settings, HANDLERS, concurrency=8):
+        first = await submit(store, settings, _chain(30))
+        goal = await client.wait_goal(store, first, timeout_s=30)
+    assert goal.status == "done", goal.reason
+    snaps = store.snapshots()
+    assert snaps.saves >= 2  # the log grew past 40 events, then past 80
+    saved = snapshot.decode(snaps.blobs[SNAPSHOT])
+    assert 40 <= saved.last_seq <= await store.events_last_seq()
+
+    caplog.set_level(logging.INFO, logger="blackboard.scheduler")
+    reads: list[int] = []
+    real_read = store.read
+
+    def read(*args, **kwargs):
+        reads.append(kwargs.get("from_seq", args[1] if len(args) > 1 else 1))
+        return real_read(*args, **kwargs)
+
+    store.read = read  # type: ignore[method-assign]
+    # A second goal after the restore: the restored leader decides it through.
+    async with running(store, settings, HANDLERS, concurrency=8) as stack:
+        assert stack.scheduler is not None
+        await asyncio.wait_for(stack.scheduler.leading.wait(), 10)
+        second = await submit(store, settings, _chain(5, "u"))
+        goal = await client.wait_goal(store, second, timeout_s=30)
+        restored_from = reads[0]
+    assert goal.status == "done", goal.reason
+    assert f"fold restored at sequence {saved.last_seq}" in caplog.text
+    assert restored_from == saved.last_seq + 1  # the tail only, not from 1
+    store.read = real_read  # type: ignore[method-assign]
+    assert await _lead_once(store, settings) == await _whole_fold(store)
+
+
+async def test_a_snapshot_of_another_log_is_passed_over(
+    settings: config.Settings, caplog: pytest.LogCaptureFixture
+):
+    settings.engine.snapshot_every = 20
+    store = MemoryEventStore()
+    async with running(store, settings, HANDLERS, concurrency=8):
+        goal_id = await submit(store, settings, _chain(10))
+        await client.wait_goal(store, goal_id, timeout_s=30)
+    snaps = store.snapshots()
+    saved = snapshot.decode(snaps.blobs[SNAPSHOT])
+    # The same fold, said to be taken after an event this log does not have
+    # there (a stream deleted and recreated under the same prefix).
+    snaps.blobs[SNAPSHOT] = snapshot.encode(saved.state, saved.usage, "someone-else")
+    caplog.set_level(logging.INFO, logger="blackboard.scheduler")
+    state = await _lead_once(store, settings)
+    assert f"snapshot at {saved.last_seq} is not of this log" in caplog.text
+    assert state == await _whole_fold(store)
+
+
+async def test_other_codes_snapshot_and_an_unreachable_store_cost_only_a_fold(
+    settings: config.Settings, caplog: pytest.LogCaptureFixture
+):
+    settings.engine.snapshot_every = 20
+    store = MemoryEventStore()
+    async with running(store, settings, HANDLERS, concurrency=8):
+        goal_id = await submit(store, settings, _chain(10))
+        await client.wait_goal(store, goal_id, timeout_s=30)
+    snaps = store.snapshots()
+    snaps.blobs[SNAPSHOT] = msgspec.msgpack.encode({"fingerprint": "old"})
+    caplog.set_level(logging.INFO, logger="blackboard.scheduler")
+    whole = await _whole_fold(store)
+    assert await _lead_once(store, settings) == whole
+    assert "snapshot not used: written by other code" in caplog.text
+    snaps.unreachable = True
+    assert await _lead_once(store, settings) == whole
+    assert "no snapshot read (snapshots: no server answered)" in caplog.text
+
+
+async def test_no_snapshots_when_turned_off(settings: config.Settings):
+    settings.engine.snapshot_every = 0
+    store = MemoryEventStore()
+    async with running(store, settings, HANDLERS, concurrency=8):
+        goal_id = await submit(store, settings, _chain(20))
+        await client.wait_goal(store, goal_id, timeout_s=30)
+    assert store.snapshots().saves == 0
+
+
+@pytest.mark.integration
+async def test_on_jetstream_the_snapshot_is_in_the_bucket_and_restored(
+    jetstream_store: JetStreamEventStore,
+    settings: config.Settings,
+    caplog: pytest.LogCaptureFixture,
+):
+    settings.engine.snapshot_every = 40
+    store = jetstream_store
+    async with running(store, settings, HANDLERS, concurrency=8):
+        goal_id = await submit(store, settings, _chain(30))
+        goal = await client.wait_goal(store, goal_id, timeout_s=60)
+    assert goal.status == "done", goal.reason
+    data = await store.snapshots().load(SNAPSHOT)
+    assert data is not None
+    saved = snapshot.decode(data)
+    assert saved.last_seq >= 40
+    caplog.set_level(logging.INFO, logger="blackboard.scheduler")
+    async with running(store, settings, HANDLERS, lanes=[]) as stack:
+        assert stack.scheduler is not None
+        await asyncio.wait_for(stack.scheduler.leading.wait(), 10)
+        await asyncio.sleep(0.3)
+        state = stack.scheduler.state
+    assert f"fold restored at sequence {saved.last_seq}" in caplog.text
+    whole = BoardState()
+    async for env in store.read():
+        evolve(whole, env)
+    assert state == whole
