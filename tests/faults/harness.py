@@ -79,6 +79,9 @@ class Deployment:
             BB_SCRIPTED="1",
             BB_LEASE_SECONDS="2",
             BB_LOCK_TTL_SECONDS="2",
+            # Snapshots of the scheduler's fold every few dozen events, so a
+            # failover in these goals restores one (the default is 50,000).
+            BB_SNAPSHOT_EVERY="40",
             BB_DATA_DIR=str(self.tmp / "bb"),
             PYTHONPATH=str(ROOT),
             PYTHONUNBUFFERED="1",

@@ -8,11 +8,13 @@ effects append to).
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 
 import pytest
 
 from agents.session import DEMO_GOAL
+from blackboard.engine.scheduler import SNAPSHOT
 from blackboard.log.events import TaskClaimed
 from tests.faults.harness import audit, effect_goal, ledger_lines, submit, wait_all
 from tests.waiting import goal_until, until_async
@@ -60,14 +62,25 @@ async def test_worker_sigkilled_mid_goal(deployment, fstore):
 async def test_scheduler_sigkilled_mid_goal(deployment, fstore):
     goals = await start_goals(deployment, fstore)
     await until_ledger(deployment, 2)
+    # Killed once it has saved a snapshot of its fold: the standby starts
+    # from it and reads only the log after it.
+    for _ in range(300):
+        if await fstore.snapshots().load(SNAPSHOT) is not None:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the scheduler saved no snapshot of its fold")
     deployment.signal("scheduler-1", signal.SIGKILL)  # the leader
     await wait_all(fstore, goals)
-    assert "leading" in deployment.log("scheduler-2")
-    check(
-        await audit(
-            "scheduler SIGKILL", fstore, goals, deployment.ledger, deployment=deployment
-        )
+    standby = deployment.log("scheduler-2")
+    assert "leading" in standby
+    restored = re.search(r"fold restored at sequence (\d+)", standby)
+    assert restored is not None, standby[-2000:]
+    row = await audit(
+        "scheduler SIGKILL", fstore, goals, deployment.ledger, deployment=deployment
     )
+    row.checked = f"the standby started from a snapshot at seq {restored[1]}"
+    check(row)
 
 
 async def test_server_down_10s_mid_goal(deployment, fstore):
