@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -151,6 +152,18 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         fail(str(e))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def one_shot() -> None:
+    """Pause the garbage collector for the rest of a command that ends soon.
+
+    A command that reads a goal's log (replay, export, status) makes millions
+    of objects and frees almost none before it exits; the collector's full
+    passes over them took 43% of ``bb replay --json`` of a 100,000-event goal
+    (3.50 s -> 1.98 s). Reference counting still frees what is dropped; only
+    cycles wait for the exit. Never for a command that serves or watches.
+    """
+    gc.disable()
 
 
 def serve(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:

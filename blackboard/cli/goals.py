@@ -23,6 +23,7 @@ from blackboard.cli.common import (
     emit_json,
     fail,
     limit_overrides,
+    one_shot,
     run,
     settings,
     whoami,
@@ -345,6 +346,8 @@ def status(
     if lanes and breakers:
         fail("--lanes or --breakers, not both", 2)
     s = settings(config)
+    if not watch:
+        one_shot()
     try:
         # Offline too: the data dir's log is served for the command's length.
         with runtime.log_server(s) as url:

@@ -16,6 +16,7 @@ from blackboard.cli.common import (
     app,
     emit_json,
     fail,
+    one_shot,
     run,
     settings,
 )
@@ -46,6 +47,7 @@ def _load_envelopes(
 ) -> Any:
     from replay import reader
 
+    one_shot()
     try:
         if from_file is not None:
             return reader.from_file(from_file)
