@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from blackboard import collector
 from blackboard.engine.state import BoardState, evolve
 from blackboard.errors import BlackboardError, MalformedEvent, StoreError
 from blackboard.log import wire
@@ -73,6 +74,8 @@ class Projector:
         self.last_seq = 0
         """The stream sequence the file is up to date with."""
         self._progress = asyncio.Event()
+        self._catch_up_to = 0
+        """While catching up: the log's last sequence at start (collector.py)."""
 
     @property
     def consumer(self) -> str:
@@ -101,9 +104,15 @@ class Projector:
             )
             self.ready.set()
             log.info("projector: %s at sequence %d", self.db, last)
+            self._catch_up_to = await self.store.events_last_seq()
+            if self._catch_up_to > last:
+                collector.catching_up()
+            else:
+                self._catch_up_to = 0
             try:
                 await self._loop(sub, stop)
             finally:
+                self._caught_up()
                 with contextlib.suppress(Exception):
                     await api.close()
                 with contextlib.suppress(Exception):
@@ -134,10 +143,18 @@ class Projector:
             if not msgs:
                 continue
             await self.apply(msgs)
+            if self._catch_up_to and self.last_seq >= self._catch_up_to:
+                self._caught_up()
             # Ack-all: everything up to it. A lost ack costs nothing: a
             # redelivered message is at or below the file's sequence, skipped.
             with contextlib.suppress(StoreError):
                 await msgs[-1].ack()
+
+    def _caught_up(self) -> None:
+        """The log as it was at start is in the file: collect garbage again."""
+        if self._catch_up_to:
+            self._catch_up_to = 0
+            collector.caught_up()
 
     async def apply(self, msgs: list[Delivery]) -> None:
         """Fold, turn into rows and apply one batch in one transaction."""

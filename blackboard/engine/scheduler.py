@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from blackboard import ids, telemetry
+from blackboard import collector, ids, telemetry
 from blackboard.engine import snapshot
 from blackboard.engine.decide import Append, AppendBatch, Decider, Dispatch
 from blackboard.engine.dispatch import Offer, ReadySet, rank
@@ -450,13 +450,17 @@ class Scheduler:
         self.state = BoardState()
         self._usage = TenantUsage()
         self._last_id, self._snap_seq = "", 0
-        await self._restore()
-        restored = self._snap_seq
-        async for env in self.store.read(from_seq=self.state.last_seq + 1):
-            evolve(self.state, env)
-            self._last_id = env.event.event_id
-            if isinstance(env.event, ModelCalled):
-                self._count_usage(env.event)
+        collector.catching_up()
+        try:
+            await self._restore()
+            restored = self._snap_seq
+            async for env in self.store.read(from_seq=self.state.last_seq + 1):
+                evolve(self.state, env)
+                self._last_id = env.event.event_id
+                if isinstance(env.event, ModelCalled):
+                    self._count_usage(env.event)
+        finally:
+            collector.caught_up()
         return restored
 
     async def _restore(self) -> None:
