@@ -15,6 +15,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from blackboard.errors import NotConnected
+from blackboard.log.parser import FastParser
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,6 +44,7 @@ class Client(NatsClient):
     def __init__(self) -> None:
         super().__init__()
         self.sinks: dict[int, Callable[[bytes, bytes, bytes, bytes | None], None]] = {}
+        self._ps = FastParser(self)
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes

@@ -119,6 +119,12 @@ class RawMsg:
 
     def position(self) -> tuple[int, int]:
         """Its stream sequence and the consumer's pending count after it."""
+        tokens = self.reply.split(b".")
+        if len(tokens) == 9:  # the common form: two ints, not ack_info's four
+            try:
+                return int(tokens[5]), int(tokens[8])
+            except ValueError:
+                pass
         _, seq, _, pending = self.ack_info()
         return seq, pending
 

@@ -74,6 +74,7 @@ class Subjects:
         for part in prefix.split("."):
             check_token(part, "prefix", id_like=False)
         self.prefix = prefix
+        self._depth = len(prefix.split("."))
 
     @property
     def events_all(self) -> str:
@@ -126,7 +127,7 @@ class Subjects:
     def parse_event(self, subject: str) -> tuple[str, str | None, str]:
         """Split an event subject into (goal, task or None, kind)."""
         parts = subject.split(".")
-        n = len(self.prefix.split("."))
+        n = self._depth
         if len(parts) != n + 4 or parts[n] != "evt":
             msg = f"not an event subject: {subject!r}"
             raise ValueError(msg)

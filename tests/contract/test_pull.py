@@ -202,3 +202,101 @@ async def _gone(consumer: RawConsumer, nc: NatsClient) -> bool:
     finally:
         await fresh.close()
     return False
+
+
+class _Recorder:
+    """What a parser hands a client: messages (raw to sinks), pings, infos."""
+
+    def __init__(self, sink_sids: set[int]) -> None:
+        self.got: list[tuple[object, ...]] = []
+        self.stats = {"in_msgs": 0, "in_bytes": 0}
+        self.sinks = {
+            sid: (lambda s, r, d, h, sid=sid: self.got.append(("raw", sid, s, r, d, h)))
+            for sid in sink_sids
+        }
+
+    async def _process_msg(self, sid, subject, reply, data, headers) -> None:
+        # As connect.Client's: a sink takes its messages raw.
+        sink = self.sinks.get(sid)
+        if sink is not None:
+            self.stats["in_msgs"] += 1
+            self.stats["in_bytes"] += len(data)
+            sink(subject, reply, data, headers or None)
+            return
+        self.got.append(("msg", sid, subject, reply, data, headers))
+
+    async def _process_ping(self) -> None:
+        self.got.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.got.append(("pong",))
+
+    async def _process_info(self, info) -> None:
+        self.got.append(("info", info))
+
+    async def _process_err(self, err) -> None:
+        self.got.append(("err", err))
+
+
+def _protocol(rng: random.Random) -> bytes:
+    out = []
+    for _ in range(rng.randint(1, 30)):
+        op = rng.choice(["msg", "msg", "hmsg", "hmsg", "ping", "pong", "ok", "info"])
+        subject = b"bb.evt.G%d.t%d.task_ready" % (rng.randint(0, 9), rng.randint(0, 99))
+        sid = rng.randint(1, 4)
+        reply = rng.choice([b"", b"$JS.ACK.S.C.1.%d.1.17.0" % rng.randint(1, 999)])
+        body = bytes(rng.randint(0, 255) for _ in range(rng.randint(0, 40)))
+        body += rng.choice([b"", b"\r\n", b"MSG x 1 2\r\n", b"PING\r\n"])
+        r = b" " + reply if reply else b""
+        if op == "msg":
+            out.append(b"MSG %s %d%s %d\r\n%s\r\n" % (subject, sid, r, len(body), body))
+        elif op == "hmsg":
+            hdr = b"NATS/1.0\r\nNats-Msg-Id: %d\r\n\r\n" % rng.randint(0, 99)
+            if rng.random() < 0.2:
+                hdr = b"NATS/1.0 404 No Messages\r\n\r\n"
+            total = len(hdr) + len(body)
+            out.append(
+                b"HMSG %s %d%s %d %d\r\n%s%s\r\n"
+                % (subject, sid, r, len(hdr), total, hdr, body)
+            )
+        elif op == "ping":
+            out.append(b"PING\r\n")
+        elif op == "pong":
+            out.append(b"PONG\r\n")
+        elif op == "ok":
+            out.append(b"+OK\r\n")
+        else:
+            out.append(b'INFO {"server_id":"x","max_payload":1048576}\r\n')
+    return b"".join(out)
+
+
+async def test_the_fast_parser_delivers_what_nats_pys_does_however_the_bytes_come():
+    from nats.protocol.parser import Parser
+
+    from blackboard.log.parser import FastParser
+
+    rng = random.Random(11)
+    for _ in range(400):
+        stream = _protocol(rng)
+        cuts = sorted(rng.sample(range(len(stream)), min(len(stream), rng.randint(0, 8))))
+        ends = [*cuts, len(stream)]
+        pieces = [stream[a:b] for a, b in zip([0, *cuts], ends, strict=True)]
+        sinks = {sid for sid in range(1, 5) if rng.random() < 0.5}
+        theirs, ours = _Recorder(sinks), _Recorder(sinks)
+        base, fast = Parser(theirs), FastParser(ours)
+        for piece in pieces:
+            await base.parse(piece)
+            await fast.parse(piece)
+        assert ours.got == theirs.got, stream
+        assert ours.stats == theirs.stats
+        assert bytes(fast.buf) == bytes(base.buf)
+
+
+async def test_the_fast_parser_refuses_a_malformed_message_line():
+    from nats.errors import ProtocolError
+
+    from blackboard.log.parser import FastParser
+
+    for line in (b"MSG a b\r\n", b"HMSG a 1 x y z w\r\n", b"MSG a one 3\r\n"):
+        with pytest.raises(ProtocolError):
+            await FastParser(_Recorder(set())).parse(line)
