@@ -27,7 +27,13 @@ from blackboard.engine import snapshot
 from blackboard.engine.decide import Append, AppendBatch, Decider, Dispatch
 from blackboard.engine.dispatch import Offer, ReadySet, rank
 from blackboard.engine.quota import TenantUsage, Throttle
-from blackboard.engine.state import BoardState, GoalState, TaskState, evolve
+from blackboard.engine.state import (
+    BoardState,
+    GoalState,
+    TaskState,
+    evolve,
+    retire,
+)
 from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
@@ -92,6 +98,9 @@ _MAX_SAME_CONFLICT = 20
 
 # Goal events after which a goal's root span is written.
 _GOAL_ENDS = (GoalCompleted, GoalFailed, GoalCancelled, GoalHalted)
+
+# Events after which a goal may be finished with nothing open (state.retire).
+_ENDS_SOMETHING = (GoalCompleted, GoalFailed, TaskCompleted, TaskFailed, TaskCancelled)
 
 _IN_FLIGHT = ("ready", "claimed")
 """Statuses that take a slot of their lane's window."""
@@ -253,6 +262,8 @@ class Scheduler:
                     await self._send_work(self._unsent)
                 if goals or tasks or self._ready.lanes():
                     await self._step(goals, tasks)
+                for goal_id in goals | {g for g, _ in tasks}:
+                    retire(self.state, goal_id)
                 self._maybe_snapshot()
                 tm = telemetry.get()
                 if tm.meter is not None and self.clock() >= self._next_count:
@@ -347,9 +358,14 @@ class Scheduler:
     def _count_usage(self, event: ModelCalled) -> None:
         """Count a call against its tenant's rate quotas."""
         goal = self.state.goals.get(event.goal_id)
-        if goal is not None and goal.submitted.tenant in self.decider.policy.rates:
+        tenant = (
+            goal.submitted.tenant
+            if goal is not None
+            else self.state.retired.get(event.goal_id)
+        )
+        if tenant is not None and tenant in self.decider.policy.rates:
             self._usage.record(
-                goal.submitted.tenant,
+                tenant,
                 event.at,
                 event.tokens_in + event.tokens_cached + event.tokens_out,
                 event.cost_usd,
@@ -459,6 +475,8 @@ class Scheduler:
                 self._last_id = env.event.event_id
                 if isinstance(env.event, ModelCalled):
                     self._count_usage(env.event)
+                elif isinstance(env.event, _ENDS_SOMETHING):
+                    retire(self.state, env.event.goal_id)
         finally:
             collector.caught_up()
         return restored

@@ -223,6 +223,10 @@ class BoardState:
     last_seq: int = 0
     anomalies: list[Anomaly] = field(default_factory=list)
     orphans: int = 0
+    retired: dict[str, str] = field(default_factory=dict)
+    """Finished goals whose state was let go (:func:`retire`), with their
+    tenant: their later events are ignored but for the tenant's usage, and
+    their submission is not taken again."""
 
 
 def _move(state: BoardState, env: Envelope, task: TaskState, to: TaskStatus) -> bool:
@@ -247,7 +251,7 @@ def evolve(state: BoardState, env: Envelope) -> BoardState:
     event = env.event
     state.last_seq = max(state.last_seq, env.seq)
     if isinstance(event, GoalSubmitted):
-        if event.goal_id not in state.goals:
+        if event.goal_id not in state.goals and event.goal_id not in state.retired:
             state.goals[event.goal_id] = GoalState(
                 goal_id=event.goal_id,
                 text=event.text,
@@ -260,7 +264,8 @@ def evolve(state: BoardState, env: Envelope) -> BoardState:
     goal = state.goals.get(event.goal_id)
     if goal is None:
         # An event for a goal we never saw submitted: count it, never crash.
-        state.orphans += 1
+        if event.goal_id not in state.retired:
+            state.orphans += 1
         return state
     if event.task_id is None:
         goal.last_seq = env.seq
@@ -522,6 +527,27 @@ def _evolve_task(
             )
         case _:
             assert_never(event)
+
+
+def retire(state: BoardState, goal_id: str) -> bool:
+    """Let a finished goal's state go, keeping only that it existed.
+
+    Only a goal that is done or failed with no task open: nothing decides on
+    it again (its tasks are terminal, and a terminal status has no way out;
+    its end is final). An event that still arrives for it (the unguarded
+    model call of a worker paused past its lease) moves only counts that no
+    decision reads. A scheduler keeps only the goals it may still decide on,
+    so its memory follows the live tasks, not the history; the goal's id and
+    tenant stay in ``retired`` (some 150 bytes), so its submission sent again
+    is not taken for a new goal and a late call still counts for its
+    tenant. Returns whether it was retired.
+    """
+    goal = state.goals.get(goal_id)
+    if goal is None or goal.status not in ("done", "failed") or goal.open_tasks:
+        return False
+    del state.goals[goal_id]
+    state.retired[goal_id] = goal.submitted.tenant
+    return True
 
 
 def fold(envelopes: Any, state: BoardState | None = None) -> BoardState:

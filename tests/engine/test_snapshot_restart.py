@@ -20,7 +20,7 @@ import pytest
 from blackboard.engine import control as client
 from blackboard.engine import snapshot
 from blackboard.engine.scheduler import SNAPSHOT
-from blackboard.engine.state import BoardState, evolve
+from blackboard.engine.state import BoardState, evolve, retire
 from blackboard.log.memory import MemoryEventStore
 from blackboard.runtime.inprocess import running
 from tests.engine.conftest import spec, submit
@@ -28,14 +28,17 @@ from tests.engine_handlers import HANDLERS
 
 if TYPE_CHECKING:
     from blackboard.log.events import TaskSpec
+    from blackboard.log.ports import EventStore
     from blackboard.log.store import JetStreamEventStore
     from blackboard.runtime import config
 
 
-async def _whole_fold(store: MemoryEventStore) -> BoardState:
+async def _whole_fold(store: EventStore) -> BoardState:
+    """The log's fold as a scheduler keeps it: finished goals let go."""
     state = BoardState()
     async for env in store.read():
         evolve(state, env)
+        retire(state, env.event.goal_id)
     return state
 
 
@@ -163,7 +166,31 @@ async def test_on_jetstream_the_snapshot_is_in_the_bucket_and_restored(
         await asyncio.sleep(0.3)
         state = stack.scheduler.state
     assert f"fold restored at sequence {saved.last_seq}" in caplog.text
-    whole = BoardState()
-    async for env in store.read():
-        evolve(whole, env)
-    assert state == whole
+    assert state == await _whole_fold(store)
+
+
+async def test_finished_goals_are_let_go_and_not_taken_again(settings: config.Settings):
+    """The scheduler's fold holds the live goals only; a re-sent submission of
+    a finished goal (a new event id, the same goal) runs nothing again."""
+    settings.engine.snapshot_every = 20
+    store = MemoryEventStore()
+    async with running(store, settings, HANDLERS, concurrency=8) as stack:
+        assert stack.scheduler is not None
+        done = [await submit(store, settings, _chain(5, f"g{i}t")) for i in range(6)]
+        for goal_id in done:
+            goal = await client.wait_goal(store, goal_id, timeout_s=30)
+            assert goal.status == "done", goal.reason
+        await asyncio.sleep(0.3)
+        sched = stack.scheduler.state
+        assert sched.goals == {}
+        assert set(sched.retired) == set(done)
+        first = [env.event async for env in store.read_goal(done[0])]
+        again = msgspec.structs.replace(first[0], event_id="resent-submission")
+        await store.append(again)
+        await asyncio.sleep(0.5)
+        after = [env.event async for env in store.read_goal(done[0])]
+    assert len(after) == len(first) + 1  # the submission only: nothing ran
+    assert done[0] not in sched.goals
+    # The last snapshot holds no finished goal's tasks.
+    saved = snapshot.decode(store.snapshots().blobs[SNAPSHOT])
+    assert saved.state.goals == {} and set(saved.state.retired) <= set(done)

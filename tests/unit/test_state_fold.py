@@ -147,3 +147,27 @@ class _Empty:
 
 def _snapshot(state: BoardState) -> Any:
     return repr(state)
+
+
+def test_only_a_finished_goal_with_nothing_open_is_retired():
+    from blackboard.engine.state import retire
+
+    # a: created, ready, claimed, completed; then the goal completes.
+    envs = build([(0, "a"), (1, "a"), (2, "a"), (3, "a")])
+    state = fold(envs)
+    assert not retire(state, "G")  # running
+    end = Envelope(
+        len(envs) + 1,
+        "bb.evt.G._.goal_completed",
+        ev.GoalCompleted(event_id="end", goal_id="G", at=at(), actor="t"),
+    )
+    evolve(state, end)
+    assert retire(state, "G")
+    assert state.goals == {} and state.retired == {"G": "default"}
+    orphans = state.orphans
+    # Later events of it are ignored, not orphans; its submission sent again
+    # is not a new goal.
+    for env in build([(1, "a")]):
+        evolve(state, env)
+    assert state.goals == {} and state.orphans == orphans
+    assert not retire(state, "G")
