@@ -13,7 +13,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from blackboard.errors import StoreError
-from blackboard.log.ports import lock_bucket
+from blackboard.log.ports import lock_bucket, snapshot_bucket
 from blackboard.log.store import JetStreamEventStore, StoreSettings, connect
 from blackboard.log.workqueue import JetStreamDelivery
 from tests import factories as f
@@ -52,6 +52,16 @@ async def test_r3_streams_survive_a_killed_node_that_then_rejoins(
         info = await store.js.stream_info(f"KV_{lock_bucket(store.settings.prefix)}")
         assert info.config.num_replicas == 3
         await lock.release()
+        # And so have the scheduler's snapshots.
+        await eventually(
+            lambda: store.snapshots().save("scheduler", b"x" * 200_000),
+            attempt_s=20,
+            timeout_s=40,
+        )
+        bucket = snapshot_bucket(store.settings.prefix)
+        info = await store.js.stream_info(f"OBJ_{bucket}")
+        assert info.config.num_replicas == 3
+        assert await store.snapshots().load("scheduler") == b"x" * 200_000
 
         # Just after creation the new streams may not answer yet (no responders
         # until their leader is elected and known on our node), and a reader's
