@@ -309,6 +309,7 @@ async def _append(s: config_mod.Settings, event: Any) -> None:
 
 @app.command(rich_help_panel=OPERATE)
 def status(
+    ctx: typer.Context,
     goal: Annotated[
         str | None, typer.Argument(help="A goal id; none: all goals.")
     ] = None,
@@ -347,7 +348,7 @@ def status(
         fail("--lanes or --breakers, not both", 2)
     s = settings(config)
     if not watch:
-        one_shot()
+        one_shot(ctx)
     try:
         # Offline too: the data dir's log is served for the command's length.
         with runtime.log_server(s) as url:

@@ -47,7 +47,6 @@ def _load_envelopes(
 ) -> Any:
     from replay import reader
 
-    one_shot()
     try:
         if from_file is not None:
             return reader.from_file(from_file)
@@ -61,6 +60,7 @@ def _load_envelopes(
 
 @app.command(rich_help_panel=INSPECT)
 def replay(
+    ctx: typer.Context,
     goal: Annotated[
         str | None, typer.Argument(help="The goal (not needed with --from-file).")
     ] = None,
@@ -104,6 +104,7 @@ def replay(
     """
     from replay import render, trace
 
+    one_shot(ctx)
     s = settings(config)
     if fmt not in ("text", "json", "html"):
         fail(f"--format is text, json or html, not {fmt!r}", 2)
@@ -170,6 +171,7 @@ def _otlp(t: Any) -> None:
 
 @app.command(rich_help_panel=INSPECT)
 def export(
+    ctx: typer.Context,
     goal: Annotated[str, typer.Argument(help="The goal to export.")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here, not stdout.")
@@ -179,6 +181,7 @@ def export(
     """Write a goal's events as NDJSON (what `bb replay --from-file` reads)."""
     from replay.export import export_lines
 
+    one_shot(ctx)
     s = settings(config)
     data = export_lines(_load_envelopes(s, goal, None))
     if output is not None:
