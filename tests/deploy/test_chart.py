@@ -193,6 +193,7 @@ def test_custom_values_three_lanes_vllm_external_nats():
         "vllm": {"enabled": True, "gpus": 2},
         "keda": {"maxReplicas": 50},
         "natsAuth": {"enabled": False},
+        "scheduler": {"snapshotEvery": 20000},
     }
     docs = render(values)
     validate(docs)
@@ -208,6 +209,9 @@ def test_custom_values_three_lanes_vllm_external_nats():
     assert env["BB_NATS_URL"] == "nats://nats.example:4222"
     assert env["BB_SCRIPTED"] == "1" and env["BB_NATS_REPLICAS"] == "1"
     assert "BB_NATS_USER" not in env
+    scheduler = env_of(container(deployments["rel-blackboard-scheduler"]))
+    assert scheduler["BB_SNAPSHOT_EVERY"] == "20000"
+    assert "BB_SNAPSHOT_EVERY" not in env  # the scheduler's alone
     (so,) = by_kind(docs, "ScaledObject").values()
     assert so["spec"]["maxReplicaCount"] == 50
     assert (
