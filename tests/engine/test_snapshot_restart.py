@@ -194,3 +194,22 @@ async def test_finished_goals_are_let_go_and_not_taken_again(settings: config.Se
     # The last snapshot holds no finished goal's tasks.
     saved = snapshot.decode(store.snapshots().blobs[SNAPSHOT])
     assert saved.state.goals == {} and set(saved.state.retired) <= set(done)
+
+
+async def test_a_snapshot_past_the_end_of_the_log_is_passed_over(
+    settings: config.Settings, caplog: pytest.LogCaptureFixture
+):
+    """A snapshot of a longer log (this one was recreated and is shorter)."""
+    settings.engine.snapshot_every = 20
+    store = MemoryEventStore()
+    async with running(store, settings, HANDLERS, concurrency=8):
+        goal_id = await submit(store, settings, _chain(10))
+        await client.wait_goal(store, goal_id, timeout_s=30)
+    snaps = store.snapshots()
+    saved = snapshot.decode(snaps.blobs[SNAPSHOT])
+    saved.state.last_seq = await store.events_last_seq() + 1000
+    snaps.blobs[SNAPSHOT] = snapshot.encode(saved.state, saved.usage, "far-ahead")
+    caplog.set_level(logging.INFO, logger="blackboard.scheduler")
+    state = await _lead_once(store, settings)
+    assert "not checked against the log" in caplog.text
+    assert state == await _whole_fold(store)
