@@ -34,46 +34,61 @@ class FastParser(Parser):
     """See the module doc; ``nc`` is the client whose ``sinks`` it serves."""
 
     async def parse(self, data: bytes = b"") -> None:
-        """Parse what ``data`` completes, dispatching each message."""
+        """Parse what ``data`` completes, dispatching each message.
+
+        The buffer is read as one ``bytes`` with a moving offset and cut once
+        at the end, rather than sliced into new bytearrays and cut per
+        message as nats-py's parser does.
+        """
         buf = self.buf
         buf.extend(data)
+        if not buf:
+            return
+        view = bytes(buf)
+        pos = 0
         sinks: dict[int, Sink] = getattr(self.nc, "sinks", {})
-        while buf:
-            if self.state == AWAITING_CONTROL_LINE:
-                if not buf.startswith((b"HMSG ", b"MSG ")):
-                    await super().parse()  # the rest of the buffer, as before
-                    return
-                end = buf.find(_CRLF)
-                if end < 0:
-                    return  # the line is not complete yet
-                self._control_line(bytes(buf[:end]))
-                del buf[: end + CRLF_SIZE]
-                self.state = AWAITING_MSG_PAYLOAD
-                continue
-            needed = self.needed
-            if len(buf) < needed + CRLF_SIZE:
-                return  # wait for the rest of the payload
-            arg = self.msg_arg
-            hdr_size = self.header_needed
-            hdr: bytes | None = None
-            if hdr_size > 0:
-                hdr = bytes(buf[:hdr_size])
-                payload = bytes(buf[hdr_size:needed])
-                self.header_needed = 0
-            else:
-                payload = bytes(buf[:needed])
-            del buf[: needed + CRLF_SIZE]
-            self.state = AWAITING_CONTROL_LINE
-            sid = arg["sid"]
-            sink = sinks.get(sid)
-            if sink is not None:
-                stats = self.nc.stats
-                stats["in_msgs"] += 1
-                stats["in_bytes"] += len(payload)
-                sink(arg["subject"], arg["reply"], payload, hdr or None)
-            else:
-                subject, reply = arg["subject"], arg["reply"]
-                await self.nc._process_msg(sid, subject, reply, payload, hdr)
+        try:
+            while pos < len(view):
+                if self.state == AWAITING_CONTROL_LINE:
+                    if not view.startswith((b"HMSG ", b"MSG "), pos):
+                        del buf[:pos]
+                        pos = 0
+                        await super().parse()  # the rest, as nats-py does it
+                        return
+                    end = view.find(_CRLF, pos)
+                    if end < 0:
+                        return  # the line is not complete yet
+                    self._control_line(view[pos:end])
+                    pos = end + CRLF_SIZE
+                    self.state = AWAITING_MSG_PAYLOAD
+                    continue
+                needed = self.needed
+                if len(view) - pos < needed + CRLF_SIZE:
+                    return  # wait for the rest of the payload
+                arg = self.msg_arg
+                hdr_size = self.header_needed
+                hdr: bytes | None = None
+                if hdr_size > 0:
+                    hdr = view[pos : pos + hdr_size]
+                    payload = view[pos + hdr_size : pos + needed]
+                    self.header_needed = 0
+                else:
+                    payload = view[pos : pos + needed]
+                pos += needed + CRLF_SIZE
+                self.state = AWAITING_CONTROL_LINE
+                sid = arg["sid"]
+                sink = sinks.get(sid)
+                if sink is not None:
+                    stats = self.nc.stats
+                    stats["in_msgs"] += 1
+                    stats["in_bytes"] += len(payload)
+                    sink(arg["subject"], arg["reply"], payload, hdr or None)
+                else:
+                    subject, reply = arg["subject"], arg["reply"]
+                    await self.nc._process_msg(sid, subject, reply, payload, hdr)
+        finally:
+            if pos:
+                del buf[:pos]
 
     def _control_line(self, line: bytes) -> None:
         """``MSG subj sid [reply] size`` or ``HMSG subj sid [reply] hsize size``."""
