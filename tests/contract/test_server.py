@@ -104,3 +104,22 @@ def test_a_bad_sync_interval_is_a_clear_error(tmp_path: Path, bad: str):
         EmbeddedServer(tmp_path, sync_interval=bad)
     with pytest.raises(ConfigError, match="BB_NATS_SYNC_INTERVAL"):
         config.load(env={"BB_NATS_SYNC_INTERVAL": bad}, path=None)
+
+
+def test_a_port_taken_between_choosing_and_binding_is_chosen_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The OS calls a port free; another process binds it before the server."""
+    from blackboard.log import server as server_mod
+
+    real = server_mod.free_port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        handed = iter([taken])
+        monkeypatch.setattr(server_mod, "free_port", lambda: next(handed, None) or real())
+        with EmbeddedServer(tmp_path) as srv:
+            assert srv.port != taken
+            with urllib.request.urlopen(f"{srv.monitor_url}/healthz") as r:
+                assert r.status == 200
