@@ -38,7 +38,9 @@ class Client(NatsClient):
     It also lets a subscription take its messages raw (``sinks``): a bulk
     reader (log/pull.py) gets each message as bytes from the parser, with no
     header dict, ``Msg`` object or queue in between, at several times the
-    rate; every other subscription is served by nats-py as before.
+    rate; every other subscription is served by nats-py as before. Its
+    protocol parser (log/parser.py) reads the message lines without regular
+    expressions and hands raw messages to their sink with a plain call.
     """
 
     def __init__(self) -> None:

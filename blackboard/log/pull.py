@@ -31,7 +31,7 @@ import nats.js.errors
 
 from blackboard.errors import StoreError
 from blackboard.log.connect import Client
-from blackboard.log.workqueue import settle_confirmed
+from blackboard.log.workqueue import nak_payload, settle_confirmed
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
@@ -330,10 +330,8 @@ class RawDelivery:
 
     async def nak(self, delay: float | None = None) -> None:
         """Deliver it again, after ``delay`` seconds if given (confirmed)."""
-        payload = b"-NAK"
-        if delay:
-            payload += b' {"delay": %d}' % int(delay * 1e9)
-        await settle_confirmed(self._nc, self._msg.reply.decode(), "nak", payload)
+        reply = self._msg.reply.decode()
+        await settle_confirmed(self._nc, reply, "nak", nak_payload(delay))
 
     async def term(self) -> None:
         """Never deliver it again (confirmed)."""

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, TypeVar
 import nats.errors
 import nats.js.errors
 
-from blackboard.errors import LogUnavailable, PermissionDenied
+from blackboard.errors import LogUnavailable, PermissionDenied, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from nats.aio.client import Client as NatsClient
 
 log = logging.getLogger("blackboard.store")
 
@@ -101,6 +103,20 @@ async def retry(
             log.info("%s: %s; retrying in %.1fs", what, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def retry_on(
+    nc: NatsClient, what: str, op: Callable[[], Awaitable[T]], patience_s: float
+) -> T:
+    """:func:`retry` on ``nc``, nats-py's errors raised as StoreError.
+
+    What the buckets' adapters (shared state, snapshots) call: the ports
+    promise StoreError, and a violation on ``nc`` is PermissionDenied.
+    """
+    try:
+        return await retry(what, op, patience_s, lambda: violation(nc.last_error))
+    except (nats.errors.Error, nats.js.errors.Error) as e:
+        raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
 
 
 async def quietly(aw: Awaitable[object]) -> None:

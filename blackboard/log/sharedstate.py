@@ -22,9 +22,9 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
-from blackboard.errors import StateConflict, StoreError
+from blackboard.errors import StateConflict
 from blackboard.log.ports import Versioned
-from blackboard.log.retry import retry, violation
+from blackboard.log.retry import retry_on
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -64,12 +64,7 @@ class JetStreamSharedState:
         self._opening = asyncio.Lock()
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await retry(
-                what, op, self.patience_s, lambda: violation(self.nc.last_error)
-            )
-        except (nats.errors.Error, nats.js.errors.Error) as e:
-            raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
+        return await retry_on(self.nc, what, op, self.patience_s)
 
     async def _bucket(self, create: bool) -> KeyValue | None:
         """The bucket; created if missing and ``create``, else None if missing."""

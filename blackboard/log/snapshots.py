@@ -27,9 +27,8 @@ from nats.js.api import (
     StorageType,
 )
 
-from blackboard.errors import StoreError
 from blackboard.log.pull import Puller
-from blackboard.log.retry import retry, violation
+from blackboard.log.retry import retry_on
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -73,12 +72,7 @@ class JetStreamSnapshots:
         self._opening = asyncio.Lock()
 
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await retry(
-                what, op, self.patience_s, lambda: violation(self.nc.last_error)
-            )
-        except (nats.errors.Error, nats.js.errors.Error) as e:
-            raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
+        return await retry_on(self.nc, what, op, self.patience_s)
 
     async def _bucket(self, create: bool) -> ObjectStore | None:
         """The bucket; created if missing and ``create``, else None if missing."""

@@ -86,10 +86,7 @@ class JetStreamDelivery:
 
     async def nak(self, delay: float | None = None) -> None:
         """Deliver it again, after ``delay`` seconds if given (confirmed)."""
-        payload = b"-NAK"
-        if delay:
-            payload += b' {"delay": %d}' % int(delay * 1e9)
-        await self._confirmed("nak", payload)
+        await self._confirmed("nak", nak_payload(delay))
 
     async def term(self) -> None:
         """Never deliver it again (confirmed)."""
@@ -109,6 +106,14 @@ async def _settle(what: str, op: Awaitable[None]) -> None:
         await op
     except NATS_ERRORS as e:
         raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
+
+
+def nak_payload(delay: float | None) -> bytes:
+    """JetStream's nak, with its redelivery delay (nanoseconds) if any."""
+    payload = b"-NAK"
+    if delay:
+        payload += b' {"delay": %d}' % int(delay * 1e9)
+    return payload
 
 
 async def settle_confirmed(

@@ -58,6 +58,19 @@ def _chain(n: int, prefix: str = "t") -> list[TaskSpec]:
         spec(f"{prefix}{i}", "echo", "local", f"{prefix}{i - 1}") for i in range(1, n)
     ]
 
+async def _ran_a_chain(
+    settings: config.Settings, every: int, n: int = 10
+) -> MemoryEventStore:
+    """A twin log holding one done chain of ``n`` tasks, snapshots every ``every``."""
+    settings.engine.snapshot_every = every
+    store = MemoryEventStore()
+    async with running(store, settings, HANDLERS, concurrency=8):
+        goal_id = await submit(store, settings, _chain(n))
+        goal = await client.wait_goal(store, goal_id, timeout_s=30)
+    assert goal.status == "done", goal.reason
+    return store
+
+
 
 async def test_a_new_leader_restores_the_snapshot_and_reads_only_the_tail(
     settings: config.Settings, caplog: pytest.LogCaptureFixture
@@ -99,11 +112,7 @@ async def test_a_new_leader_restores_the_snapshot_and_reads_only_the_tail(
 async def test_a_snapshot_of_another_log_is_passed_over(
     settings: config.Settings, caplog: pytest.LogCaptureFixture
 ):
-    settings.engine.snapshot_every = 20
-    store = MemoryEventStore()
-    async with running(store, settings, HANDLERS, concurrency=8):
-        goal_id = await submit(store, settings, _chain(10))
-        await client.wait_goal(store, goal_id, timeout_s=30)
+    store = await _ran_a_chain(settings, every=20)
     snaps = store.snapshots()
     saved = snapshot.decode(snaps.blobs[SNAPSHOT])
     # The same fold, said to be taken after an event this log does not have
@@ -118,11 +127,7 @@ async def test_a_snapshot_of_another_log_is_passed_over(
 async def test_other_codes_snapshot_and_an_unreachable_store_cost_only_a_fold(
     settings: config.Settings, caplog: pytest.LogCaptureFixture
 ):
-    settings.engine.snapshot_every = 20
-    store = MemoryEventStore()
-    async with running(store, settings, HANDLERS, concurrency=8):
-        goal_id = await submit(store, settings, _chain(10))
-        await client.wait_goal(store, goal_id, timeout_s=30)
+    store = await _ran_a_chain(settings, every=20)
     snaps = store.snapshots()
     snaps.blobs[SNAPSHOT] = msgspec.msgpack.encode({"fingerprint": "old"})
     caplog.set_level(logging.INFO, logger="blackboard.scheduler")
@@ -135,11 +140,7 @@ async def test_other_codes_snapshot_and_an_unreachable_store_cost_only_a_fold(
 
 
 async def test_no_snapshots_when_turned_off(settings: config.Settings):
-    settings.engine.snapshot_every = 0
-    store = MemoryEventStore()
-    async with running(store, settings, HANDLERS, concurrency=8):
-        goal_id = await submit(store, settings, _chain(20))
-        await client.wait_goal(store, goal_id, timeout_s=30)
+    store = await _ran_a_chain(settings, every=0, n=20)
     assert store.snapshots().saves == 0
 
 
@@ -200,11 +201,7 @@ async def test_a_snapshot_past_the_end_of_the_log_is_passed_over(
     settings: config.Settings, caplog: pytest.LogCaptureFixture
 ):
     """A snapshot of a longer log (this one was recreated and is shorter)."""
-    settings.engine.snapshot_every = 20
-    store = MemoryEventStore()
-    async with running(store, settings, HANDLERS, concurrency=8):
-        goal_id = await submit(store, settings, _chain(10))
-        await client.wait_goal(store, goal_id, timeout_s=30)
+    store = await _ran_a_chain(settings, every=20)
     snaps = store.snapshots()
     saved = snapshot.decode(snaps.blobs[SNAPSHOT])
     saved.state.last_seq = await store.events_last_seq() + 1000
