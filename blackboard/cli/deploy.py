@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,6 +23,9 @@ from blackboard.cli.common import (
 )
 from blackboard.errors import BlackboardError
 from blackboard.runtime import config as config_mod
+
+if TYPE_CHECKING:
+    from blackboard.log.ports import Share
 
 # --- running a deployment ---------------------------------------------------
 
@@ -154,29 +157,56 @@ async def _up(
 
 
 @app.command(rich_help_panel=DEPLOY)
-def scheduler(config: ConfigOpt = None) -> None:
-    """Run a scheduler (a standby while another is active) until stopped."""
+def scheduler(
+    partition: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            envvar="BB_PARTITION",
+            help=(
+                "Schedule only this partition of [engine] partitions"
+                " (default: every one)."
+            ),
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a scheduler (a standby while another is active) until stopped.
+
+    With ``[engine] partitions`` above 1, it leads each partition it is
+    given whose lock is free, and stands by for the others.
+    """
     s = settings(config)
-    serve(lambda stop: _scheduler(s, stop))
+    from blackboard.runtime import inprocess as stack
+
+    try:
+        shares = stack.shares(s, partition)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--partition") from None
+    serve(lambda stop: _scheduler(s, shares, stop))
 
 
-async def _scheduler(s: config_mod.Settings, stop: asyncio.Event) -> None:
-    from blackboard import ids
-    from blackboard.engine.decide import Decider
-    from blackboard.engine.scheduler import Scheduler
+async def _scheduler(
+    s: config_mod.Settings, shares: list[Share], stop: asyncio.Event
+) -> None:
+    from blackboard.engine.scheduler import stop_on
     from blackboard.runtime import connection as runtime
     from blackboard.runtime import inprocess as stack
 
     async with runtime.open_store(s, name="bb-scheduler") as store:
-        decider = Decider(f"scheduler-{ids.new_id()[-8:]}", stack.policy_from(s))
-        sched = Scheduler(
-            store,
-            decider,
-            lock_ttl_s=s.engine.lock_ttl_s,
-            snapshot_every=s.engine.snapshot_every,
-        )
-        typer.echo(f"{decider.actor}: started", err=True)
-        await sched.run(stop)
+        scheds = [stack.scheduler_for(store, s, share) for share in shares]
+        for sched in scheds:
+            typer.echo(f"{sched.decider.actor}: started{sched.of_share()}", err=True)
+        runs = [asyncio.create_task(sched.run(stop)) for sched in scheds]
+        # One that dies stops the others: the process exits, and its
+        # supervisor restarts it whole, as with one scheduler.
+        watcher = asyncio.create_task(stop_on(stop, *runs))
+        try:
+            await asyncio.gather(*runs)
+        finally:
+            stop.set()
+            await asyncio.gather(*runs, return_exceptions=True)
+            watcher.cancel()
 
 
 @app.command(rich_help_panel=DEPLOY)

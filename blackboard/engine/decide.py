@@ -9,7 +9,7 @@ without anything happening twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from blackboard.engine import builders, dag
@@ -75,6 +75,32 @@ class Policy:
     def window(self, lane: str) -> int:
         """How many of ``lane``'s tasks may be ready or running at once."""
         return self.windows.get(lane, self.default_window)
+
+    def split(self, index: int, count: int) -> Policy:
+        """Partition ``index``'s part of the fleet-wide limits, of ``count``.
+
+        Each partition's scheduler counts only its own goals' tasks, so each
+        lane window and tenant quota is shared out: partition ``i`` gets
+        ``limit // count``, plus one if ``i < limit % count``, so the parts
+        add up to the limit; but never 0 (which would mean no window at all),
+        so a limit below ``count`` is exceeded, up to ``count``. A window of
+        0 (none) stays none. Tenants' rate quotas need every partition's
+        model calls and are refused with partitions (config.py).
+        """
+        if count == 1:
+            return self
+
+        def part(limit: int) -> int:
+            if limit <= 0:
+                return limit
+            return max(1, limit // count + (1 if index < limit % count else 0))
+
+        return replace(
+            self,
+            windows={lane: part(w) for lane, w in self.windows.items()},
+            default_window=part(self.default_window),
+            quotas={tenant: part(q) for tenant, q in self.quotas.items()},
+        )
 
 
 @dataclass(frozen=True, slots=True)

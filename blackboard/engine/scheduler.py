@@ -61,7 +61,7 @@ from blackboard.log.events import (
     TaskNeedsFollowup,
     TaskPreempted,
 )
-from blackboard.log.ports import ignore_bad
+from blackboard.log.ports import Share, ignore_bad
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -112,8 +112,9 @@ _WARM_UP = timedelta(seconds=5)
 """At most this long after taking the lead, the windows wait for the goals
 being created to have their tasks."""
 
-SNAPSHOT = "scheduler"
-"""The name of the scheduler's snapshot in the store's snapshots."""
+SNAPSHOT = Share().name
+"""The name of the scheduler's snapshot in the store's snapshots (of one
+reading the whole log; a partition's is its share's name)."""
 
 _SNAPSHOT_SHARE = 4
 """A snapshot is taken once the log has grown by ``snapshot_every`` events
@@ -139,6 +140,10 @@ class Scheduler:
             ``_SNAPSHOT_SHARE``); a new leader starts from the latest one and
             reads only the log after it. 0: none taken, none used.
         snapshots: Where they are kept (default: beside ``store``).
+        share: The part of the log it schedules: all of it (the default) or
+            one partition's goals, with its own lock and snapshot (its
+            ``name``); the decider's policy should be the partition's share
+            of the windows (``Policy.split``).
     """
 
     def __init__(
@@ -152,8 +157,10 @@ class Scheduler:
         lock: LeaderLock | None = None,
         snapshot_every: int = 0,
         snapshots: SnapshotStore | None = None,
+        share: Share | None = None,
     ) -> None:
         self.store = store
+        self.share = share if share is not None else Share()
         self.snapshot_every = snapshot_every
         self.snapshots = snapshots if snapshots is not None else store.snapshots()
         self._last_id = ""
@@ -168,7 +175,7 @@ class Scheduler:
         self.lock = (
             lock
             if lock is not None
-            else store.leader_lock("scheduler", decider.actor, lock_ttl_s)
+            else store.leader_lock(self.share.name, decider.actor, lock_ttl_s)
         )
         self.leading = asyncio.Event()
         self._busy_ids: dict[str, str] = {}
@@ -207,7 +214,7 @@ class Scheduler:
         while not stop.is_set():
             if not await self.lock.acquire(stop):
                 return
-            log.info("%s: leading", self.decider.actor)
+            log.info("%s: leading%s", self.decider.actor, self.of_share())
             self.leading.set()
             try:
                 await self._lead(stop)
@@ -218,6 +225,10 @@ class Scheduler:
                 await asyncio.sleep(1.0)
             finally:
                 self.leading.clear()
+                if stop.is_set() and self._last_id:
+                    # A clean stop (a rolling restart) leaves the next leader
+                    # the fold as it is now, once it is worth one.
+                    self._maybe_snapshot(final=True)
                 await self._saved()
                 await self.lock.release()
 
@@ -231,6 +242,7 @@ class Scheduler:
         # led have their tasks: a lane emptied during the gap would otherwise
         # fill with whatever was already created, before an urgent goal's.
         self._warm_until = self.clock() + _WARM_UP
+        await self.store.ensure_share(self.share)
         await self.rebuild()
         self._count_flight()
         self._unclaimed = {}
@@ -245,7 +257,7 @@ class Scheduler:
         ]
         heapq.heapify(self._deadlines)
         await self._reconcile()
-        batches = self.store.follow_batches(from_seq=self.state.last_seq + 1)
+        batches = self.store.follow_share(self.share)
         async with contextlib.aclosing(batches):
             async for batch in batches:
                 if stop.is_set() or self.lock.lost.is_set():
@@ -466,11 +478,12 @@ class Scheduler:
         self.state = BoardState()
         self._usage = TenantUsage()
         self._last_id, self._snap_seq = "", 0
+        self.share.position = 0
         collector.catching_up()
         try:
             await self._restore()
             restored = self._snap_seq
-            async for env in self.store.read(from_seq=self.state.last_seq + 1):
+            async for env in self.store.read_share(self.share):
                 evolve(self.state, env)
                 self._last_id = env.event.event_id
                 if isinstance(env.event, ModelCalled):
@@ -492,7 +505,7 @@ class Scheduler:
             return
         actor = self.decider.actor
         try:
-            data = await self.snapshots.load(SNAPSHOT)
+            data = await self.snapshots.load(self.share.name)
         except StoreError as e:
             log.warning("%s: no snapshot read (%s); folding the whole log", actor, e)
             return
@@ -514,6 +527,21 @@ class Scheduler:
                 e,
             )
             return
+        if not self.share.whole:
+            # The partitions stream is a copy of the log: the snapshot's
+            # position in it must hold the copy of its event or one after
+            # (a message there it could not read), else it is another copy.
+            at = await self.store.share_at(self.share, snap.position)
+            if at is None or at < snap.last_seq:
+                log.warning(
+                    "%s: snapshot at %d is not of this partitions stream (its"
+                    " position %d holds %s); folding the whole partition",
+                    actor,
+                    snap.last_seq,
+                    snap.position,
+                    "nothing" if at is None else f"the copy of {at}",
+                )
+                return
         if there is None or there.event.event_id != snap.last_event_id:
             log.warning(
                 "%s: snapshot at %d is not of this log (it names event %s, the "
@@ -526,6 +554,7 @@ class Scheduler:
             return
         self.state, self._usage = snap.state, snap.usage
         self._last_id, self._snap_seq = snap.last_event_id, snap.last_seq
+        self.share.position = snap.position
         log.info(
             "%s: fold restored at sequence %d from a snapshot (%d goals)",
             actor,
@@ -533,8 +562,11 @@ class Scheduler:
             len(snap.state.goals),
         )
 
-    def _maybe_snapshot(self) -> None:
+    def _maybe_snapshot(self, final: bool = False) -> None:
         """Take a snapshot if the log has grown enough since the last one.
+
+        ``final``: the leader is stopping; ``snapshot_every`` events since the
+        last one are enough.
 
         Encoding is done here, between two batches, so the snapshot is the
         fold as of one sequence; saving goes on in the background (one at a
@@ -545,16 +577,22 @@ class Scheduler:
         if self._saving is not None and not self._saving.done():
             return
         seq = self.state.last_seq
-        due = max(self.snapshot_every, self._snap_seq // _SNAPSHOT_SHARE)
+        due = (
+            self.snapshot_every
+            if final
+            else max(self.snapshot_every, self._snap_seq // _SNAPSHOT_SHARE)
+        )
         if seq - self._snap_seq < due:
             return
-        data = snapshot.encode(self.state, self._usage, self._last_id)
+        data = snapshot.encode(
+            self.state, self._usage, self._last_id, self.share.position
+        )
         self._snap_seq = seq
         self._saving = asyncio.create_task(self._save(data, seq))
 
     async def _save(self, data: bytes, seq: int) -> None:
         try:
-            await self.snapshots.save(SNAPSHOT, data)
+            await self.snapshots.save(self.share.name, data)
         except StoreError as e:
             log.warning("%s: snapshot at %d not saved: %s", self.decider.actor, seq, e)
         else:
@@ -574,6 +612,12 @@ class Scheduler:
             await asyncio.wait_for(task, _SAVE_PATIENCE_S)
         except TimeoutError:
             log.warning("%s: snapshot not saved before stopping", self.decider.actor)
+
+    def of_share(self) -> str:
+        """`` (partition i of n)`` for a partition's scheduler, else ``""``."""
+        if self.share.whole:
+            return ""
+        return f" (partition {self.share.index} of {self.share.count})"
 
     async def _reconcile(self) -> None:
         """After a (re)start: decide for every open goal; re-send ready work."""

@@ -40,9 +40,10 @@ from blackboard.log import events
 
 __all__ = ["FINGERPRINT", "Snapshot", "SnapshotRefused", "decode", "encode"]
 
-FOLD_VERSION: Final = 1
-"""Raise when ``evolve`` gives an event a different meaning: older snapshots
-are then refused and the log folded afresh."""
+FOLD_VERSION: Final = 2
+"""Raise when ``evolve`` gives an event a different meaning, or a snapshot
+holds something else (2: the reading's position): older snapshots are then
+refused and the log folded afresh."""
 
 
 def _shape(cls: type) -> str:
@@ -79,6 +80,9 @@ class Snapshot(msgspec.Struct, kw_only=True):
     fingerprint: str
     last_seq: int
     last_event_id: str
+    position: int
+    """Where the scheduler's reading of its share of the log got to (the
+    partitions stream's sequence for a partition; ``last_seq`` otherwise)."""
     state: BoardState
     usage: TenantUsage
 
@@ -112,7 +116,7 @@ _peek = msgspec.msgpack.Decoder(_Head)
 
 
 def encode(
-    board: BoardState, usage: TenantUsage, last_event_id: str
+    board: BoardState, usage: TenantUsage, last_event_id: str, position: int
 ) -> bytes:
     """The snapshot of ``board`` (as of its ``last_seq``) as bytes."""
     return _encoder.encode(
@@ -120,6 +124,7 @@ def encode(
             fingerprint=FINGERPRINT,
             last_seq=board.last_seq,
             last_event_id=last_event_id,
+            position=position,
             state=board,
             usage=usage,
         )

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 _SPACE = re.compile(rb"\s")
 
 
-
 class Client(NatsClient):
     """nats-py's client with a faster parser of message headers.
 

@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from blackboard.log.codec import Envelope
-    from blackboard.log.ports import Consumer, Delivery, StoredMessage, StoreSettings
+    from blackboard.log.ports import (
+        Consumer,
+        Delivery,
+        Share,
+        StoredMessage,
+        StoreSettings,
+    )
     from blackboard.log.subjects import Subjects
 
 
@@ -154,6 +160,41 @@ class MemoryReads(DerivedReads):
         """Sequence, event id and subject of the last message on a filter."""
         await asyncio.sleep(0)
         return self._last(scope)
+
+    # A partition's share is read here by leaving the others' goals out of
+    # the whole log, at the log's own positions: the twin has no partitions
+    # stream, and what a scheduler sees of its share is the same.
+
+    async def ensure_share(self, share: Share) -> None:
+        """Nothing to make: the twin reads partitions from the log itself."""
+        await asyncio.sleep(0)
+
+    async def read_share(
+        self, share: Share, on_bad: OnBad = warn_bad
+    ) -> AsyncGenerator[Envelope, None]:
+        """Yield ``share``'s events after its position, to the end so far."""
+        async for env in self.read(from_seq=share.position + 1, on_bad=on_bad):
+            share.position = env.seq
+            if share.holds(env.event.goal_id):
+                yield env
+
+    async def follow_share(
+        self, share: Share, on_bad: OnBad = warn_bad, batch: int = 500
+    ) -> AsyncGenerator[list[Envelope], None]:
+        """Follow ``share`` from after its position, moving it on."""
+        batches = self.follow_batches(
+            from_seq=share.position + 1, on_bad=on_bad, batch=batch
+        )
+        async with contextlib.aclosing(batches):
+            async for envs in batches:
+                if envs:
+                    share.position = envs[-1].seq
+                yield [e for e in envs if share.holds(e.event.goal_id)]
+
+    async def share_at(self, share: Share, position: int) -> int | None:
+        """The log's own position: the twin reads shares from the log."""
+        await asyncio.sleep(0)
+        return position if 1 <= position <= len(self._msgs) else None
 
     async def last_seq(self, goal_id: str, task_id: str | None) -> int:
         """The guard value of a task now: its last event's sequence, or 0."""

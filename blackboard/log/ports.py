@@ -64,6 +64,43 @@ class StoreSettings:
     """A follower idle this long checks that the log has not moved past it."""
 
 
+@dataclass
+class Share:
+    """The part of the log one scheduler reads: all of it, or one partition.
+
+    With ``count`` partitions a goal belongs to ``partition_of(goal, count)``
+    and a partition's scheduler reads only its goals' events, from a stream
+    sourced from the events stream (see streams.partitions_config).
+    ``position`` is where its reading got to, in the stream it reads: the
+    events stream's sequence for the whole log, the partitions stream's for
+    one partition (the events' own sequences are those of the events stream
+    either way). Readers move it on as they go.
+    """
+
+    index: int = 0
+    count: int = 1
+    position: int = 0
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            msg = f"partition {self.index} of {self.count}: give 0 <= index < count"
+            raise ValueError(msg)
+
+    @property
+    def whole(self) -> bool:
+        """Whether this is the whole log (one partition)."""
+        return self.count == 1
+
+    @property
+    def name(self) -> str:
+        """The scheduler's lock and snapshot name for this share."""
+        return "scheduler" if self.whole else f"scheduler-{self.index}-of-{self.count}"
+
+    def holds(self, goal_id: str) -> bool:
+        """Whether a goal's events are in this share."""
+        return self.whole or subjects.partition_of(goal_id, self.count) == self.index
+
+
 class Last(NamedTuple):
     """The last message on a subject filter."""
 
@@ -83,6 +120,11 @@ def warn_bad(err: MalformedEvent) -> None:
 
 def ignore_bad(err: MalformedEvent) -> None:
     """Drop the report: the caller only looks for valid events."""
+
+
+def partitions_stream(events_stream: str, count: int) -> str:
+    """The name of the stream that copies the events into ``count`` partitions."""
+    return f"{events_stream}_P{count}"
 
 
 def stream_names(prefix: str) -> tuple[str, str, str]:
@@ -419,6 +461,39 @@ class EventStore(Protocol):
 
     async def events_last_seq(self) -> int:
         """The last sequence of the log (0 when empty)."""
+        ...
+
+    async def ensure_share(self, share: Share) -> None:
+        """Make what reading ``share`` needs (a partition's stream).
+
+        It lets that stream catch up with the log as it is now, as far as it
+        can within the store's patience.
+        """
+        ...
+
+    def read_share(
+        self, share: Share, on_bad: OnBad = warn_bad
+    ) -> AsyncGenerator[Envelope, None]:
+        """Yield ``share``'s events after its position, to the end so far.
+
+        As ``read``; the share's position moves on as it goes.
+        """
+        ...
+
+    def follow_share(
+        self, share: Share, on_bad: OnBad = warn_bad, batch: int = 500
+    ) -> AsyncGenerator[list[Envelope], None]:
+        """Follow ``share`` from after its position, moving it on.
+
+        As ``follow_batches``.
+        """
+        ...
+
+    async def share_at(self, share: Share, position: int) -> int | None:
+        """The events-stream sequence of what ``share`` has at ``position``.
+
+        None: nothing there.
+        """
         ...
 
     async def decode(

@@ -80,6 +80,22 @@ class RawMsg:
         """Whether a header of that name may be there (cheap, no parse)."""
         return self._headers is not None and name in self._headers
 
+    def header(self, name: bytes) -> bytes | None:
+        """One header's value, found in the raw block (None: not there)."""
+        raw = self._headers
+        if raw is None:
+            return None
+        at = raw.find(b"\r\n" + name + b":")
+        if at < 0:
+            return None
+        start = at + len(name) + 3
+        end = raw.find(b"\r\n", start)
+        return raw[start : end if end >= 0 else len(raw)].strip()
+
+    def copied_as(self, subject: str) -> RawMsg:
+        """The same message under another subject (a copy's original one)."""
+        return RawMsg(subject, self.reply, self.data, self._headers)
+
     @property
     def headers(self) -> dict[str, str] | None:
         """The headers as nats-py would give them."""

@@ -21,11 +21,19 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from blackboard.errors import LogUnavailable, MalformedEvent, StoreError
-from blackboard.log import wire
-from blackboard.log.ports import DerivedReads, Last, OnBad, StoreSettings, warn_bad
+from blackboard.log import streams, wire
+from blackboard.log.ports import (
+    DerivedReads,
+    Last,
+    OnBad,
+    Share,
+    StoreSettings,
+    partitions_stream,
+    warn_bad,
+)
 from blackboard.log.pull import Puller, RawDelivery, RawMsg
 from blackboard.log.retry import NATS_ERRORS, retry, transient, violation
-from blackboard.log.subjects import H_BLOB, H_MSG_ID, Subjects
+from blackboard.log.subjects import H_BLOB, H_MSG_ID, H_STREAM_SOURCE, Subjects
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
@@ -40,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("blackboard.store")
 _READER_IDLE_S = 10.0
 _BLOB_HEADER = H_BLOB.encode()
+_SOURCE_HEADER = H_STREAM_SOURCE.encode()
+_CATCH_UP_POLL_S = 0.1
 
 S = TypeVar("S")
 P = ParamSpec("P")
@@ -139,6 +149,20 @@ class JetStreamReads(DerivedReads):
         # coroutines of decode_raw (a fifth of a read's time at log speed).
         return self._decode_inline(msg.subject, msg.data, seq, on_bad)
 
+    async def _decode_sourced(self, msg: RawMsg, on_bad: OnBad) -> Envelope | None:
+        """Decode a message of a partitions stream as the event it copies.
+
+        Its ``Nats-Stream-Source`` header names the events-stream sequence and
+        subject it was stored at: the event is given back as stored there.
+        """
+        where = msg.header(_SOURCE_HEADER)
+        try:
+            seq, subject = wire.sourced(where)
+        except ValueError as e:
+            on_bad(MalformedEvent(msg.subject, None, str(e)))
+            return None
+        return await self._decode_msg(msg.copied_as(subject), seq, on_bad)
+
     def _decode_inline(
         self, subject: str, data: bytes, seq: int, on_bad: OnBad
     ) -> Envelope | None:
@@ -151,12 +175,83 @@ class JetStreamReads(DerivedReads):
             on_bad(MalformedEvent(subject, seq, str(e)))
         return None
 
+    # --- partitions -----------------------------------------------------------
+
+    def _stream_of(self, share: Share | None) -> str:
+        """The stream a share is read from."""
+        if share is None or share.whole:
+            return self.events_stream
+        return partitions_stream(self.events_stream, share.count)
+
+    @translated
+    async def ensure_share(self, share: Share) -> None:
+        """Create the partitions stream of ``share`` if missing; let it catch up.
+
+        The stream copies the events stream (from its first event, when it
+        is created on a log that has a history): a partition's scheduler
+        waits, up to the store's patience, for the copy to reach the log's
+        end as it is now (its last message names the event it copies), so
+        that it does not decide on a partial history (which would only cost
+        conflicts, never a wrong write: every write is guarded).
+        """
+        if share.whole:
+            return
+        name = self._stream_of(share)
+        cfg = streams.partitions_config(
+            name, self.settings, self.subjects, self.events_stream, share.count
+        )
+        await self._retry(
+            f"creating {name}",
+            functools.partial(streams.ensure_stream, self.js, cfg, False),
+        )
+        target = await self.events_last_seq()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.transient_s
+        while True:
+            info = await self._retry(
+                f"stream info {name}", lambda: self.js.stream_info(name)
+            )
+            last = info.state.last_seq
+            copied = await self.share_at(share, last) if last else 0
+            if (copied or 0) >= target:
+                return
+            if loop.time() > deadline:
+                log.warning(
+                    "%s has copied %s up to %d of %d; reading it as it is",
+                    name,
+                    self.events_stream,
+                    copied or 0,
+                    target,
+                )
+                return
+            await asyncio.sleep(_CATCH_UP_POLL_S)
+
+    @translated
+    async def share_at(self, share: Share, position: int) -> int | None:
+        """The events-stream sequence of what ``share`` read at ``position``."""
+        if share.whole:
+            return position
+        stream = self._stream_of(share)
+        try:
+            raw = await self._retry(
+                f"message {position} of {stream}",
+                lambda: self.js.get_msg(stream, position),
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        try:
+            seq, _ = wire.sourced((raw.headers or {}).get(H_STREAM_SOURCE, "").encode())
+        except ValueError:
+            return None
+        return seq
+
     # --- reads ----------------------------------------------------------------
 
     async def _reader(
         self,
         filter_subject: str | None,
         from_seq: int,
+        stream: str | None = None,
     ) -> tuple[Puller, int]:
         """An ephemeral reader from ``from_seq`` and how many it has to read."""
         cfg = ConsumerConfig(
@@ -180,16 +275,17 @@ class JetStreamReads(DerivedReads):
             # Retried until connected: a request buffered while reconnecting
             # stays in nats-py's queue and makes its close fail.
             raise nats.errors.ConnectionReconnectingError
-        info = await self.js.add_consumer(self.events_stream, cfg)
+        stream = stream or self.events_stream
+        info = await self.js.add_consumer(stream, cfg)
         assert info.name is not None
-        puller = await Puller(self.nc, self.events_stream, info.name).start()
+        puller = await Puller(self.nc, stream, info.name).start()
         return puller, info.num_pending or 0
 
     async def _drop_reader(self, puller: Puller) -> None:
         """Stop reading (the consumer goes by itself once idle)."""
         await puller.close()
 
-    async def read(
+    def read(
         self,
         filter_subject: str | None = None,
         from_seq: int = 1,
@@ -197,6 +293,38 @@ class JetStreamReads(DerivedReads):
         batch: int = 10_000,
     ) -> AsyncGenerator[Envelope, None]:
         """Yield every event stored so far on ``filter_subject``, in order.
+
+        See ``_read``.
+        """
+        return self._read(filter_subject, from_seq, on_bad, batch, None)
+
+    def read_share(
+        self, share: Share, on_bad: OnBad = warn_bad
+    ) -> AsyncGenerator[Envelope, None]:
+        """Yield ``share``'s events after its position, to the end so far."""
+        if share.whole:
+            return self._read(None, share.position + 1, on_bad, 10_000, share)
+        return self._read(
+            self.subjects.partition(share.index),
+            share.position + 1,
+            on_bad,
+            10_000,
+            share,
+        )
+
+    async def _read(
+        self,
+        filter_subject: str | None,
+        from_seq: int,
+        on_bad: OnBad,
+        batch: int,
+        share: Share | None,
+    ) -> AsyncGenerator[Envelope, None]:
+        """Yield every event stored so far on ``filter_subject``, in order.
+
+        With a ``share`` of a partition the read is of the partitions stream
+        (``from_seq`` and the filter are its own), each event given back
+        with its events-stream sequence; the share's position follows.
 
         "So far" is the end of the log when the read began (the reader's
         pending count): the read gets there, or raises LogUnavailable. A
@@ -214,12 +342,13 @@ class JetStreamReads(DerivedReads):
         what = f"reading {scope}"
         next_seq = max(1, from_seq)
         end = 0
+        stream = self._stream_of(share)
         try:
             if self.settings.replicas > 1:
-                last = await self.last_on(scope)
+                last = await self.last_on(scope, stream)
                 end = last.seq if last is not None else 0
             sub, pending = await self._retry(
-                what, lambda: self._reader(filter_subject, next_seq)
+                what, lambda: self._reader(filter_subject, next_seq, stream)
             )
         except nats.errors.Error as e:
             raise StoreError(f"{what}: {type(e).__name__}: {e}") from e
@@ -250,7 +379,9 @@ class JetStreamReads(DerivedReads):
                     try:
                         sub, pending = await self._retry(
                             what,
-                            functools.partial(self._reader, filter_subject, next_seq),
+                            functools.partial(
+                                self._reader, filter_subject, next_seq, stream
+                            ),
                         )
                     except (LogUnavailable, *NATS_ERRORS) as again:
                         raise LogUnavailable(
@@ -264,13 +395,18 @@ class JetStreamReads(DerivedReads):
                     if seq < next_seq:
                         continue  # a late answer to a reader since replaced
                     next_seq = seq + 1
-                    env = await self._decode_msg(msg, seq, on_bad)
+                    if share is not None:
+                        share.position = seq
+                    if share is None or share.whole:
+                        env = await self._decode_msg(msg, seq, on_bad)
+                    else:
+                        env = await self._decode_sourced(msg, on_bad)
                     if env is not None:
                         yield env
         finally:
             await self._drop_reader(sub)
 
-    async def follow_batches(
+    def follow_batches(
         self,
         filter_subject: str | None = None,
         from_seq: int | None = None,
@@ -280,12 +416,37 @@ class JetStreamReads(DerivedReads):
     ) -> AsyncGenerator[list[Envelope], None]:
         """Yield batches of events as they arrive, forever (empty when idle).
 
+        See ``_follow``.
+        """
+        return self._follow(filter_subject, from_seq, on_bad, batch, idle_s, None)
+
+    def follow_share(
+        self, share: Share, on_bad: OnBad = warn_bad, batch: int = 500
+    ) -> AsyncGenerator[list[Envelope], None]:
+        """Follow ``share`` from after its position, moving it on."""
+        scope = None if share.whole else self.subjects.partition(share.index)
+        return self._follow(scope, share.position + 1, on_bad, batch, 0.25, share)
+
+    async def _follow(
+        self,
+        filter_subject: str | None,
+        from_seq: int | None,
+        on_bad: OnBad,
+        batch: int,
+        idle_s: float,
+        share: Share | None,
+    ) -> AsyncGenerator[list[Envelope], None]:
+        """Yield batches of events as they arrive, forever (empty when idle).
+
         The reader is an in-memory ephemeral consumer; if it disappears (the
         server restarted) it is recreated from the sequence after the last one
         seen, so nothing is skipped and nothing is yielded twice. Close the
         generator (``contextlib.aclosing``) to release the reader at once.
+        With a ``share`` of a partition it reads the partitions stream (as
+        ``_read``).
         """
         next_seq = from_seq
+        stream = self._stream_of(share)
         sub: Puller | None = None
         scope = filter_subject or self.subjects.events_all
         loop = asyncio.get_running_loop()
@@ -298,7 +459,7 @@ class JetStreamReads(DerivedReads):
                             # "From now" as a sequence, so a reader recreated
                             # later (and the stall check) knows where it was.
                             next_seq = await self.events_last_seq() + 1
-                        sub, _ = await self._reader(filter_subject, next_seq)
+                        sub, _ = await self._reader(filter_subject, next_seq, stream)
                     except (*NATS_ERRORS, StoreError) as e:
                         log.warning("reader could not start (%s); retrying", e)
                         await asyncio.sleep(0.5)
@@ -310,7 +471,7 @@ class JetStreamReads(DerivedReads):
                 except (TimeoutError, nats.errors.TimeoutError):
                     if loop.time() - idle_since >= self.settings.stall_check_s:
                         idle_since = loop.time()
-                        if await self._stalled(scope, next_seq):
+                        if await self._stalled(scope, next_seq, stream):
                             await self._drop_reader(sub)
                             sub = None
                     yield []
@@ -329,7 +490,12 @@ class JetStreamReads(DerivedReads):
                     if next_seq is not None and seq < next_seq:
                         continue  # a late answer to a reader since replaced
                     next_seq = seq + 1
-                    env = await self._decode_msg(msg, seq, on_bad)
+                    if share is not None:
+                        share.position = seq
+                    if share is None or share.whole:
+                        env = await self._decode_msg(msg, seq, on_bad)
+                    else:
+                        env = await self._decode_sourced(msg, on_bad)
                     if env is not None:
                         envs.append(env)
                 yield envs
@@ -337,14 +503,16 @@ class JetStreamReads(DerivedReads):
             if sub is not None:
                 await self._drop_reader(sub)
 
-    async def _stalled(self, scope: str, next_seq: int | None) -> bool:
+    async def _stalled(
+        self, scope: str, next_seq: int | None, stream: str | None = None
+    ) -> bool:
         """Whether the log holds events on ``scope`` that a follower never got.
 
         A reader whose node is paused or partitioned gets only timeouts, which
         look like an idle log; the log's own last message tells them apart.
         """
         try:
-            last = await self.last_on(scope)
+            last = await self.last_on(scope, stream)
         except StoreError as e:
             log.warning("follower on %s: cannot check the log (%s)", scope, e)
             return False
@@ -362,12 +530,16 @@ class JetStreamReads(DerivedReads):
     # --- lookups --------------------------------------------------------------
 
     @translated
-    async def last_on(self, scope: str) -> Last | None:
-        """Sequence, event id and subject of the last message on a filter."""
+    async def last_on(self, scope: str, stream: str | None = None) -> Last | None:
+        """Sequence, event id and subject of the last message on a filter.
+
+        Of the events stream, or of ``stream`` (a partitions stream: the
+        sequence is then that stream's own).
+        """
         try:
             msg = await self._retry(
                 f"last message on {scope}",
-                lambda: self.js.get_last_msg(self.events_stream, scope),
+                lambda: self.js.get_last_msg(stream or self.events_stream, scope),
             )
         except nats.js.errors.NotFoundError:
             return None
@@ -424,4 +596,3 @@ class JetStreamReads(DerivedReads):
             return None
         assert raw.subject is not None
         return await self.decode_raw(raw.subject, raw.data or b"", raw.headers, raw.seq)
-

@@ -21,6 +21,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
     SubjectTransform,
 )
 
@@ -151,4 +152,34 @@ def _older_layout(want: StreamConfig, have: StreamConfig) -> bool:
         have.subjects == [want.subject_transform.dest]
         and _mapping(have.subject_transform) is None
         and _mapping(have.republish) is None
+    )
+
+
+def partitions_config(
+    name: str, settings: StoreSettings, subjects: Subjects, source: str, count: int
+) -> StreamConfig:
+    """The stream that copies the events stream, each event under its partition.
+
+    Sourced from ``source`` with a subject transform that puts the goal's
+    partition (``{{partition(count,1)}}`` of the goal token) in front, so one
+    partition's scheduler reads its own filter and the server, not the
+    client, leaves out the other partitions' events.
+    """
+    return StreamConfig(
+        name=name,
+        sources=[
+            StreamSource(
+                name=source,
+                subject_transforms=[
+                    SubjectTransform(
+                        src=subjects.events_each, dest=subjects.partitioned(count)
+                    )
+                ],
+            )
+        ],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        allow_direct=True,
+        discard=DiscardPolicy.OLD,
     )

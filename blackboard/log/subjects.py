@@ -30,6 +30,7 @@ H_BLOB: Final = "Bb-Blob"
 H_TRACEPARENT: Final = "traceparent"
 H_EXPECTED_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
 H_EXPECTED_SUBJECT_SEQ_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
+H_STREAM_SOURCE: Final = "Nats-Stream-Source"
 H_BATCH_ID: Final = "Nats-Batch-Id"
 H_BATCH_SEQ: Final = "Nats-Batch-Sequence"
 H_BATCH_COMMIT: Final = "Nats-Batch-Commit"
@@ -120,6 +121,26 @@ class Subjects:
         """Events of one kind of a task whose goal is not known."""
         return f"{self.prefix}.evt.*.{task_id}.{kind}"
 
+    def partitioned(self, count: int) -> str:
+        """Where the partitions stream of ``count`` puts each event (a transform).
+
+        ``<prefix>.part.<partition>.<goal>.<task>.<kind>``: the server computes
+        the partition from the goal token, as ``partition_of`` does.
+        """
+        return (
+            f"{self.prefix}.part.{{{{partition({count},1)}}}}"
+            ".{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}"
+        )
+
+    @property
+    def events_each(self) -> str:
+        """Every event subject, token by token (a transform's source)."""
+        return f"{self.prefix}.evt.*.*.*"
+
+    def partition(self, index: int) -> str:
+        """Every event of one partition, in the partitions stream."""
+        return f"{self.prefix}.part.{index}.>"
+
     def work(self, lane: str) -> str:
         """The work subject of one lane."""
         return f"{self.prefix}.work.{lane}"
@@ -148,6 +169,20 @@ def matches(filter_subject: str, subject: str) -> bool:
         if i >= len(have) or (token != "*" and token != have[i]):
             return False
     return len(have) == len(want)
+
+
+def partition_of(goal_id: str, count: int) -> int:
+    """The scheduler partition a goal belongs to, of ``count``.
+
+    FNV-1a (32 bits) of the goal id, modulo ``count``: what nats-server's
+    ``{{partition(count,1)}}`` transform computes from the goal's subject
+    token, so a goal's partition is a stable function of its id alone, the
+    same here and in the server.
+    """
+    h = 0x811C9DC5
+    for b in goal_id.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h % count
 
 
 def state_key(kind: str, provider: str, model: str) -> str:

@@ -160,3 +160,18 @@ def envelope(
     if k != kind(event):
         raise MalformedEvent(subject, seq, f"body is {kind(event)}, subject {k}")
     return Envelope(seq or 0, subject, event)
+
+
+def sourced(header: bytes | None) -> tuple[int, str]:
+    """The events-stream sequence and subject a partitions-stream copy names.
+
+    Its ``Nats-Stream-Source`` header reads ``<stream> <sequence> <filter>
+    <transform> <subject> <hash>`` (what nats-server writes for a source with
+    a subject transform). ValueError for anything else.
+    """
+    parts = header.split() if header is not None else []
+    if len(parts) < 5 or not parts[1].isdigit():
+        shown = header[:80] if header is not None else None
+        msg = f"not a copy of an event (Nats-Stream-Source {shown!r})"
+        raise ValueError(msg)
+    return int(parts[1]), parts[4].decode()

@@ -174,6 +174,11 @@ class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     quarter of the history: see engine/scheduler.py); a scheduler taking the
     lead starts from the latest one and reads only the log after it. 0: no
     snapshots."""
+    partitions: int = 1
+    """Scheduler partitions: each goal belongs to one (a hash of its id), and
+    each partition has its own leader (``bb scheduler --partition``), reading
+    only its goals' events. Every scheduler of a deployment must be given the
+    same number."""
 
 
 def _default_lanes() -> dict[str, LaneSettings]:
@@ -295,6 +300,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         engine["lock_ttl_s"] = float(env["BB_LOCK_TTL_SECONDS"])
     if env.get("BB_SNAPSHOT_EVERY"):
         engine["snapshot_every"] = int(env["BB_SNAPSHOT_EVERY"])
+    if env.get("BB_PARTITIONS"):
+        engine["partitions"] = _int(env["BB_PARTITIONS"], "BB_PARTITIONS")
     if engine:
         out["engine"] = engine
     lanes: dict[str, dict[str, Any]] = {}
@@ -307,6 +314,18 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     if lanes:
         out["lanes"] = lanes
     return out
+
+
+MAX_PARTITIONS = 64
+"""The most scheduler partitions: each is a leader lock, a snapshot and a
+reader of the partitions stream."""
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: give a whole number") from None
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -361,6 +380,23 @@ def load(
             raise ConfigError(
                 f"policy rule {rule.name!r}: lane = {rule.lane!r} is not a"
                 f" configured lane ({', '.join(settings.lanes)})"
+            )
+    if not 1 <= settings.engine.partitions <= MAX_PARTITIONS:
+        raise ConfigError(
+            f"[engine] partitions = {settings.engine.partitions}: give 1 to"
+            f" {MAX_PARTITIONS}"
+        )
+    if settings.engine.partitions > 1:
+        rated = [
+            name
+            for name, t in settings.tenants.items()
+            if t.tokens_per_minute is not None or t.usd_per_day is not None
+        ]
+        if rated:
+            raise ConfigError(
+                f"[tenants.{rated[0]}] tokens_per_minute / usd_per_day need one"
+                " scheduler that sees every model call: they cannot be used with"
+                f" [engine] partitions = {settings.engine.partitions}"
             )
     if settings.engine.snapshot_every < 0:
         raise ConfigError(

@@ -20,6 +20,7 @@ from blackboard.engine.quota import RateQuota
 from blackboard.engine.scheduler import Scheduler
 from blackboard.engine.worker import Worker, WorkerSettings
 from blackboard.errors import ComponentFailed
+from blackboard.log.ports import Share
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -31,6 +32,50 @@ if TYPE_CHECKING:
     from blackboard.runtime.config import Settings
 
 log = logging.getLogger("blackboard.stack")
+
+
+def shares(settings: Settings, partition: int | None = None) -> list[Share]:
+    """The shares of the log one process schedules.
+
+    Every partition of ``[engine] partitions``, or the one named (ValueError
+    if out of range).
+    """
+    count = settings.engine.partitions
+    if partition is not None:
+        if not 0 <= partition < count:
+            msg = (
+                f"partition {partition}: [engine] partitions = {count}, so give"
+                f" 0 to {count - 1}"
+            )
+            raise ValueError(msg)
+        return [Share(partition, count)]
+    return [Share(i, count) for i in range(count)]
+
+
+def scheduler_for(
+    store: EventStore,
+    settings: Settings,
+    share: Share,
+    *,
+    clock: Callable[[], datetime] = ids.utcnow,
+    queue: WorkQueue | None = None,
+    lock: LeaderLock | None = None,
+) -> Scheduler:
+    """The scheduler of one share, with the settings' policy split for it."""
+    decider = Decider(
+        f"scheduler-{ids.new_id()[-8:]}",
+        policy_from(settings).split(share.index, share.count),
+    )
+    return Scheduler(
+        store,
+        decider,
+        lock_ttl_s=settings.engine.lock_ttl_s,
+        clock=clock,
+        queue=queue,
+        lock=lock,
+        snapshot_every=settings.engine.snapshot_every,
+        share=share,
+    )
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -145,6 +190,9 @@ class Stack:
     """Handles on the in-process components."""
 
     scheduler: Scheduler | None
+    """The first (or only) of ``schedulers``."""
+    schedulers: list[Scheduler] = field(default_factory=list)
+    """One per partition of the log (``[engine] partitions``)."""
     workers: list[Worker] = field(default_factory=list)
     projector: Projecting | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -202,17 +250,18 @@ async def running(
         stack.projector = projector
         watch("projector", asyncio.create_task(projector.run(stack.stop)))
     if scheduler:
-        decider = Decider(f"scheduler-{ids.new_id()[-8:]}", policy_from(settings))
-        stack.scheduler = Scheduler(
-            store,
-            decider,
-            lock_ttl_s=settings.engine.lock_ttl_s,
-            clock=clock,
-            queue=queue,
-            lock=lock,
-            snapshot_every=settings.engine.snapshot_every,
-        )
-        watch("scheduler", asyncio.create_task(stack.scheduler.run(stack.stop)))
+        for share in shares(settings):
+            sched = scheduler_for(
+                store,
+                settings,
+                share,
+                clock=clock,
+                queue=queue,
+                lock=lock if share.whole else None,
+            )
+            stack.schedulers.append(sched)
+            watch(share.name, asyncio.create_task(sched.run(stack.stop)))
+        stack.scheduler = stack.schedulers[0]
     if compensator is not None:
         watch(
             "compensator",

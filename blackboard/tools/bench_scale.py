@@ -96,9 +96,7 @@ async def _goal(
     }
 
 
-async def _projector_rate(
-    store: JetStreamEventStore, db: Path, last_seq: int
-) -> float:
+async def _projector_rate(store: JetStreamEventStore, db: Path, last_seq: int) -> float:
     """Events/s of a projector rebuilding ``db`` from the server's whole log."""
     projector = Projector(store, db, rebuild=True, batch=10_000)
     stop = asyncio.Event()

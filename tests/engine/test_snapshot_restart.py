@@ -117,7 +117,9 @@ async def test_a_snapshot_of_another_log_is_passed_over(
     saved = snapshot.decode(snaps.blobs[SNAPSHOT])
     # The same fold, said to be taken after an event this log does not have
     # there (a stream deleted and recreated under the same prefix).
-    snaps.blobs[SNAPSHOT] = snapshot.encode(saved.state, saved.usage, "someone-else")
+    snaps.blobs[SNAPSHOT] = snapshot.encode(
+        saved.state, saved.usage, "someone-else", saved.position
+    )
     caplog.set_level(logging.INFO, logger="blackboard.scheduler")
     state = await _lead_once(store, settings)
     assert f"snapshot at {saved.last_seq} is not of this log" in caplog.text
@@ -205,7 +207,9 @@ async def test_a_snapshot_past_the_end_of_the_log_is_passed_over(
     snaps = store.snapshots()
     saved = snapshot.decode(snaps.blobs[SNAPSHOT])
     saved.state.last_seq = await store.events_last_seq() + 1000
-    snaps.blobs[SNAPSHOT] = snapshot.encode(saved.state, saved.usage, "far-ahead")
+    snaps.blobs[SNAPSHOT] = snapshot.encode(
+        saved.state, saved.usage, "far-ahead", saved.state.last_seq
+    )
     caplog.set_level(logging.INFO, logger="blackboard.scheduler")
     state = await _lead_once(store, settings)
     assert "not checked against the log" in caplog.text

@@ -37,9 +37,11 @@ def test_a_snapshot_folded_on_is_the_whole_fold(script, cut):
     envs = build(script)
     cut = min(cut, len(envs))
     head = fold(envs[:cut])
-    data = snapshot.encode(head, _usage(), envs[cut - 1].event.event_id if cut else "")
+    last_id = envs[cut - 1].event.event_id if cut else ""
+    data = snapshot.encode(head, _usage(), last_id, head.last_seq)
     restored = snapshot.decode(data)
     assert restored.last_seq == head.last_seq
+    assert restored.position == head.last_seq
     assert restored.state == head
     assert restored.usage == _usage()
     for env in envs[cut:]:
@@ -55,14 +57,15 @@ def test_every_kind_of_event_survives_a_snapshot():
     state = BoardState()
     for env in envs:
         evolve(state, env)
-    back = snapshot.decode(snapshot.encode(state, TenantUsage(), "last"))
+    back = snapshot.decode(snapshot.encode(state, TenantUsage(), "last", 7))
     assert back.state == state
     assert back.last_event_id == "last"
+    assert back.position == 7
     assert back.state.goals["G1"].submitted == state.goals["G1"].submitted
 
 
 def test_other_codes_snapshots_and_garbage_are_refused():
-    data = snapshot.encode(BoardState(), TenantUsage(), "e")
+    data = snapshot.encode(BoardState(), TenantUsage(), "e", 0)
     other = msgspec.msgpack.encode({"fingerprint": "0" * 16, "last_seq": 1})
     with pytest.raises(snapshot.SnapshotRefused, match="written by other code"):
         snapshot.decode(other)
