@@ -309,8 +309,16 @@ def free_port() -> int:
 
 
 @pytest.mark.integration
-def test_processes_with_the_charts_args_and_env_complete_a_goal(tmp_path, monkeypatch):
-    values = {**EXTERNAL, "scripted": True, "streams": {"replicas": 1}}
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_processes_with_the_charts_args_and_env_complete_a_goal(
+    tmp_path, monkeypatch, partitions
+):
+    values = {
+        **EXTERNAL,
+        "scripted": True,
+        "streams": {"replicas": 1},
+        "scheduler": {"partitions": partitions},
+    }
     docs = render(values)
     secrets = {name: d["stringData"] for name, d in by_kind(docs, "Secret").items()}
     users = secrets["blackboard-nats-auth"]
@@ -470,3 +478,33 @@ def test_pods_spread_over_nodes_and_drains_take_one_at_a_time():
         for d in by_kind(off, "Deployment").values()
     )
     assert scheduler["spec"]["replicas"] == 2
+
+
+def test_each_scheduler_partition_is_a_deployment_with_its_own_budget():
+    docs = render({"scheduler": {"partitions": 2}})
+    validate(docs)
+    deployments = by_kind(docs, "Deployment")
+    budgets = by_kind(docs, "PodDisruptionBudget")
+    assert "rel-blackboard-scheduler" not in deployments
+    for i in (0, 1):
+        name = f"rel-blackboard-scheduler-{i}"
+        d = deployments[name]
+        c = container(d)
+        assert c["args"] == ["scheduler", "--partition", str(i)]
+        assert env_of(c)["BB_PARTITIONS"] == "2"
+        assert d["spec"]["replicas"] == 2  # a leader and a standby each
+        selector = d["spec"]["selector"]["matchLabels"]
+        assert selector["blackboard.dev/partition"] == str(i)
+        assert budgets[name]["spec"]["selector"]["matchLabels"] == selector
+        [spread] = d["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert spread["labelSelector"]["matchLabels"] == selector
+    # One partition: the Deployment of before, its selector unchanged.
+    one = by_kind(render(), "Deployment")["rel-blackboard-scheduler"]
+    assert "blackboard.dev/partition" not in one["spec"]["selector"]["matchLabels"]
+    assert container(one)["args"] == ["scheduler"]
+    # The roles allow the partitions streams the chart can ask for, no more.
+    scheduler = permissions(nats_values())["scheduler"]["publish"]
+    for n in (2, 3, 4):
+        assert f"$JS.API.STREAM.CREATE.BB_EVENTS_P{n}" in scheduler
+    with pytest.raises(Exception, match="give 1 to 4"):
+        render({"scheduler": {"partitions": 5}})
