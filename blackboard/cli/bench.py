@@ -92,6 +92,14 @@ def bench_scale(
         int,
         typer.Option(help="1: one nats-server; 3: a loopback cluster, R3 streams."),
     ] = 1,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=8,
+            help="Scheduler partitions: a process and a goal of the tasks each.",
+        ),
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Cost per task from 1k to 100k tasks in one goal: separate processes."""
@@ -105,7 +113,11 @@ def bench_scale(
         fail("--sizes: give at least one task count of 1 or more", 2)
     if nodes not in (1, 3):
         fail(f"--nodes: 1 or 3 (a cluster of 3 on loopback), not {nodes}", 2)
-    result = run(bench_scale.scale(counts, workers, concurrency, window, raw, nodes))
+    if min(counts) < partitions:
+        fail(f"--sizes: give at least one task per partition ({partitions})", 2)
+    result = run(
+        bench_scale.scale(counts, workers, concurrency, window, raw, nodes, partitions)
+    )
     if as_json:
         emit_json(result)
     else:

@@ -18,6 +18,7 @@ from blackboard.engine.state import BoardState
 from blackboard.errors import ConfigError
 from blackboard.log.events import GoalSubmitted, TaskSpec
 from blackboard.log.redact import Redactor
+from blackboard.log.subjects import partition_of
 
 __all__ = ["goal_submitted", "load_dag", "resolve_limits"]
 
@@ -52,6 +53,20 @@ def load_dag(path: Path) -> tuple[TaskSpec, ...]:
     except msgspec.ValidationError as e:
         raise ConfigError(f"DAG file {path}: {e}") from e
     return tuple(dag.order(specs))
+
+
+def goal_id_in(
+    partition: int, count: int, new_id: Callable[[], str] = ids.new_id
+) -> str:
+    """A fresh goal id whose goal belongs to ``partition`` of ``count``.
+
+    For benches and tests that need a goal in each scheduler partition; a
+    goal's partition is a function of its id (subjects.partition_of).
+    """
+    while True:
+        goal_id = new_id()
+        if partition_of(goal_id, count) == partition:
+            return goal_id
 
 
 def goal_submitted(

@@ -76,9 +76,11 @@ class Fleet:
         aging_s: float,
         weights: dict[str, float],
         nodes: int = 1,
+        partitions: int = 1,
     ) -> None:
         self.tmp = tmp
         self.nodes = nodes
+        self.partitions = partitions
         # One node, or a cluster on loopback with R3 streams and buckets.
         self.server: EmbeddedServer | EmbeddedCluster = (
             EmbeddedServer(tmp / "nats")
@@ -94,7 +96,8 @@ class Fleet:
         self.config = tmp / "bb.toml"
         self.config.write_text(
             f"[lanes.local]\nwindow = {window}\nconcurrency = {concurrency}\n"
-            f"[engine]\naging_s = {aging_s}\nlease_s = 60\n{tenants}"
+            f"[engine]\naging_s = {aging_s}\nlease_s = 60\n"
+            f"partitions = {partitions}\n{tenants}"
         )
 
     @property
@@ -129,7 +132,11 @@ class Fleet:
     def up(self) -> None:
         """Start the server, the scheduler and the workers."""
         self.server.start()
-        self._start("scheduler", "scheduler")
+        if self.partitions == 1:
+            self._start("scheduler", "scheduler")
+        else:  # one process per partition: the first ``partitions`` of procs
+            for i in range(self.partitions):
+                self._start(f"scheduler-{i}", "scheduler", "--partition", str(i))
         for n in range(self.workers):
             self._start(
                 f"worker-{n}",

@@ -7,7 +7,9 @@ that many independent tasks is submitted; from the log, the time from its
 process gives its CPU time per task (``/proc/<pid>/stat``, over the goal) and
 its peak resident memory (``VmHWM``), its log how many work items it had to
 send again ("not sent"). The server's stream state gives JetStream messages
-per task. Then ``bb replay`` of the goal through the server, timed from the
+per task. With ``partitions``, one scheduler process per partition and one
+goal per partition (n/P tasks each, their ids chosen so), summed. Then ``bb
+replay`` of the (first) goal through the server, timed from the
 command's start; a projector rebuilding a DuckDB file from the whole log
 through the server (events/s, from its start to caught up); and JetStream's
 own publish and fetch+ack rates on the same server, for the ratio. Figures,
@@ -31,8 +33,9 @@ from blackboard.engine import control as client
 from blackboard.engine import snapshot
 from blackboard.engine import submission as service
 from blackboard.engine.decide import Decider
-from blackboard.engine.scheduler import SNAPSHOT, Scheduler
+from blackboard.engine.scheduler import Scheduler
 from blackboard.log.events import TaskSpec
+from blackboard.log.ports import Share
 from blackboard.runtime.config import EngineSettings
 from blackboard.tools.bench import _raw_jetstream
 from blackboard.tools.bench_fairness import Fleet
@@ -68,31 +71,49 @@ def _specs(n: int) -> list[TaskSpec]:
 async def _goal(
     fleet: Fleet, store: JetStreamEventStore, n: int, timeout_s: float
 ) -> dict[str, Any]:
+    """``n`` tasks: one goal, or with partitions one goal of n/P per partition.
+
+    The time is from the first submission to the last goal's end; CPU is
+    every scheduler's, peak memory the largest scheduler's.
+    """
     s = fleet.settings()
-    event = service.goal_submitted(
-        s,
-        f"bench: scale {n}",
-        specs=_specs(n),
-        submitted_by="bench",
-        overrides={"max_tasks": n + 10, "max_tokens": None, "max_cost_usd": None},
+    count = fleet.partitions
+    events = [
+        service.goal_submitted(
+            s,
+            f"bench: scale {n}" + (f" (partition {p} of {count})" if count > 1 else ""),
+            specs=_specs(n // count + (1 if p < n % count else 0)),
+            submitted_by="bench",
+            goal_id=service.goal_id_in(p, count),
+            overrides={"max_tasks": n + 10, "max_tokens": None, "max_cost_usd": None},
+        )
+        for p in range(count)
+    ]
+    schedulers = [proc.pid for proc in fleet.procs[:count]]
+    cpu0 = sum(_cpu_s(pid) for pid in schedulers)
+    await asyncio.gather(*(store.append(e) for e in events))
+    goals = await asyncio.gather(
+        *(
+            client.wait_goal(
+                store, e.goal_id, timeout_s=timeout_s, goal_level_only=True
+            )
+            for e in events
+        )
     )
-    scheduler = fleet.procs[0].pid
-    cpu0 = _cpu_s(scheduler)
-    await store.append(event)
-    goal = await client.wait_goal(
-        store, event.goal_id, timeout_s=timeout_s, goal_level_only=True
-    )
-    cpu = _cpu_s(scheduler) - cpu0
-    if goal.status != "done" or goal.finished_at is None:
-        raise RuntimeError(f"bench goal ended {goal.status}: {goal.reason}")
-    wall = (goal.finished_at - event.at).total_seconds()
+    cpu = sum(_cpu_s(pid) for pid in schedulers) - cpu0
+    for goal in goals:
+        if goal.status != "done" or goal.finished_at is None:
+            raise RuntimeError(f"bench goal ended {goal.status}: {goal.reason}")
+    end = max(g.finished_at for g in goals if g.finished_at is not None)
+    wall = (end - min(e.at for e in events)).total_seconds()
     return {
-        "goal_id": event.goal_id,
+        "goal_id": events[0].goal_id,
+        "goals": count,
         "tasks": n,
         "wall_s": round(wall, 3),
         "tasks_per_s": round(n / wall, 1),
         "scheduler_cpu_ms_per_task": round(cpu * 1000 / n, 3),
-        "scheduler_peak_rss_mb": round(_peak_rss_mb(scheduler), 1),
+        "scheduler_peak_rss_mb": round(max(_peak_rss_mb(p) for p in schedulers), 1),
     }
 
 
@@ -115,20 +136,30 @@ async def _projector_rate(store: JetStreamEventStore, db: Path, last_seq: int) -
     return last_seq / elapsed
 
 
-async def _rebuild_s(store: JetStreamEventStore, snapshot_every: int) -> float:
-    """Seconds of a new leader's fold of the log through the server.
+async def _rebuild_s(
+    store: JetStreamEventStore, snapshot_every: int, share: Share
+) -> float:
+    """Seconds of a new leader's fold of its share of the log, through the server.
 
-    The whole log (``snapshot_every`` 0), or from the snapshot the fleet's
-    scheduler saved.
+    The whole share (``snapshot_every`` 0), or from the snapshot the fleet's
+    scheduler of that share saved.
     """
     sched = Scheduler(
         store,
         Decider("bench-rebuild"),
         snapshot_every=snapshot_every,
+        share=share,
     )
     t0 = time.perf_counter()
     await sched.rebuild()
     return time.perf_counter() - t0
+
+
+def _scheduler_logs(tmp: Path) -> str:
+    """Every scheduler process's log, one after the other."""
+    return "".join(
+        f.read_text(errors="replace") for f in sorted(tmp.glob("scheduler*.log"))
+    )
 
 
 def _replay_s(fleet: Fleet, goal_id: str) -> float:
@@ -145,12 +176,19 @@ def _replay_s(fleet: Fleet, goal_id: str) -> float:
 
 
 async def one_size(
-    n: int, workers: int, concurrency: int, window: int, raw: int, nodes: int = 1
+    n: int,
+    workers: int,
+    concurrency: int,
+    window: int,
+    raw: int,
+    nodes: int = 1,
+    partitions: int = 1,
 ) -> dict[str, Any]:
-    """One fleet, one goal of ``n`` tasks, and what it cost.
+    """One fleet, one goal of ``n`` tasks (or one per partition), and its cost.
 
     ``nodes``: 1, or a cluster of that many on loopback with R3 streams (the
-    nodes share this machine's cores with the fleet).
+    nodes share this machine's cores with the fleet). ``partitions``: that
+    many scheduler processes, one per partition, each with its goal.
     """
     with tempfile.TemporaryDirectory(prefix="bb-bench-scale-") as tmp:
         fleet = Fleet(
@@ -161,6 +199,7 @@ async def one_size(
             aging_s=60.0,
             weights={},
             nodes=nodes,
+            partitions=partitions,
         )
         fleet.up()
         try:
@@ -173,13 +212,17 @@ async def one_size(
                 row["replay_events"] = info.state.messages
                 # What a takeover costs before the new leader decides: the
                 # fold of the whole log, and from the latest snapshot.
-                snap = await store.snapshots().load(SNAPSHOT)
+                # (Of partition 0's scheduler, with partitions.)
+                share = Share(0, partitions)
+                snap = await store.snapshots().load(share.name)
                 row["snapshot_seq"] = (
                     snapshot.decode(snap).last_seq if snap is not None else 0
                 )
-                row["rebuild_whole_s"] = round(await _rebuild_s(store, 0), 3)
+                row["rebuild_whole_s"] = round(
+                    await _rebuild_s(store, 0, Share(0, partitions)), 3
+                )
                 row["rebuild_snapshot_s"] = round(
-                    await _rebuild_s(store, SNAPSHOT_EVERY), 3
+                    await _rebuild_s(store, SNAPSHOT_EVERY, Share(0, partitions)), 3
                 )
                 row["projector_events_per_s"] = round(
                     await _projector_rate(
@@ -193,7 +236,7 @@ async def one_size(
                 row["jetstream_fetch_ack_per_s"] = round(fetch_ack)
         finally:
             fleet.down()
-        log = (Path(tmp) / "scheduler.log").read_text(errors="replace")
+        log = _scheduler_logs(Path(tmp))
         row["not_sent_retries"] = log.count("not sent")
         row["lease_lost"] = log.count("stepping down")
     return row
@@ -206,18 +249,22 @@ async def scale(
     window: int,
     raw: int,
     nodes: int = 1,
+    partitions: int = 1,
 ) -> dict[str, Any]:
     """Every size, each on a fresh fleet."""
     rows = []
     for n in sizes:
         typer.echo(f"  {n:,} tasks...", err=True)
-        rows.append(await one_size(n, workers, concurrency, window, raw, nodes))
+        rows.append(
+            await one_size(n, workers, concurrency, window, raw, nodes, partitions)
+        )
     return {
         "workers": workers,
         "concurrency": concurrency,
         "window": window,
         "nodes": nodes,
         "replicas": nodes,
+        "partitions": partitions,
         "rows": rows,
     }
 
@@ -227,7 +274,8 @@ def print_table(result: dict[str, Any]) -> None:
     typer.echo(
         f"{result['workers']} workers x {result['concurrency']}, window"
         f" {result['window']}, {result['nodes']} node(s),"
-        f" R{result.get('replicas', 1)} streams"
+        f" R{result.get('replicas', 1)} streams,"
+        f" {result.get('partitions', 1)} scheduler partition(s)"
     )
     typer.echo(
         f"{'tasks':>8} {'tasks/s':>8} {'sched CPU/task':>15} {'peak RSS':>9}"

@@ -35,14 +35,6 @@ if TYPE_CHECKING:
     from blackboard.log.store import JetStreamEventStore
 
 
-def goal_id_in(partition: int, count: int) -> str:
-    """A fresh goal id of ``partition``, of ``count``."""
-    while True:
-        goal_id = ids.new_id()
-        if partition_of(goal_id, count) == partition:
-            return goal_id
-
-
 def _chain(n: int) -> list[TaskSpec]:
     return [spec("t0")] + [
         spec(f"t{i}", "echo", "local", f"t{i - 1}") for i in range(1, n)
@@ -57,7 +49,7 @@ async def _submit_in(
         f"goal of partition {partition}",
         specs=_chain(n),
         submitted_by="test",
-        goal_id=goal_id_in(partition, settings.engine.partitions),
+        goal_id=service.goal_id_in(partition, settings.engine.partitions),
     )
     await store.append(event)
     return event.goal_id

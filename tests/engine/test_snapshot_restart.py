@@ -42,9 +42,7 @@ async def _whole_fold(store: EventStore) -> BoardState:
     return state
 
 
-async def _lead_once(
-    store: MemoryEventStore, settings: config.Settings
-) -> BoardState:
+async def _lead_once(store: MemoryEventStore, settings: config.Settings) -> BoardState:
     """Start a fresh scheduler, let it lead and settle, and return its fold."""
     async with running(store, settings, HANDLERS, lanes=[]) as stack:
         assert stack.scheduler is not None
@@ -58,6 +56,7 @@ def _chain(n: int, prefix: str = "t") -> list[TaskSpec]:
         spec(f"{prefix}{i}", "echo", "local", f"{prefix}{i - 1}") for i in range(1, n)
     ]
 
+
 async def _ran_a_chain(
     settings: config.Settings, every: int, n: int = 10
 ) -> MemoryEventStore:
@@ -69,7 +68,6 @@ async def _ran_a_chain(
         goal = await client.wait_goal(store, goal_id, timeout_s=30)
     assert goal.status == "done", goal.reason
     return store
-
 
 
 async def test_a_new_leader_restores_the_snapshot_and_reads_only_the_tail(

@@ -19,7 +19,6 @@ import pytest
 
 from blackboard.engine import control as client
 from blackboard.engine import submission as service
-from tests.engine.test_partitions import goal_id_in
 from tests.faults.harness import HANDLERS, Deployment, audit, effect_goal, ledger_lines
 from tests.waiting import until_async
 
@@ -88,7 +87,7 @@ async def test_one_partition_leader_sigkilled_the_other_goes_on(
             f"effects of partition {p}",
             specs=effect_goal(d.ledger.with_name(f"ledger-{p}"), n=10, seconds=0.3),
             submitted_by="faults",
-            goal_id=goal_id_in(p, 2),
+            goal_id=service.goal_id_in(p, 2),
         )
         (d.ledger.with_name(f"ledger-{p}")).touch()
         await store.append(event)
