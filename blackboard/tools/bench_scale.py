@@ -155,6 +155,14 @@ async def _rebuild_s(
     return time.perf_counter() - t0
 
 
+async def _events_of(store: JetStreamEventStore, goal_id: str) -> int:
+    """How many events the goal has (what its replay reads)."""
+    n = 0
+    async for _ in store.read_goal(goal_id):
+        n += 1
+    return n
+
+
 def _scheduler_logs(tmp: Path) -> str:
     """Every scheduler process's log, one after the other."""
     return "".join(
@@ -209,7 +217,7 @@ async def one_size(
                 info = await store.js.stream_info(store.events_stream)
                 row["events_per_task"] = round(info.state.messages / n, 2)
                 row["replay_s"] = round(_replay_s(fleet, row["goal_id"]), 3)
-                row["replay_events"] = info.state.messages
+                row["replay_events"] = await _events_of(store, row["goal_id"])
                 # What a takeover costs before the new leader decides: the
                 # fold of the whole log, and from the latest snapshot.
                 # (Of partition 0's scheduler, with partitions.)
