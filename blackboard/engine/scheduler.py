@@ -93,6 +93,9 @@ what one step dispatches; with no window (``window = 0``) a goal of 20,000
 ready tasks would otherwise have them all in flight, and the publishes past
 the server's patience time out and are sent again."""
 
+_READY_BATCH = 64
+"""TaskReady events written in one atomic batch at most (see ``_dispatch``)."""
+
 _MAX_SAME_CONFLICT = 20
 """A write that meets the same conflict this many times can never win."""
 
@@ -668,17 +671,29 @@ class Scheduler:
                 singles.append(action)
         gate = asyncio.Semaphore(_MAX_WRITES)
 
-        async def single(action: Append | Dispatch) -> codec.WorkItem | None:
+        async def single(action: Append | Dispatch) -> list[codec.WorkItem | None]:
             async with gate:
-                return await self._run(action)
+                return [await self._run(action)]
 
+        async def ready(chunk: list[Dispatch]) -> list[codec.WorkItem | None]:
+            async with gate:
+                return await self._dispatch(chunk)
+
+        dispatches = [a for a in singles if isinstance(a, Dispatch)]
+        chunks = [
+            dispatches[i : i + _READY_BATCH]
+            for i in range(0, len(dispatches), _READY_BATCH)
+        ]
         results = await asyncio.gather(
             *(self._run_batches(batches) for batches in by_goal.values()),
-            *(single(a) for a in singles),
+            *(single(a) for a in singles if not isinstance(a, Dispatch)),
+            *(ready(chunk) for chunk in chunks),
         )
         # Work goes out in the order decide() gave (priority first), one
         # pipelined burst: the lane queues receive it in that order.
-        work = [item for item in results if item is not None]
+        work = [
+            item for items in results if items for item in items if item is not None
+        ]
         if work:
             await self._send_work(work)
 
@@ -930,8 +945,8 @@ class Scheduler:
                 return
         self._conflicts.pop(goal_id, None)
 
-    async def _run(self, action: Append | Dispatch) -> codec.WorkItem | None:
-        """Write one decision; a dispatch returns the work item to send."""
+    def _writing(self, action: Append | Dispatch) -> str:
+        """Hold the key of a decision being written; return the key."""
         event = action.ready if isinstance(action, Dispatch) else action.event
         key = (
             event.goal_id
@@ -947,6 +962,49 @@ class Scheduler:
                 event.goal_id,
                 event.task_id or "",
             )
+        return key
+
+    async def _dispatch(self, chunk: list[Dispatch]) -> list[codec.WorkItem | None]:
+        """Write the TaskReady events of a step's dispatches in one batch.
+
+        One atomic batch of up to ``_READY_BATCH`` guarded events: one round
+        trip (and one acknowledgement to read) for all of them instead of one
+        each. Atomic, so if any guard lost (a task moved since the fold) or
+        the batch is refused, none landed, and each is written on its own as
+        it would be without the batch: the stale one meets its conflict
+        alone, the others land. The work items follow with the sequences.
+        """
+        if len(chunk) == 1:
+            return [await self._run(chunk[0])]
+        for action in chunk:
+            self._writing(action)
+        written = [a.ready.event_id for a in chunk]
+        try:
+            seqs = await self.store.append_batch([(a.ready, a.expect) for a in chunk])
+        except (ConcurrencyConflict, BatchRejected, InvalidEvent):
+            self._unhold(written)
+            return [await self._run(action) for action in chunk]
+        except StoreError as e:
+            log.warning("%d dispatches not written (%s); will retry", len(chunk), e)
+            self._unhold(written)
+            self._redo_goals.update(a.ready.goal_id for a in chunk)
+            return [None] * len(chunk)
+        items: list[codec.WorkItem | None] = []
+        for action, seq in zip(chunk, seqs, strict=True):
+            task = self.state.goals[action.ready.goal_id].tasks[
+                action.ready.task_id or ""
+            ]
+            items.append(
+                _work_item(
+                    task, action.lane, action.task_type, action.ready.dispatch, seq
+                )
+            )
+        return items
+
+    async def _run(self, action: Append | Dispatch) -> codec.WorkItem | None:
+        """Write one decision; a dispatch returns the work item to send."""
+        event = action.ready if isinstance(action, Dispatch) else action.event
+        key = self._writing(action)
         try:
             seq = await self.store.append(event, expect=action.expect)
         except InvalidEvent as e:
