@@ -4,16 +4,16 @@ For each size, a fresh fleet on this machine: a nats-server, ``bb scheduler``
 and worker processes (``bb worker --lane local``, no-op tasks). One goal of
 that many independent tasks is submitted; from the log, the time from its
 ``goal_submitted`` to its ``goal_completed`` gives tasks/s. The scheduler's
-process gives its CPU time per task (``/proc/<pid>/stat``, over the goal) and
-its peak resident memory (``VmHWM``), its log how many work items it had to
-send again ("not sent"). The server's stream state gives JetStream messages
-per task. With ``partitions``, one scheduler process per partition and one
-goal per partition (n/P tasks each, their ids chosen so), summed. Then ``bb
-replay`` of the (first) goal through the server, timed from the
-command's start; a projector rebuilding a DuckDB file from the whole log
-through the server (events/s, from its start to caught up); and JetStream's
-own publish and fetch+ack rates on the same server, for the ratio. Figures,
-never assertions: nothing here is a test.
+process gives its CPU time per task (the workers', summed, too;
+``/proc/<pid>/stat``, over the goal) and its peak resident memory (``VmHWM``),
+its log how many work items it had to send again ("not sent"). The server's
+stream state gives JetStream messages per task. With ``partitions``, one
+scheduler process per partition and one goal per partition (n/P tasks each,
+their ids chosen so), summed. Then ``bb replay`` of the (first) goal through
+the server, timed from the command's start; a projector rebuilding a DuckDB
+file from the whole log through the server (events/s, from its start to caught
+up); and JetStream's own publish and fetch+ack rates on the same server, for
+the ratio. Figures, never assertions: nothing here is a test.
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ async def _goal(
         for p in range(count)
     ]
     schedulers = [proc.pid for proc in fleet.procs[:count]]
+    workers = [proc.pid for proc in fleet.procs[count:]]
     cpu0 = sum(_cpu_s(pid) for pid in schedulers)
+    wcpu0 = sum(_cpu_s(pid) for pid in workers)
     await asyncio.gather(*(store.append(e) for e in events))
     goals = await asyncio.gather(
         *(
@@ -101,6 +103,7 @@ async def _goal(
         )
     )
     cpu = sum(_cpu_s(pid) for pid in schedulers) - cpu0
+    wcpu = sum(_cpu_s(pid) for pid in workers) - wcpu0
     for goal in goals:
         if goal.status != "done" or goal.finished_at is None:
             raise RuntimeError(f"bench goal ended {goal.status}: {goal.reason}")
@@ -114,6 +117,7 @@ async def _goal(
         "tasks_per_s": round(n / wall, 1),
         "scheduler_cpu_ms_per_task": round(cpu * 1000 / n, 3),
         "scheduler_peak_rss_mb": round(max(_peak_rss_mb(p) for p in schedulers), 1),
+        "workers_cpu_ms_per_task": round(wcpu * 1000 / n, 3),
     }
 
 
