@@ -188,3 +188,15 @@ async def test_the_server_puts_each_goal_in_the_partition_we_compute(
     for n, goal_id in enumerate(goal_ids, 1):
         msg = await store.js.get_msg(name, n)
         assert msg.subject == f"bb.part.{partition_of(goal_id, 5)}.{goal_id}._.x"
+
+
+@pytest.mark.integration
+def test_the_cli_refuses_a_partition_out_of_range(cli_env):
+    from tests.e2e.test_cli_basics import bb
+
+    r = bb(["scheduler", "--partition", "5"], dict(cli_env, BB_PARTITIONS="2"))
+    assert r.returncode == 2
+    assert "partitions = 2, so give" in r.stderr and "Traceback" not in r.stderr
+    r = bb(["scheduler"], dict(cli_env, BB_PARTITIONS="x"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == "bb: error: BB_PARTITIONS='x': give a whole number"
