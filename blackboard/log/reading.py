@@ -149,6 +149,17 @@ class JetStreamReads(DerivedReads):
         # coroutines of decode_raw (a fifth of a read's time at log speed).
         return self._decode_inline(msg.subject, msg.data, seq, on_bad)
 
+    async def _decode_at(
+        self, msg: RawMsg, seq: int, share: Share | None, on_bad: OnBad
+    ) -> Envelope | None:
+        """Decode what a reader got at ``seq`` of its stream; move its share on."""
+        if share is None:
+            return await self._decode_msg(msg, seq, on_bad)
+        share.position = seq
+        if share.whole:
+            return await self._decode_msg(msg, seq, on_bad)
+        return await self._decode_sourced(msg, on_bad)
+
     async def _decode_sourced(self, msg: RawMsg, on_bad: OnBad) -> Envelope | None:
         """Decode a message of a partitions stream as the event it copies.
 
@@ -395,12 +406,7 @@ class JetStreamReads(DerivedReads):
                     if seq < next_seq:
                         continue  # a late answer to a reader since replaced
                     next_seq = seq + 1
-                    if share is not None:
-                        share.position = seq
-                    if share is None or share.whole:
-                        env = await self._decode_msg(msg, seq, on_bad)
-                    else:
-                        env = await self._decode_sourced(msg, on_bad)
+                    env = await self._decode_at(msg, seq, share, on_bad)
                     if env is not None:
                         yield env
         finally:
@@ -490,12 +496,7 @@ class JetStreamReads(DerivedReads):
                     if next_seq is not None and seq < next_seq:
                         continue  # a late answer to a reader since replaced
                     next_seq = seq + 1
-                    if share is not None:
-                        share.position = seq
-                    if share is None or share.whole:
-                        env = await self._decode_msg(msg, seq, on_bad)
-                    else:
-                        env = await self._decode_sourced(msg, on_bad)
+                    env = await self._decode_at(msg, seq, share, on_bad)
                     if env is not None:
                         envs.append(env)
                 yield envs

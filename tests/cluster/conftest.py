@@ -8,6 +8,7 @@ import pytest
 
 from tests.cluster.harness import ClusterDeployment
 from tests.faults.conftest import fault_report  # noqa: F401  (its rows, too)
+from tests.faults.harness import running
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -18,13 +19,8 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def cdeployment(tmp_path: Path) -> Iterator[ClusterDeployment]:
-    d = ClusterDeployment(tmp_path)
-    d.up()
-    try:
+    with running(ClusterDeployment(tmp_path)) as d:
         yield d
-    finally:
-        d.down()
-    assert d.tracebacks() == [], "a process crashed"
 
 
 @pytest.fixture

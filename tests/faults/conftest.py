@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.faults.harness import REPORT, Deployment
+from tests.faults.harness import REPORT, Deployment, running
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -19,13 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    d = Deployment(tmp_path)
-    d.up()
-    try:
+    with running(Deployment(tmp_path)) as d:
         yield d
-    finally:
-        d.down()
-    assert d.tracebacks() == [], "a process crashed"
 
 
 @pytest.fixture

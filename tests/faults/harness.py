@@ -8,6 +8,7 @@ the server stopped and started again on the same port and store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from blackboard.engine import control as client
 from blackboard.engine import submission as service
@@ -31,7 +32,7 @@ from blackboard.runtime import config
 from tests.waiting import until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = "tests.engine_handlers:HANDLERS"
@@ -55,6 +56,20 @@ class Row:
 
 
 REPORT: list[Row] = []
+
+
+D = TypeVar("D", bound="Deployment")
+
+
+@contextlib.contextmanager
+def running(d: D) -> Iterator[D]:
+    """A deployment up for a test, down after it; no process may have crashed."""
+    d.up()
+    try:
+        yield d
+    finally:
+        d.down()
+    assert d.tracebacks() == [], "a process crashed"
 
 
 class Deployment:
@@ -133,9 +148,14 @@ class Deployment:
             "--handlers",
             HANDLERS,
         )
-        for n in (1, 2):
+        self.start_local_workers()
+        self.start("projector", "projector", "--db", str(self.db))
+
+    def start_local_workers(self, n: int = 2) -> None:
+        """``n`` workers of the local lane, 4 slots each."""
+        for i in range(1, n + 1):
             self.start(
-                f"worker-local-{n}",
+                f"worker-local-{i}",
                 "worker",
                 "--lane",
                 "local",
@@ -144,7 +164,6 @@ class Deployment:
                 "--handlers",
                 HANDLERS,
             )
-        self.start("projector", "projector", "--db", str(self.db))
 
     @property
     def db(self) -> Path:

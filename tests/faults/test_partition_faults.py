@@ -11,21 +11,30 @@ rebuild.
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 from blackboard.engine import control as client
 from blackboard.engine import submission as service
-from tests.faults.harness import HANDLERS, Deployment, audit, effect_goal, ledger_lines
+from tests.faults.harness import (
+    Deployment,
+    audit,
+    effect_goal,
+    ledger_lines,
+    running,
+)
 from tests.waiting import until_async
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
+    from blackboard.log.events import TaskSpec
     from blackboard.log.store import JetStreamEventStore
 
 pytestmark = pytest.mark.integration
@@ -44,29 +53,22 @@ class Partitioned(Deployment):
         self.start("p0-standby", "scheduler", "--partition", "0")
         self.start("p1-leader", "scheduler", "--partition", "1")
         self.wait(lambda: "leading" in self.log("p1-leader"))
-        for n in (1, 2):
-            self.start(
-                f"worker-local-{n}",
-                "worker",
-                "--lane",
-                "local",
-                "--concurrency",
-                "4",
-                "--handlers",
-                HANDLERS,
-            )
+        self.start_local_workers()
         self.start("projector", "projector", "--db", str(self.db))
+
+
+def _chain(specs: list[TaskSpec]) -> list[TaskSpec]:
+    """The tasks one after the other: each needs the scheduler to go out."""
+    return [specs[0]] + [
+        msgspec.structs.replace(s, depends_on=(prev.task_id,))
+        for prev, s in itertools.pairwise(specs)
+    ]
 
 
 @pytest.fixture
 def partitioned(tmp_path: Path) -> Iterator[Partitioned]:
-    d = Partitioned(tmp_path)
-    d.up()
-    try:
+    with running(Partitioned(tmp_path)) as d:
         yield d
-    finally:
-        d.down()
-    assert d.tracebacks() == [], "a process crashed"
 
 
 @pytest.fixture
@@ -85,7 +87,9 @@ async def test_one_partition_leader_sigkilled_the_other_goes_on(
         event = service.goal_submitted(
             s,
             f"effects of partition {p}",
-            specs=effect_goal(d.ledger.with_name(f"ledger-{p}"), n=10, seconds=0.3),
+            specs=_chain(effect_goal(d.ledger.with_name(f"ledger-{p}"), 10, 0.3))
+            if p == 0
+            else effect_goal(d.ledger.with_name(f"ledger-{p}"), n=10, seconds=0.3),
             submitted_by="faults",
             goal_id=service.goal_id_in(p, 2),
         )
@@ -124,7 +128,7 @@ async def test_one_partition_leader_sigkilled_the_other_goes_on(
         )
     rows[0].checked = (
         "partition 1's goal finished while partition 0 had no scheduler"
-        f" (its goal waited, {left} task(s) not done); the standby took over"
+        f" (its chain of 10 waited with {left} tasks not done); the standby took over"
         + (f" from a snapshot at seq {restored[1]}" if restored else "")
     )
     for row in rows:
