@@ -38,7 +38,9 @@ from blackboard.errors import (
     BatchRejected,
     ConcurrencyConflict,
     InvalidEvent,
+    PermissionDenied,
     StoreError,
+    StreamConfigDrift,
 )
 from blackboard.log import codec
 from blackboard.log.events import (
@@ -221,6 +223,8 @@ class Scheduler:
             self.leading.set()
             try:
                 await self._lead(stop)
+            except (StreamConfigDrift, PermissionDenied):
+                raise  # not transient: leading again would only fail again
             except StoreError as e:
                 # The log was unavailable past the store's patience: step
                 # down and lead again from a fresh rebuild, never on a part.

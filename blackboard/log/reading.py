@@ -215,7 +215,11 @@ class JetStreamReads(DerivedReads):
             f"creating {name}",
             functools.partial(streams.ensure_stream, self.js, cfg, False),
         )
-        target = await self.events_last_seq()
+        # Where the copy must get to: the last message on an event subject
+        # (one on another subject of the stream, a stray publish on
+        # `<prefix>.in.evt.x`, is never copied, so it is no end to wait for).
+        end = await self.last_on(self.subjects.events_each)
+        target = end.seq if end is not None else 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.transient_s
         while True:

@@ -200,3 +200,37 @@ def test_the_cli_refuses_a_partition_out_of_range(cli_env):
     r = bb(["scheduler"], dict(cli_env, BB_PARTITIONS="x"))
     assert r.returncode == 2
     assert r.stderr.strip() == "bb: error: BB_PARTITIONS='x': give a whole number"
+
+
+@pytest.mark.integration
+async def test_a_stray_message_last_in_the_log_is_not_waited_for(
+    jetstream_store: JetStreamEventStore, caplog: pytest.LogCaptureFixture
+):
+    """A message on a subject the copy leaves out (a one-token ``bb.in.evt.x``)
+    as the log's last is no end for a partition's leader to wait for."""
+    store = jetstream_store
+    await store.append(
+        service.goal_submitted(config.load(env={}, path=None), "g", submitted_by="t")
+    )
+    await store.js.publish("bb.in.evt.stray", b"not an event")
+    caplog.set_level(logging.WARNING, logger="blackboard.store")
+    await store.ensure_share(Share(0, 2))
+    assert "reading it as it is" not in caplog.text
+
+
+@pytest.mark.integration
+async def test_a_partitions_stream_of_another_shape_stops_the_scheduler(
+    jetstream_store: JetStreamEventStore, settings: config.Settings
+):
+    """Drift is reported once, not retried as if the log were away."""
+    from nats.js.api import StreamConfig
+
+    from blackboard.errors import ComponentFailed
+
+    store = jetstream_store
+    name = partitions_stream(store.events_stream, 2)
+    await store.js.add_stream(StreamConfig(name=name, subjects=["elsewhere.>"]))
+    settings.engine.partitions = 2
+    with pytest.raises(ComponentFailed, match=f"{name} exists with a different"):
+        async with running(store, settings, HANDLERS, lanes=[]) as stack:
+            await asyncio.wait_for(stack.stop.wait(), 30)
